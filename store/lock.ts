@@ -1,0 +1,128 @@
+// Repository locks, kept as objects under "locks/" so they work on every
+// backend (a directory, a bucket shared by many hosts).
+//
+// Every operation that reads or writes blobs holds a shared lock; gc holds an
+// exclusive one. A lock is "locks/<random>" holding JSON {exclusive, host,
+// pid, what, time, refreshed}. To acquire: list the locks, drop stale ones,
+// and if none conflicts write ours, then list again; if a conflicting lock
+// appeared meanwhile (two racers), remove ours, back off randomly and retry.
+// A holder refreshes its lock every REFRESH_MS. A lock is stale when its host
+// is this host and its pid is dead, or when it was not refreshed for STALE_MS
+// (a crashed process on another host). Waiting is bounded: after waitMs the
+// acquirer fails with LockedError naming the holder.
+
+import os from "node:os"
+import type { ObjectStore } from "./backend.js"
+import { LockedError, NotFoundError } from "./errors.js"
+import { randomId } from "./ids.js"
+
+const REFRESH_MS = 60_000
+const STALE_MS = 5 * 60_000
+
+export interface LockInfo {
+  exclusive: boolean
+  host: string
+  pid: number
+  what: string
+  time: string
+  refreshed: string
+}
+
+export interface Lock {
+  readonly key: string
+  release(): Promise<void>
+}
+
+export interface LockOptions {
+  exclusive: boolean
+  what: string
+  /** How long to wait for a conflicting lock to go away; default 60 s. */
+  waitMs?: number
+}
+
+export async function acquireLock(backend: ObjectStore, opts: LockOptions): Promise<Lock> {
+  const waitMs = opts.waitMs ?? 60_000
+  const deadline = Date.now() + waitMs
+  const key = `locks/${randomId("lock")}`
+  let pause = 20
+  for (;;) {
+    let holder = await findConflict(backend, opts.exclusive, key)
+    if (!holder) {
+      const now = new Date().toISOString()
+      const info: LockInfo = { exclusive: opts.exclusive, host: os.hostname(), pid: process.pid, what: opts.what, time: now, refreshed: now }
+      await backend.put(key, Buffer.from(JSON.stringify(info)))
+      holder = await findConflict(backend, opts.exclusive, key)
+      if (!holder) return startRefresh(backend, key, info)
+      await backend.delete(key)
+    }
+    if (Date.now() >= deadline) {
+      throw new LockedError(
+        `the repository at ${backend.location} is locked by process ${holder.pid} on ${holder.host} (${holder.what}, since ${holder.time}); wait for it to finish, or remove the stale lock if that process is gone`,
+        { holder },
+      )
+    }
+    await sleep(Math.min(pause + Math.random() * pause, Math.max(1, deadline - Date.now())))
+    pause = Math.min(pause * 2, 500)
+  }
+}
+
+async function findConflict(backend: ObjectStore, exclusive: boolean, ownKey: string): Promise<LockInfo | undefined> {
+  const objects = await backend.list("locks/")
+  for (const obj of objects) {
+    if (obj.key === ownKey) continue
+    let info: LockInfo
+    try {
+      info = JSON.parse(Buffer.from(await backend.get(obj.key)).toString("utf8")) as LockInfo
+    } catch (err) {
+      if (err instanceof NotFoundError) continue // released meanwhile
+      if (err instanceof SyntaxError && Date.now() - obj.mtimeMs > STALE_MS) {
+        await backend.delete(obj.key)
+        continue
+      }
+      if (err instanceof SyntaxError) continue
+      throw err
+    }
+    if (isStale(info)) {
+      await backend.delete(obj.key)
+      continue
+    }
+    if (exclusive || info.exclusive) return info
+  }
+  return undefined
+}
+
+function isStale(info: LockInfo): boolean {
+  if (info.host === os.hostname() && !pidAlive(info.pid)) return true
+  return Date.now() - Date.parse(info.refreshed) > STALE_MS
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+function startRefresh(backend: ObjectStore, key: string, info: LockInfo): Lock {
+  const timer = setInterval(() => {
+    info.refreshed = new Date().toISOString()
+    backend.put(key, Buffer.from(JSON.stringify(info))).catch(() => {})
+  }, REFRESH_MS)
+  timer.unref()
+  let released = false
+  return {
+    key,
+    async release() {
+      if (released) return
+      released = true
+      clearInterval(timer)
+      await backend.delete(key)
+    },
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}

@@ -1,0 +1,526 @@
+// The content-addressed store: blobs in packs, an index, named records.
+//
+// Write path (the commit protocol, see FORMAT.md):
+//   1. storeBlob compresses a blob (thread pool) and appends it to the open
+//      pack in memory. Until its pack is durable a blob lives in `pending`,
+//      where reads and dedup checks of this process find it.
+//   2. A pack that reaches the target size is sealed and put (temp + fsync +
+//      rename); only then do its blobs move to `unindexed`.
+//   3. flush() seals the last pack, waits for every pack, writes one index
+//      file listing them (atomically, named by its hash) and only then adds
+//      them to the local index cache. Callers write a record that references
+//      blobs (a snapshot) only after flush() resolved.
+// A crash at any point leaves packs without an index file at worst: their
+// blobs are invisible, nothing references them, gc reclaims them.
+//
+// Read path: index lookup -> ranged get of the pack -> decode -> sha256 check.
+// A blob whose bytes do not hash to its id is an IntegrityError naming the
+// blob and the pack; wrong bytes are never returned.
+
+import { promises as fsp } from "node:fs"
+import type { ObjectStore } from "./backend.js"
+import { codecFromName, decode, encode, type Codec, type CodecName } from "./codec.js"
+import {
+  BadInputError,
+  CairnError,
+  FormatVersionError,
+  IntegrityError,
+  NotFoundError,
+} from "./errors.js"
+import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file.js"
+import { hashBytes, randomId, type BlobId } from "./ids.js"
+import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
+import { acquireLock, type Lock } from "./lock.js"
+import { encodeHeader, encodeTrailer, packKey, parsePack, type PackEntry } from "./pack.js"
+import { Semaphore, mapLimit } from "./concurrency.js"
+
+export const FORMAT_VERSION = 1
+
+export interface ChunkerConfig {
+  minSize: number
+  avgSize: number
+  maxSize: number
+  /** hex; derives the gear table, so chunk boundaries differ per repository */
+  seed: string
+}
+
+export interface RepoConfig {
+  version: number
+  id: string
+  hash: "sha256"
+  codec: CodecName
+  packSize: number
+  chunker: ChunkerConfig
+  createdAt: string
+}
+
+export interface StoreOptions {
+  backend: ObjectStore
+  /** Host-local cache directory (LevelDB index); not part of the repository. */
+  cacheDir: string
+  /** How long to wait for another process's lock; default 60 s. */
+  lockWaitMs?: number
+}
+
+export interface PutResult {
+  id: BlobId
+  /** true if this call added the blob to the store */
+  added: boolean
+  /** stored (compressed) length in its pack */
+  storedLength: number
+}
+
+interface PendingBlob {
+  entry: PackEntry
+  bytes: Uint8Array
+}
+
+interface OpenPack {
+  parts: Uint8Array[]
+  entries: PackEntry[]
+  size: number
+}
+
+export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+const DEFAULT_CHUNKER = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 }
+
+export class Store {
+  private pending = new Map<BlobId, PendingBlob>()
+  private inflight = new Map<BlobId, Promise<PutResult>>()
+  private unindexed = new Map<BlobId, BlobLocation>()
+  private written: PackListing[] = []
+  private open: OpenPack = { parts: [], entries: [], size: 0 }
+  private packWrites = new Set<Promise<void>>()
+  private writeError: unknown
+  private readonly codec: Codec
+  private readonly encodeSlots = new Semaphore(4)
+  private closed = false
+
+  private constructor(
+    readonly backend: ObjectStore,
+    readonly config: RepoConfig,
+    readonly index: BlobIndex,
+    readonly cacheDir: string,
+    private readonly lockWaitMs: number,
+  ) {
+    this.codec = codecFromName(config.codec)
+  }
+
+  /** Creates a repository in an empty location and opens it. */
+  static async init(
+    opts: StoreOptions & { config?: Partial<Pick<RepoConfig, "codec" | "packSize">> & { chunker?: Partial<ChunkerConfig> } },
+  ): Promise<Store> {
+    const existing = await opts.backend.list("")
+    if (existing.some((o) => o.key === "config")) {
+      throw new CairnError("ALREADY_EXISTS", `a repository already exists at ${opts.backend.location}`)
+    }
+    const foreign = existing.filter((o) => !o.key.startsWith("cache/"))
+    if (foreign.length > 0) {
+      throw new CairnError(
+        "NOT_A_REPOSITORY",
+        `${opts.backend.location} is not empty and holds no cairn repository; choose an empty or new location`,
+      )
+    }
+    const config: RepoConfig = {
+      version: FORMAT_VERSION,
+      id: randomId("repo"),
+      hash: "sha256",
+      codec: opts.config?.codec ?? "brotli",
+      packSize: opts.config?.packSize ?? DEFAULT_PACK_SIZE,
+      chunker: {
+        ...DEFAULT_CHUNKER,
+        seed: (await import("node:crypto")).randomBytes(16).toString("hex"),
+        ...opts.config?.chunker,
+      },
+      createdAt: new Date().toISOString(),
+    }
+    validateConfig(config, opts.backend.location)
+    const created = await opts.backend.putIfAbsent("config", Buffer.from(JSON.stringify(config, null, 2) + "\n"))
+    if (!created) throw new CairnError("ALREADY_EXISTS", `a repository already exists at ${opts.backend.location}`)
+    return Store.open(opts)
+  }
+
+  static async open(opts: StoreOptions): Promise<Store> {
+    let raw: Uint8Array
+    try {
+      raw = await opts.backend.get("config")
+    } catch (err) {
+      if (err instanceof NotFoundError) {
+        throw new CairnError(
+          "NOT_A_REPOSITORY",
+          `${opts.backend.location} is not a cairn repository (no config); run "cairn init" there or pass the right --repo`,
+          { data: { location: opts.backend.location } },
+        )
+      }
+      throw err
+    }
+    let config: RepoConfig
+    try {
+      config = JSON.parse(Buffer.from(raw).toString("utf8")) as RepoConfig
+    } catch {
+      throw new IntegrityError(`the config of the repository at ${opts.backend.location} is not valid JSON`)
+    }
+    validateConfig(config, opts.backend.location)
+    await fsp.mkdir(opts.cacheDir, { recursive: true, mode: 0o700 })
+    const index = (await LevelIndex.open(`${opts.cacheDir}/index`)) ?? new MemoryIndex()
+    const store = new Store(opts.backend, config, index, opts.cacheDir, opts.lockWaitMs ?? 60_000)
+    try {
+      await store.syncIndex()
+    } catch (err) {
+      await index.close()
+      throw err
+    }
+    return store
+  }
+
+  /** Loads index files this host has not seen; rebuilds the cache if any it knew vanished. */
+  async syncIndex(): Promise<{ loaded: number; rebuilt: boolean }> {
+    const files = (await this.backend.list("index/")).map((o) => o.key.slice("index/".length))
+    const present = new Set(files)
+    let known = await this.index.loadedFiles()
+    let rebuilt = false
+    if ([...known].some((f) => !present.has(f))) {
+      await this.index.clear()
+      known = new Set()
+      rebuilt = true
+    }
+    const missing = files.filter((f) => !known.has(f))
+    await mapLimit(missing, 8, async (name) => {
+      const listing = decodeIndexFile(await this.backend.get(`index/${name}`), name)
+      await this.index.add(locations(listing), name)
+    })
+    return { loaded: missing.length, rebuilt }
+  }
+
+  /** Drops the local index and rebuilds it from the packs' own headers; writes a fresh index file. */
+  async rebuildIndex(): Promise<{ packs: number; blobs: number; damaged: string[] }> {
+    const packs = await this.backend.list("data/")
+    const listings: PackListing[] = []
+    const damaged: string[] = []
+    await mapLimit(packs, 4, async (obj) => {
+      const pack = obj.key.slice(obj.key.lastIndexOf("/") + 1)
+      try {
+        listings.push({ pack, entries: parsePack(await this.backend.get(obj.key), pack) })
+      } catch (err) {
+        if (!(err instanceof IntegrityError)) throw err
+        damaged.push(pack)
+      }
+    })
+    listings.sort((a, b) => (a.pack < b.pack ? -1 : 1))
+    const oldFiles = await this.backend.list("index/")
+    const { name, bytes } = encodeIndexFile(listings)
+    await this.backend.put(`index/${name}`, bytes)
+    for (const old of oldFiles) if (old.key !== `index/${name}`) await this.backend.delete(old.key)
+    await this.index.clear()
+    await this.index.add(locations(listings), name)
+    return { packs: listings.length, blobs: listings.reduce((n, l) => n + l.entries.length, 0), damaged }
+  }
+
+  // ---- locks ----------------------------------------------------------
+
+  lock(exclusive: boolean, what: string): Promise<Lock> {
+    return acquireLock(this.backend, { exclusive, what, waitMs: this.lockWaitMs })
+  }
+
+  async withLock<T>(exclusive: boolean, what: string, fn: () => Promise<T>): Promise<T> {
+    const lock = await this.lock(exclusive, what)
+    try {
+      return await fn()
+    } finally {
+      await lock.release()
+    }
+  }
+
+  // ---- blobs ----------------------------------------------------------
+
+  /** Where each blob is stored, or undefined; blobs of this process not yet durable count as present. */
+  async locateMany(ids: readonly BlobId[]): Promise<(BlobLocation | "pending" | undefined)[]> {
+    const out: (BlobLocation | "pending" | undefined)[] = new Array(ids.length)
+    const ask: BlobId[] = []
+    const at: number[] = []
+    ids.forEach((id, i) => {
+      if (this.pending.has(id) || this.inflight.has(id)) out[i] = "pending"
+      else {
+        const loc = this.unindexed.get(id)
+        if (loc) out[i] = loc
+        else {
+          ask.push(id)
+          at.push(i)
+        }
+      }
+    })
+    const found = await this.index.getMany(ask)
+    found.forEach((loc, j) => (out[at[j]!] = loc))
+    return out
+  }
+
+  async hasMany(ids: readonly BlobId[]): Promise<boolean[]> {
+    return (await this.locateMany(ids)).map((l) => l !== undefined)
+  }
+
+  /** Stored length of a blob already known to the store (pending or indexed). */
+  storedLengthOf(loc: BlobLocation | "pending" | undefined, id: BlobId): number {
+    if (loc === undefined) return 0
+    if (loc === "pending") return this.pending.get(id)?.entry.length ?? 0
+    return loc.length
+  }
+
+  /** Adds a blob unless the store has it; checks the index (prefer batching with locateMany). */
+  async putBlob(kind: number, data: Uint8Array): Promise<PutResult> {
+    const id = hashBytes(data)
+    const [loc] = await this.locateMany([id])
+    if (loc !== undefined && loc !== "pending") return { id, added: false, storedLength: loc.length }
+    return this.storeBlob(kind, id, data)
+  }
+
+  /**
+   * Adds a blob the caller found missing with locateMany. Concurrent calls for
+   * one id are merged; a blob already pending in this process is not added twice.
+   */
+  storeBlob(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
+    this.assertOpen()
+    const pending = this.pending.get(id)
+    if (pending) return Promise.resolve({ id, added: false, storedLength: pending.entry.length })
+    const running = this.inflight.get(id)
+    if (running) return running.then((r) => ({ ...r, added: false }))
+    const work = this.encodeAndAppend(kind, id, data).finally(() => this.inflight.delete(id))
+    this.inflight.set(id, work)
+    return work
+  }
+
+  private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
+    const release = await this.encodeSlots.acquire()
+    let encoded
+    try {
+      encoded = await encode(data, this.codec)
+    } finally {
+      release()
+    }
+    if (this.writeError) throw this.writeError
+    const entry: PackEntry = {
+      id,
+      kind,
+      codec: encoded.codec,
+      offset: this.open.size,
+      length: encoded.bytes.length,
+      rawLength: data.length,
+    }
+    this.open.parts.push(encoded.bytes)
+    this.open.entries.push(entry)
+    this.open.size += encoded.bytes.length
+    this.pending.set(id, { entry, bytes: encoded.bytes })
+    if (this.open.size >= this.config.packSize) await this.sealPack()
+    return { id, added: true, storedLength: entry.length }
+  }
+
+  /** Seals the open pack and starts writing it; waits while two packs are already in flight. */
+  private async sealPack(): Promise<void> {
+    const pack = this.open
+    if (pack.entries.length === 0) return
+    this.open = { parts: [], entries: [], size: 0 }
+    while (this.packWrites.size >= 2) await Promise.race(this.packWrites)
+    const write = this.writePack(pack).catch((err) => {
+      this.writeError ??= err
+    })
+    this.packWrites.add(write)
+    void write.finally(() => this.packWrites.delete(write))
+  }
+
+  private async writePack(pack: OpenPack): Promise<void> {
+    const header = encodeHeader(pack.entries)
+    const bytes = Buffer.concat([...pack.parts, header, encodeTrailer(header)])
+    const packId = hashBytes(bytes)
+    await this.backend.put(packKey(packId), bytes)
+    for (const e of pack.entries) {
+      this.unindexed.set(e.id, { pack: packId, ...e })
+      this.pending.delete(e.id)
+    }
+    this.written.push({ pack: packId, entries: pack.entries })
+  }
+
+  /**
+   * Makes every blob stored so far durable and indexed (see the commit
+   * protocol above). Records that reference those blobs may be written after.
+   */
+  async flush(): Promise<{ packs: number }> {
+    this.assertOpen()
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight.values()])
+    await this.sealPack()
+    while (this.packWrites.size > 0) await Promise.all([...this.packWrites])
+    if (this.writeError) {
+      const err = this.writeError
+      this.writeError = undefined
+      throw err
+    }
+    const written = this.written
+    if (written.length === 0) return { packs: 0 }
+    this.written = []
+    const { name, bytes } = encodeIndexFile(written)
+    try {
+      await this.backend.put(`index/${name}`, bytes)
+    } catch (err) {
+      this.written = written.concat(this.written)
+      throw err
+    }
+    await this.index.add(locations(written), name)
+    for (const listing of written) for (const e of listing.entries) this.unindexed.delete(e.id)
+    return { packs: written.length }
+  }
+
+  async getBlob(id: BlobId): Promise<Uint8Array> {
+    const pending = this.pending.get(id)
+    if (pending) return this.decodeChecked(id, pending.entry.codec, pending.bytes, pending.entry.rawLength, "(pending)")
+    const [loc] = await this.locateMany([id])
+    if (loc === undefined || loc === "pending") {
+      if (loc === "pending") {
+        await this.inflight.get(id)
+        return this.getBlob(id)
+      }
+      throw new NotFoundError(`blob ${id} is not in the repository`, { blob: id })
+    }
+    return this.readBlob(id, loc)
+  }
+
+  /** Reads one blob from its pack and checks its hash. */
+  async readBlob(id: BlobId, loc: BlobLocation): Promise<Uint8Array> {
+    const stored = await this.readPackRange(loc.pack, loc.offset, loc.length, id)
+    return this.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack)
+  }
+
+  /** Reads a byte range of a pack; a missing or short pack is an IntegrityError. */
+  async readPackRange(pack: string, offset: number, length: number, blob?: BlobId): Promise<Uint8Array> {
+    let bytes: Uint8Array
+    try {
+      bytes = await this.backend.get(packKey(pack), { offset, length })
+    } catch (err) {
+      if (err instanceof NotFoundError) {
+        throw new IntegrityError(`pack ${pack} is missing from the repository${blob ? ` (it holds blob ${blob})` : ""}`, {
+          pack,
+          blob,
+        })
+      }
+      throw err
+    }
+    if (bytes.length !== length) {
+      throw new IntegrityError(`pack ${pack} is truncated${blob ? ` (it holds blob ${blob})` : ""}`, { pack, blob })
+    }
+    return bytes
+  }
+
+  /** Decodes stored bytes and checks that they hash to the id. */
+  async decodeChecked(id: BlobId, codec: number, stored: Uint8Array, rawLength: number, pack: string): Promise<Uint8Array> {
+    let raw: Uint8Array
+    try {
+      raw = await decode(codec, stored, rawLength)
+    } catch (err) {
+      throw new IntegrityError(`blob ${id} in pack ${pack} does not decode: the pack is damaged`, { blob: id, pack }, err)
+    }
+    if (raw.length !== rawLength || hashBytes(raw) !== id) {
+      throw new IntegrityError(`blob ${id} in pack ${pack} does not match its hash: the pack is damaged`, {
+        blob: id,
+        pack,
+      })
+    }
+    return raw
+  }
+
+  // ---- records --------------------------------------------------------
+
+  async putRecord(kind: string, name: string, value: unknown): Promise<void> {
+    checkRecordName(kind, name)
+    await this.backend.put(`${kind}/${name}`, Buffer.from(JSON.stringify(value, null, 1) + "\n"))
+  }
+
+  async createRecord(kind: string, name: string, value: unknown): Promise<boolean> {
+    checkRecordName(kind, name)
+    return this.backend.putIfAbsent(`${kind}/${name}`, Buffer.from(JSON.stringify(value, null, 1) + "\n"))
+  }
+
+  async getRecord<T>(kind: string, name: string): Promise<T> {
+    checkRecordName(kind, name)
+    const bytes = await this.backend.get(`${kind}/${name}`)
+    try {
+      return JSON.parse(Buffer.from(bytes).toString("utf8")) as T
+    } catch (err) {
+      throw new IntegrityError(`record ${kind}/${name} is damaged (not valid JSON)`, { record: `${kind}/${name}` }, err)
+    }
+  }
+
+  async listRecordNames(kind: string): Promise<string[]> {
+    return (await this.backend.list(`${kind}/`)).map((o) => o.key.slice(kind.length + 1))
+  }
+
+  /** Reads every record of a kind; damaged ones are reported, not thrown. */
+  async listRecords<T>(kind: string): Promise<{ records: T[]; damaged: string[] }> {
+    const names = await this.listRecordNames(kind)
+    const records: T[] = []
+    const damaged: string[] = []
+    await mapLimit(names, 32, async (name) => {
+      try {
+        records.push(await this.getRecord<T>(kind, name))
+      } catch (err) {
+        if (err instanceof NotFoundError) return
+        if (err instanceof IntegrityError) damaged.push(name)
+        else throw err
+      }
+    })
+    return { records, damaged }
+  }
+
+  async deleteRecord(kind: string, name: string): Promise<void> {
+    checkRecordName(kind, name)
+    await this.backend.delete(`${kind}/${name}`)
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    await this.flush()
+    this.closed = true
+    await this.index.close()
+    await this.backend.close()
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new CairnError("BAD_INPUT", "the repository was closed; open it again")
+  }
+}
+
+function locations(listings: readonly PackListing[]): Array<[BlobId, BlobLocation]> {
+  const out: Array<[BlobId, BlobLocation]> = []
+  for (const { pack, entries } of listings) {
+    for (const e of entries) {
+      out.push([e.id, { pack, kind: e.kind, codec: e.codec, offset: e.offset, length: e.length, rawLength: e.rawLength }])
+    }
+  }
+  return out
+}
+
+function checkRecordName(kind: string, name: string): void {
+  if (!/^[a-z]+$/.test(kind) || !/^[A-Za-z0-9_-]{1,128}$/.test(name)) {
+    throw new BadInputError(`invalid record name ${kind}/${name}`)
+  }
+}
+
+function validateConfig(config: RepoConfig, location: string): void {
+  if (typeof config !== "object" || config === null || typeof config.version !== "number") {
+    throw new IntegrityError(`the config of the repository at ${location} is damaged`)
+  }
+  if (config.version > FORMAT_VERSION) {
+    throw new FormatVersionError(
+      `the repository at ${location} has format version ${config.version}, newer than this cairn reads (${FORMAT_VERSION}); upgrade cairn`,
+      { version: config.version },
+    )
+  }
+  if (config.version < 1 || config.hash !== "sha256") {
+    throw new FormatVersionError(`the repository at ${location} has an unknown format (version ${config.version}, hash ${config.hash})`)
+  }
+  const c = config.chunker
+  const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0
+  if (!c || !pow2(c.avgSize) || !(c.minSize > 0 && c.minSize < c.avgSize && c.avgSize < c.maxSize) || c.maxSize > 64 << 20 || !/^[0-9a-f]{32}$/.test(c.seed)) {
+    throw new IntegrityError(`the chunker settings in the config at ${location} are invalid`)
+  }
+  if (!(config.packSize >= 4096 && config.packSize <= 1 << 30)) {
+    throw new IntegrityError(`the pack size in the config at ${location} is invalid`)
+  }
+  codecFromName(config.codec)
+}

@@ -1,0 +1,181 @@
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import { FsObjectStore } from "../../store/backends/fs.js"
+import { MemoryObjectStore } from "../../store/backends/memory.js"
+import { isCairnError } from "../../store/errors.js"
+import { hashBytes } from "../../store/ids.js"
+import { BLOB_DATA, packKey, parsePack } from "../../store/pack.js"
+import { Store } from "../../store/store.js"
+import { seededBytes, tempDir, textBytes } from "../helpers.js"
+
+async function memStore(packSize = 64 * 1024) {
+  const backend = new MemoryObjectStore()
+  const cacheDir = await tempDir()
+  const store = await Store.init({ backend, cacheDir, config: { packSize } })
+  return { backend, cacheDir, store }
+}
+
+describe("Store", () => {
+  it("round-trips blobs, compresses text, stores random data raw", async () => {
+    const { store } = await memStore()
+    const text = textBytes("t", 100_000)
+    const random = seededBytes("r", 100_000)
+    const a = await store.putBlob(BLOB_DATA, text)
+    const b = await store.putBlob(BLOB_DATA, random)
+    expect(a.added && b.added).toBe(true)
+    expect(a.storedLength).toBeLessThan(text.length / 2)
+    expect(b.storedLength).toBe(random.length)
+    expect(Buffer.from(await store.getBlob(a.id)).equals(text)).toBe(true) // pending read
+    await store.flush()
+    expect(Buffer.from(await store.getBlob(a.id)).equals(text)).toBe(true)
+    expect(Buffer.from(await store.getBlob(b.id)).equals(random)).toBe(true)
+    await store.close()
+  })
+
+  it("stores a blob once, also when puts race", async () => {
+    const { backend, store } = await memStore()
+    const data = textBytes("same", 50_000)
+    const results = await Promise.all(Array.from({ length: 8 }, () => store.putBlob(BLOB_DATA, data)))
+    expect(results.filter((r) => r.added)).toHaveLength(1)
+    await store.flush()
+    expect((await store.putBlob(BLOB_DATA, data)).added).toBe(false)
+    await store.flush()
+    const packs = await backend.list("data/")
+    const entries = (await Promise.all(packs.map(async (p) => parsePack(await backend.get(p.key), p.key)))).flat()
+    expect(entries).toHaveLength(1)
+    await store.close()
+  })
+
+  it("packs many small blobs into few pack files", async () => {
+    const { backend, store } = await memStore(1 << 20)
+    for (let i = 0; i < 2000; i++) await store.putBlob(BLOB_DATA, textBytes(`f${i}`, 300))
+    await store.flush()
+    expect((await backend.list("data/")).length).toBeLessThanOrEqual(2)
+    await store.close()
+  })
+
+  it("a reopened store (fresh cache) finds every blob through the index files", async () => {
+    const { backend, store } = await memStore()
+    const ids = []
+    for (let i = 0; i < 50; i++) ids.push((await store.putBlob(BLOB_DATA, textBytes(`x${i}`, 20_000))).id)
+    await store.close()
+    const again = await Store.open({ backend, cacheDir: await tempDir() })
+    expect(await again.hasMany(ids)).toEqual(ids.map(() => true))
+    expect(Buffer.from(await again.getBlob(ids[7]!)).equals(textBytes("x7", 20_000))).toBe(true)
+    await again.close()
+  })
+
+  it("rebuild-index from packs equals the incremental index", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.uint8Array({ minLength: 0, maxLength: 5000 }), { maxLength: 30 }), async (blobs) => {
+        const { store } = await memStore(16 * 1024)
+        const ids = []
+        for (const b of blobs) ids.push((await store.putBlob(BLOB_DATA, b)).id)
+        await store.flush()
+        const before = await store.locateMany(ids)
+        const result = await store.rebuildIndex()
+        expect(result.damaged).toEqual([])
+        expect(await store.locateMany(ids)).toEqual(before)
+        for (let i = 0; i < blobs.length; i++) expect(Buffer.from(await store.getBlob(ids[i]!)).equals(Buffer.from(blobs[i]!))).toBe(true)
+        await store.close()
+      }),
+      { numRuns: 20 },
+    )
+  })
+
+  it("any sequence of puts and gets returns what was put", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.record({ put: fc.uint8Array({ maxLength: 3000 }) }), fc.record({ flush: fc.constant(true) })), {
+          maxLength: 40,
+        }),
+        async (ops) => {
+          const { store } = await memStore(8 * 1024)
+          const model = new Map<string, Uint8Array>()
+          for (const op of ops) {
+            if ("put" in op) model.set((await store.putBlob(BLOB_DATA, op.put)).id, op.put)
+            else await store.flush()
+          }
+          for (const [id, data] of model) expect(Buffer.from(await store.getBlob(id as never)).equals(Buffer.from(data))).toBe(true)
+          await store.close()
+        },
+      ),
+      { numRuns: 25 },
+    )
+  })
+
+  it("detects a bit flip or truncation in a pack on read", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.nat(), fc.boolean(), async (pos, truncate) => {
+        const { backend, store } = await memStore()
+        const data = textBytes("victim", 30_000)
+        const { id } = await store.putBlob(BLOB_DATA, data)
+        await store.flush()
+        const [key] = (await backend.list("data/")).map((o) => o.key)
+        const [loc] = await store.locateMany([id])
+        if (!loc || loc === "pending") throw new Error("not indexed")
+        backend.tamper(key!, (bytes) => {
+          if (truncate) return bytes.subarray(0, loc.offset + (pos % loc.length))
+          const copy = Uint8Array.from(bytes)
+          copy[loc.offset + (pos % loc.length)]! ^= 1 << pos % 8
+          return copy
+        })
+        const err = await store.getBlob(id).catch((e) => e)
+        expect(isCairnError(err, "INTEGRITY")).toBe(true)
+        expect(String(err.message)).toContain(id)
+        await store.close()
+      }),
+      { numRuns: 30 },
+    )
+  })
+
+  it("refuses newer formats, foreign directories and missing repositories", async () => {
+    const { backend } = await memStore()
+    const config = JSON.parse(Buffer.from(await backend.get("config")).toString())
+    await backend.put("config", Buffer.from(JSON.stringify({ ...config, version: 99 })))
+    const err = await Store.open({ backend, cacheDir: await tempDir() }).catch((e) => e)
+    expect(err.code).toBe("FORMAT_VERSION")
+
+    const foreign = await tempDir()
+    await fsp.writeFile(path.join(foreign, "precious.txt"), "mine")
+    const fsBackend = new FsObjectStore(foreign)
+    expect((await Store.open({ backend: fsBackend, cacheDir: await tempDir() }).catch((e) => e)).code).toBe("NOT_A_REPOSITORY")
+    expect((await Store.init({ backend: fsBackend, cacheDir: await tempDir() }).catch((e) => e)).code).toBe("NOT_A_REPOSITORY")
+    expect(await fsp.readdir(foreign)).toEqual(["precious.txt"])
+  })
+
+  it("a second opener of the same cache falls back to an in-memory index", async () => {
+    const dir = await tempDir()
+    const backend = new FsObjectStore(path.join(dir, "repo"))
+    const cacheDir = path.join(dir, "cache")
+    const first = await Store.init({ backend, cacheDir })
+    const { id } = await first.putBlob(BLOB_DATA, textBytes("shared", 10_000))
+    await first.flush()
+    const second = await Store.open({ backend, cacheDir })
+    expect(first.index.kind).toBe("level")
+    expect(second.index.kind).toBe("memory")
+    expect(await second.hasMany([id])).toEqual([true])
+    await Promise.all([first.close(), second.close()])
+  })
+
+  it("keeps blob ids and pack bytes stable (golden)", async () => {
+    const data = textBytes("golden", 4096)
+    expect(hashBytes(data)).toBe(hashBytes(Buffer.from(data)))
+    const { backend, store } = await memStore()
+    await store.putBlob(BLOB_DATA, data)
+    await store.putBlob(BLOB_DATA, seededBytes("golden-random", 1000))
+    await store.flush()
+    const [pack] = await backend.list("data/")
+    expect(pack!.key).toBe(packKey(pack!.key.split("/").pop()!))
+    expect({ id: hashBytes(data), pack: pack!.key.split("/").pop(), size: pack!.size }).toMatchInlineSnapshot(`
+      {
+        "id": "de9e0191ad47a87524adabd9e4e2227403d3d0e536912eddf83358a2500e5e1c",
+        "pack": "2c1923eaf3472f6d0e73dd480a01e4e8e20017c021f8b1f8033fb1632afa2eb1",
+        "size": 2099,
+      }
+    `)
+    await store.close()
+  })
+})
