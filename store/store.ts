@@ -297,6 +297,8 @@ export class Store {
       release()
     }
     if (this.writeError) throw this.writeError
+    // raw bytes may be a view into a caller's large buffer: keep only our part
+    if (encoded.bytes === data) encoded.bytes = Uint8Array.prototype.slice.call(data)
     const entry: PackEntry = {
       id,
       kind,

@@ -1,0 +1,164 @@
+// Ingest: turn byte streams into stored chunks and directories into trees,
+// with dedup and exact size accounting. Used by snapshots of directories and
+// by tar imports alike.
+//
+// Pipeline per stream: read -> FastCDC (main thread) -> sha256 (native) ->
+// batched dedup lookup -> compress (thread pool) -> pack. Lookups from all
+// concurrent streams are gathered into one getMany per tick (LookupBatcher).
+// Memory is bounded: each stream keeps at most WINDOW chunks in flight, and
+// the store bounds compressions and pack writes in flight.
+
+import type { BlobId } from "../store/ids.js"
+import { hashBytes } from "../store/ids.js"
+import type { BlobLocation } from "../store/local-index.js"
+import { BLOB_DATA, BLOB_TREE } from "../store/pack.js"
+import type { Store } from "../store/store.js"
+import { throwIfAborted } from "../store/errors.js"
+import { Chunker, chunkLengths, gearTable, type ChunkerParams } from "./fastcdc.js"
+import { encodeTree, type TreeEntry } from "./tree.js"
+
+type Located = BlobLocation | "pending" | undefined
+
+/** Gathers single lookups into batched locateMany calls. */
+export class LookupBatcher {
+  private queue: Array<{ id: BlobId; resolve: (l: Located) => void; reject: (e: unknown) => void }> = []
+  private scheduled = false
+
+  constructor(private readonly store: Store) {}
+
+  lookup(id: BlobId): Promise<Located> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ id, resolve, reject })
+      if (!this.scheduled) {
+        this.scheduled = true
+        setImmediate(() => void this.run())
+      }
+    })
+  }
+
+  private async run(): Promise<void> {
+    const batch = this.queue
+    this.queue = []
+    this.scheduled = false
+    try {
+      const found = await this.store.locateMany(batch.map((b) => b.id))
+      batch.forEach((b, i) => b.resolve(found[i]))
+    } catch (err) {
+      for (const b of batch) b.reject(err)
+    }
+  }
+}
+
+const WINDOW = 16
+
+export interface IngestTotals {
+  /** stored bytes of every distinct blob referenced so far */
+  storedBytes: number
+  /** stored bytes this ingest added to the repository */
+  addedBytes: number
+  addedBlobs: number
+}
+
+export class Ingestor {
+  private readonly distinct = new Map<BlobId, number>()
+  private readonly batcher: LookupBatcher
+  private readonly gear: Uint32Array
+  private readonly params: ChunkerParams
+  addedBytes = 0
+  addedBlobs = 0
+
+  constructor(
+    readonly store: Store,
+    private readonly signal?: AbortSignal,
+  ) {
+    this.batcher = new LookupBatcher(store)
+    const c = store.config.chunker
+    this.params = { minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }
+    this.gear = gearTable(Buffer.from(c.seed, "hex"))
+  }
+
+  totals(): IngestTotals {
+    let stored = 0
+    for (const n of this.distinct.values()) stored += n
+    return { storedBytes: stored, addedBytes: this.addedBytes, addedBlobs: this.addedBlobs }
+  }
+
+  /** Chunks and stores a stream; returns its chunk ids and byte count. */
+  async ingestStream(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, onBytes?: (n: number) => void): Promise<{ chunks: BlobId[]; size: number }> {
+    const chunker = new Chunker(this.params, this.gear)
+    const chunks: BlobId[] = []
+    const window: Promise<void>[] = []
+    let size = 0
+    const take = async (pieces: Uint8Array[]) => {
+      for (const piece of pieces) {
+        const id = hashBytes(piece)
+        chunks.push(id)
+        window.push(this.putChunk(BLOB_DATA, id, piece))
+        if (window.length >= WINDOW) await window.shift()
+      }
+    }
+    try {
+      for await (const block of source) {
+        throwIfAborted(this.signal)
+        size += block.length
+        onBytes?.(block.length)
+        await take(chunker.push(block))
+      }
+      await take(chunker.finish())
+    } finally {
+      await Promise.allSettled(window)
+    }
+    await Promise.all(window)
+    return { chunks, size }
+  }
+
+  /** Stores one whole in-memory file (small files take this path). */
+  async ingestBuffer(data: Uint8Array): Promise<BlobId[]> {
+    const chunks: BlobId[] = []
+    const puts: Promise<void>[] = []
+    let at = 0
+    for (const len of data.length === 0 ? [] : chunkLengths(data, this.params, this.gear)) {
+      const piece = data.subarray(at, at + len)
+      at += len
+      const id = hashBytes(piece)
+      chunks.push(id)
+      puts.push(this.putChunk(BLOB_DATA, id, piece))
+    }
+    await Promise.all(puts)
+    return chunks
+  }
+
+  /**
+   * Accounts for chunks reused from a previous snapshot without reading them.
+   * Returns false if any is no longer in the store (gc took it): re-read then.
+   */
+  async reuse(ids: readonly BlobId[]): Promise<boolean> {
+    const locs = await Promise.all(ids.map((id) => this.batcher.lookup(id)))
+    if (locs.some((l) => l === undefined)) return false
+    ids.forEach((id, i) => this.distinct.set(id, this.store.storedLengthOf(locs[i], id)))
+    return true
+  }
+
+  async putTree(entries: readonly TreeEntry[]): Promise<BlobId> {
+    const bytes = encodeTree(entries)
+    const id = hashBytes(bytes)
+    await this.putChunk(BLOB_TREE, id, bytes)
+    return id
+  }
+
+  private async putChunk(kind: number, id: BlobId, data: Uint8Array): Promise<void> {
+    if (this.distinct.has(id)) return
+    this.distinct.set(id, 0)
+    const loc = await this.batcher.lookup(id)
+    if (loc !== undefined) {
+      this.distinct.set(id, this.store.storedLengthOf(loc, id) || this.distinct.get(id)!)
+      if (loc !== "pending") return
+    }
+    const result = await this.store.storeBlob(kind, id, data)
+    this.distinct.set(id, result.storedLength)
+    if (result.added) {
+      this.addedBytes += result.storedLength
+      this.addedBlobs++
+    }
+  }
+}

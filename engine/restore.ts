@@ -1,0 +1,384 @@
+// Restore: rebuild a snapshot (or a sub-path of it) into a fresh directory.
+//
+// Order of work: load and validate every tree; create directories top-down
+// (owner-writable while we fill them); read the chunks pack by pack, each
+// pack's needed ranges coalesced and read in offset order, decoded on the
+// thread pool and hash-checked; write each chunk at its offset into the
+// file's temporary name (".cairn-<random>.tmp" beside it); when a file's last
+// chunk is written, set its mode and mtime and rename it into place. Then
+// symlinks, hardlinks, and finally directory modes and mtimes bottom-up.
+//
+// Safety: names come from validated trees (no "", ".", "..", "/", NUL), the
+// restore creates every directory it descends into (or, with overwrite,
+// checks with lstat that an existing one is a real directory), and never
+// follows a symlink it finds in the destination; so nothing is written
+// outside the destination. A file whose chunk is missing or damaged is never
+// renamed into place: its temp file is removed and the path is reported.
+//
+// mtimes are kept in nanoseconds but set through fs.utimes, which libuv
+// truncates to microseconds; restores are exact to the microsecond.
+
+import { randomBytes } from "node:crypto"
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import { mapLimit, Semaphore } from "../store/concurrency.js"
+import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwIfAborted } from "../store/errors.js"
+import type { BlobId } from "../store/ids.js"
+import type { BlobLocation } from "../store/local-index.js"
+import type { Store } from "../store/store.js"
+import type { FileEntry, TreeEntry } from "./tree.js"
+import type { Progress, SnapshotRecord } from "./types.js"
+import { flattenTree, resolvePath, type PlacedEntry } from "./walk.js"
+
+export interface RestoreOptions {
+  /** restore only this path of the snapshot ("/" or omitted: everything) */
+  subPath?: string
+  /** allow a non-empty destination; entries in the way are replaced */
+  overwrite?: boolean
+  /** restore uid/gid; default: only when running as root */
+  owners?: boolean
+  signal?: AbortSignal
+  onProgress?: (p: Progress) => void
+}
+
+export interface RestoreFailure {
+  path: string
+  reason: string
+  code: string
+}
+
+export interface RestoreResult {
+  dest: string
+  files: number
+  dirs: number
+  symlinks: number
+  hardlinks: number
+  bytes: number
+  failed: RestoreFailure[]
+}
+
+const SEGMENT_GAP = 256 * 1024
+const SEGMENT_MAX = 8 * 1024 * 1024
+
+interface FileJob {
+  rel: string
+  entry: FileEntry
+  temp?: string
+  handle?: fsp.FileHandle
+  opening?: Promise<fsp.FileHandle>
+  remaining: number
+  failed?: RestoreFailure
+}
+
+interface Target {
+  job: FileJob
+  offset: number
+}
+
+interface BlobRead {
+  id: BlobId
+  loc: BlobLocation
+  targets: Target[]
+}
+
+export async function restoreSnapshot(store: Store, snapshot: SnapshotRecord, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  return store.withLock(false, "restore", () => new Restorer(store, path.resolve(dest), opts).run(snapshot))
+}
+
+class Restorer {
+  private readonly result: RestoreResult
+  private readonly owners: boolean
+  private readonly decodeSlots = new Semaphore(4)
+  private readonly openSlots = new Semaphore(64)
+  private filesTotal = 0
+  private bytesTotal = 0
+  private filesDone = 0
+  private bytesDone = 0
+
+  constructor(
+    private readonly store: Store,
+    private readonly dest: string,
+    private readonly opts: RestoreOptions,
+  ) {
+    this.result = { dest, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed: [] }
+    this.owners = opts.owners ?? process.getuid?.() === 0
+  }
+
+  async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
+    const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
+    const placed: PlacedEntry[] =
+      top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }]
+    await this.prepareDest()
+    throwIfAborted(this.opts.signal)
+
+    const dirs = placed.filter((p) => p.entry.type === "dir")
+    for (const d of dirs) await this.makeDir(d.rel)
+    const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
+    this.filesTotal = files.length
+    this.bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
+    await this.restoreFiles(files)
+    for (const p of placed) {
+      if (p.entry.type === "symlink") await this.guard(p.rel, () => this.makeSymlink(p.rel, p.entry as TreeEntry & { type: "symlink" }))
+    }
+    const restored = new Set(files.filter((f) => !this.result.failed.some((x) => x.path === f.rel)).map((f) => f.rel))
+    const base = top.type === "dir" ? (this.opts.subPath ? splitBase(this.opts.subPath) : "") : undefined
+    for (const p of placed) {
+      const e = p.entry
+      if (e.type === "file" && e.link !== undefined) await this.guard(p.rel, () => this.makeHardlink(p.rel, e, base, restored))
+    }
+    // directory metadata last, deepest first, so that read-only dirs do not block their children
+    for (const d of [...dirs].reverse()) await this.guard(d.rel, () => this.setMeta(this.abs(d.rel), d.entry, false))
+    if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
+      await this.guard(".", () => this.setMeta(this.dest, top, false))
+    } else if (top.type === "dir") {
+      await this.guard(".", () => this.setMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }, false))
+    }
+    this.result.dirs = dirs.length
+    if (this.result.failed.length > 0) {
+      const first = this.result.failed[0]!
+      const code = this.result.failed.some((f) => f.code === "INTEGRITY") ? "INTEGRITY" : first.code
+      const err = new IntegrityError(
+        `restore into ${this.dest} left ${this.result.failed.length} path(s) unrestored (first: ${first.path}: ${first.reason}); run "cairn verify --read-data" to see the damage`,
+        { failed: this.result.failed, result: this.result },
+      )
+      ;(err as { code: string }).code = code
+      throw err
+    }
+    return this.result
+  }
+
+  private abs(rel: string): string {
+    return rel === "" || rel === "." ? this.dest : path.join(this.dest, ...rel.split("/"))
+  }
+
+  private async prepareDest(): Promise<void> {
+    const st = await fsp.lstat(this.dest).catch(() => undefined)
+    if (!st) {
+      await fsp.mkdir(this.dest, { recursive: true, mode: 0o700 })
+      return
+    }
+    if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${this.dest}: it exists and is not a directory`)
+    if (!this.opts.overwrite && (await fsp.readdir(this.dest)).length > 0) {
+      throw new AlreadyExistsError(`cannot restore into ${this.dest}: it is not empty; choose an empty or new directory, or pass overwrite`)
+    }
+  }
+
+  /** With overwrite, removes whatever is at rel unless it is a real directory and a directory is wanted. */
+  private async clearWay(rel: string, wantDir: boolean): Promise<boolean> {
+    if (!this.opts.overwrite) return false
+    const st = await fsp.lstat(this.abs(rel)).catch(() => undefined)
+    if (!st) return false
+    if (wantDir && st.isDirectory()) return true
+    if (!wantDir && st.isFile()) return false // rename/link replace files atomically
+    await fsp.rm(this.abs(rel), { recursive: true, force: true })
+    return false
+  }
+
+  private async makeDir(rel: string): Promise<void> {
+    if (await this.clearWay(rel, true)) {
+      await fsp.chmod(this.abs(rel), 0o700)
+      return
+    }
+    await fsp.mkdir(this.abs(rel), { mode: 0o700 })
+  }
+
+  private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
+    const jobs: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
+    const ids = [...new Set(jobs.flatMap((j) => j.entry.chunks ?? []))]
+    const locs = new Map<BlobId, BlobLocation>()
+    for (let i = 0; i < ids.length; i += 10_000) {
+      const batch = ids.slice(i, i + 10_000)
+      const found = await this.store.locateMany(batch)
+      batch.forEach((id, k) => {
+        const l = found[k]
+        if (l && l !== "pending") locs.set(id, l)
+      })
+    }
+    const byPack = new Map<string, Map<BlobId, BlobRead>>()
+    for (const job of jobs) {
+      let offset = 0
+      for (const id of job.entry.chunks ?? []) {
+        const loc = locs.get(id)
+        if (!loc) {
+          job.failed ??= { path: job.rel, reason: `chunk ${id} is missing from the repository`, code: "INTEGRITY" }
+          continue
+        }
+        let pack = byPack.get(loc.pack)
+        if (!pack) byPack.set(loc.pack, (pack = new Map()))
+        let read = pack.get(id)
+        if (!read) pack.set(id, (read = { id, loc, targets: [] }))
+        read.targets.push({ job, offset })
+        offset += loc.rawLength
+      }
+      if (!job.failed && offset !== job.entry.size) {
+        job.failed = { path: job.rel, reason: `its chunks add up to ${offset} bytes, not ${job.entry.size}`, code: "INTEGRITY" }
+      }
+    }
+    for (const job of jobs) {
+      if (job.failed) this.result.failed.push(job.failed)
+      else if (job.remaining === 0) await this.guard(job.rel, () => this.finishFile(job))
+    }
+    const packs = [...byPack.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
+    await mapLimit(packs, 2, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
+    // files whose writes failed part-way
+    for (const job of jobs) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+  }
+
+  private async restorePack(pack: string, reads: BlobRead[]): Promise<void> {
+    throwIfAborted(this.opts.signal)
+    reads.sort((a, b) => a.loc.offset - b.loc.offset)
+    let i = 0
+    while (i < reads.length) {
+      // one segment: neighbouring blobs read with one ranged get
+      let j = i + 1
+      const start = reads[i]!.loc.offset
+      let end = start + reads[i]!.loc.length
+      while (j < reads.length && reads[j]!.loc.offset - end <= SEGMENT_GAP && reads[j]!.loc.offset + reads[j]!.loc.length - start <= SEGMENT_MAX) {
+        end = Math.max(end, reads[j]!.loc.offset + reads[j]!.loc.length)
+        j++
+      }
+      const group = reads.slice(i, j)
+      i = j
+      let segment: Uint8Array
+      try {
+        segment = await this.store.readPackRange(pack, start, end - start)
+      } catch (err) {
+        for (const r of group) for (const t of r.targets) await this.fail(t.job, describe(err), codeOf(err))
+        continue
+      }
+      await Promise.all(
+        group.map(async (r) => {
+          const stored = segment.subarray(r.loc.offset - start, r.loc.offset - start + r.loc.length)
+          let raw: Uint8Array
+          try {
+            raw = await this.decodeSlots.run(() => this.store.decodeChecked(r.id, r.loc.codec, stored, r.loc.rawLength, pack))
+          } catch (err) {
+            for (const t of r.targets) await this.fail(t.job, describe(err), codeOf(err))
+            return
+          }
+          await Promise.all(r.targets.map((t) => this.writeChunk(t, raw)))
+        }),
+      )
+    }
+  }
+
+  private async writeChunk(t: Target, raw: Uint8Array): Promise<void> {
+    const job = t.job
+    if (job.failed) return
+    try {
+      const handle = await this.openTemp(job)
+      let done = 0
+      while (done < raw.length) done += (await handle.write(raw, done, raw.length - done, t.offset + done)).bytesWritten
+      this.bytesDone += raw.length
+      if (--job.remaining === 0) await this.finishFile(job)
+    } catch (err) {
+      await this.fail(job, describe(err), codeOf(err))
+    }
+  }
+
+  private openTemp(job: FileJob): Promise<fsp.FileHandle> {
+    if (job.handle) return Promise.resolve(job.handle)
+    job.opening ??= (async () => {
+      const release = await this.openSlots.acquire()
+      try {
+        await this.clearWay(job.rel, false)
+        job.temp = path.join(path.dirname(this.abs(job.rel)), `.cairn-${randomBytes(6).toString("hex")}.tmp`)
+        job.handle = await fsp.open(job.temp, "wx", 0o600)
+        ;(job as { release?: () => void }).release = release
+        return job.handle
+      } catch (err) {
+        release()
+        throw err
+      }
+    })()
+    return job.opening
+  }
+
+  private async closeTemp(job: FileJob): Promise<void> {
+    const handle = job.handle
+    job.handle = undefined
+    if (handle) await handle.close().catch(() => {})
+    ;(job as { release?: () => void }).release?.()
+  }
+
+  private async finishFile(job: FileJob): Promise<void> {
+    if (job.entry.size === 0 && !job.handle) await this.openTemp(job)
+    await this.closeTemp(job)
+    await this.setMeta(job.temp!, job.entry, false)
+    await fsp.rename(job.temp!, this.abs(job.rel))
+    this.result.files++
+    this.result.bytes += job.entry.size
+    this.filesDone++
+    this.opts.onProgress?.({ phase: "restore", filesDone: this.filesDone, filesTotal: this.filesTotal, bytesDone: this.bytesDone, bytesTotal: this.bytesTotal })
+  }
+
+  private async fail(job: FileJob, reason: string, code: string): Promise<void> {
+    if (job.failed) return
+    job.failed = { path: job.rel, reason, code }
+    this.result.failed.push(job.failed)
+    await this.closeTemp(job)
+    if (job.temp) await fsp.rm(job.temp, { force: true })
+  }
+
+  private async makeSymlink(rel: string, entry: TreeEntry & { type: "symlink" }): Promise<void> {
+    await this.clearWay(rel, false)
+    const abs = this.abs(rel)
+    if (this.opts.overwrite) await fsp.rm(abs, { force: true })
+    await fsp.symlink(entry.target, abs)
+    await this.setMeta(abs, entry, true)
+    this.result.symlinks++
+  }
+
+  private async makeHardlink(rel: string, entry: FileEntry, base: string | undefined, restored: Set<string>): Promise<void> {
+    const link = entry.link!
+    const within = base === undefined ? undefined : base === "" ? link : link.startsWith(`${base}/`) ? link.slice(base.length + 1) : undefined
+    if (within === undefined || !restored.has(within)) {
+      throw new IntegrityError(`hardlink target ${link} is not part of this restore`)
+    }
+    await this.clearWay(rel, false)
+    if (this.opts.overwrite) await fsp.rm(this.abs(rel), { force: true })
+    await fsp.link(this.abs(within), this.abs(rel))
+    this.result.hardlinks++
+  }
+
+  private async setMeta(abs: string, e: TreeEntry, isLink: boolean): Promise<void> {
+    if (this.owners) await fsp.lchown(abs, e.uid, e.gid)
+    if (!isLink) await fsp.chmod(abs, e.mode)
+    const t = utimesSeconds(BigInt(e.mtime))
+    if (isLink) await fsp.lutimes(abs, t, t)
+    else await fsp.utimes(abs, t, t)
+  }
+
+  private async guard(rel: string, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn()
+    } catch (err) {
+      if (isCairnError(err, "ABORTED")) throw err
+      this.result.failed.push({ path: rel, reason: describe(err), code: codeOf(err) })
+    }
+  }
+}
+
+/** The root directory's own metadata lives in no tree; keep the destination's mode. */
+function snapshotRootMode(_placed: PlacedEntry[], _top: TreeEntry): number {
+  return 0o755
+}
+
+function splitBase(subPath: string): string {
+  return subPath.split("/").filter((n) => n !== "" && n !== ".").join("/")
+}
+
+/** ns -> seconds for fs.utimes, nudged half a microsecond up so libuv's truncation lands on the right microsecond. */
+export function utimesSeconds(ns: bigint): number {
+  const sec = ns / 1_000_000_000n
+  const us = (ns % 1_000_000_000n) / 1000n
+  return Number(sec) + (Number(us) + 0.5) / 1e6
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+function codeOf(err: unknown): string {
+  return isCairnError(err) ? err.code : "IO"
+}
