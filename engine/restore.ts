@@ -26,6 +26,7 @@ import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwI
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
+import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 import { flattenTree, resolvePath, type PlacedEntry } from "./walk.js"
@@ -39,6 +40,11 @@ export interface RestoreOptions {
   owners?: boolean
   signal?: AbortSignal
   onProgress?: (p: Progress) => void
+  /**
+   * Seed the incremental cache of the restored workspace under this key (a
+   * box id), so that its next snapshot reads only files changed since.
+   */
+  statCacheKey?: string
 }
 
 export interface RestoreFailure {
@@ -134,6 +140,7 @@ class Restorer {
       await this.guard(".", () => this.setMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }, false))
     }
     this.result.dirs = dirs.length
+    if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed)
     if (this.result.failed.length > 0) {
       const first = this.result.failed[0]!
       const code = this.result.failed.some((f) => f.code === "INTEGRITY") ? "INTEGRITY" : first.code
@@ -145,6 +152,25 @@ class Restorer {
       throw err
     }
     return this.result
+  }
+
+  /** Records what was restored so that the next snapshot of this workspace reads nothing unchanged. */
+  private async seedStatCache(placed: PlacedEntry[]): Promise<void> {
+    const cache: StatCache = new Map()
+    await mapLimit(placed, 32, async (p) => {
+      const e = p.entry
+      if (e.type === "file" && e.link !== undefined) return
+      const st = await fsp.lstat(this.abs(p.rel), { bigint: true })
+      cache.set(p.rel, {
+        size: e.type === "file" ? Number(st.size) : 0,
+        mtimeNs: st.mtimeNs,
+        ctimeNs: st.ctimeNs,
+        ino: st.ino,
+        chunks: e.type === "file" ? (e.chunks ?? []) : [],
+        treeMtime: e.mtime,
+      })
+    })
+    await saveStatCache(this.store.cacheDir, this.opts.statCacheKey!, cache)
   }
 
   private abs(rel: string): string {

@@ -21,16 +21,21 @@ import type { Store } from "../store/store.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
-import { loadStatCache, saveStatCache, type StatCache } from "./statcache.js"
+import { dirCacheKey, loadStatCache, saveStatCache, type StatCache } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
 export interface SnapshotOptions {
   name?: string
   boxId?: string
-  /** snapshot whose chunk lists are reused for unchanged files */
+  /** the snapshot this one follows (recorded for lineage) */
   parent?: SnapshotRecord
-  /** re-read every file, ignoring the parent */
+  /**
+   * Names this workspace's incremental cache (a box id); default: derived from
+   * the directory's absolute path. Unchanged files are not read again.
+   */
+  cacheKey?: string
+  /** re-read every file, ignoring the incremental cache */
   full?: boolean
   exclude?: string[]
   labels?: Record<string, string>
@@ -66,7 +71,8 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
 
   return store.withLock(false, "snapshot", async () => {
     const scan = await scanTree(root, { ignore, signal: opts.signal })
-    const cache = opts.parent && !opts.full ? await loadStatCache(store.cacheDir, opts.parent.id) : new Map()
+    const cacheKey = opts.cacheKey ?? dirCacheKey(root)
+    const cache = opts.full ? new Map() : await loadStatCache(store.cacheDir, cacheKey)
     const run = new SnapshotRun(store, root, cache, scan.files, scan.bytes, opts)
     run.warnings.push(...scan.warnings)
     await run.storeFiles(scan.root)
@@ -98,7 +104,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       stats,
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
-    await saveStatCache(store.cacheDir, snapshot.id, run.newCache).catch(() => {})
+    await saveStatCache(store.cacheDir, cacheKey, run.newCache).catch(() => {})
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, readBytes: run.readBytes }
   })
 }
@@ -109,6 +115,7 @@ class SnapshotRun {
   readonly newCache: StatCache = new Map()
   private readonly chunksOf = new Map<string, BlobId[]>()
   private readonly vanished = new Set<string>()
+  private readonly treeMtimes = new Map<string, string>()
   private readonly slots = new Semaphore(FILE_SLOTS)
   reusedFiles = 0
   readBytes = 0
@@ -150,7 +157,7 @@ class SnapshotRun {
       (await this.ingest.reuse(cached.chunks))
     ) {
       this.reusedFiles++
-      this.record(node, cached.chunks)
+      this.record(node, cached.chunks, false, cached.treeMtime)
       return
     }
     // O_NOFOLLOW: a file swapped for a symlink between scan and read is not followed
@@ -204,10 +211,11 @@ class SnapshotRun {
     }
   }
 
-  private record(node: ScanNode, chunks: BlobId[], changed = false): void {
+  private record(node: ScanNode, chunks: BlobId[], changed = false, treeMtime?: string): void {
     this.chunksOf.set(node.rel, chunks)
+    if (treeMtime !== undefined) this.treeMtimes.set(node.rel, treeMtime)
     if (!changed) {
-      this.newCache.set(node.rel, { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks })
+      this.newCache.set(node.rel, { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks, ...(treeMtime ? { treeMtime } : {}) })
     }
     this.filesDone++
     this.progress(0)
@@ -224,6 +232,20 @@ class SnapshotRun {
     })
   }
 
+  /**
+   * The mtime a directory or symlink is recorded with: the one the cache
+   * knows when the entry is unchanged since cairn restored or saw it.
+   */
+  private metaMtime(node: ScanNode): string {
+    const cached = this.cache.get(node.rel)
+    const same = cached && cached.mtimeNs === node.mtimeNs && cached.ctimeNs === node.ctimeNs && cached.ino === node.ino && cached.size === node.size
+    const mtime = same && cached.treeMtime ? cached.treeMtime : nsToString(node.mtimeNs)
+    if (node.type !== "file") {
+      this.newCache.set(node.rel, { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks: [], treeMtime: mtime })
+    }
+    return mtime
+  }
+
   /** Writes the trees of dir and everything below it; returns its id and logical size. */
   async buildTree(dir: ScanNode): Promise<{ id: BlobId; size: number }> {
     const entries: TreeEntry[] = []
@@ -232,7 +254,8 @@ class SnapshotRun {
       (dir.children ?? []).map((c) => (c.type === "dir" ? this.buildTree(c) : undefined)),
     )
     ;(dir.children ?? []).forEach((child, i) => {
-      const base = { name: child.name, mode: child.mode, mtime: nsToString(child.mtimeNs), uid: child.uid, gid: child.gid }
+      const mtime = this.treeMtimes.get(child.rel) ?? this.metaMtime(child)
+      const base = { name: child.name, mode: child.mode, mtime, uid: child.uid, gid: child.gid }
       if (child.type === "dir") {
         const sub = subtrees[i]!
         entries.push({ ...base, type: "dir", size: sub.size, tree: sub.id })

@@ -1,0 +1,316 @@
+// Box: a workspace directory managed by cairn.
+//
+// A box is a record ("boxes/<id>": name, directory, labels, the snapshot it
+// came from and its last snapshot) plus a directory on this host. It is a
+// directory, not an isolation boundary: exec runs an ordinary shell command
+// with the box as its working directory. Paths given to box.files are
+// box-absolute ("/" is the box root); a path that would leave the box, by
+// "..", or through a symlink anywhere along it, is refused.
+
+import { spawn } from "node:child_process"
+import { constants as fsConstants, promises as fsp } from "node:fs"
+import path from "node:path"
+import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
+import { randomId } from "../store/ids.js"
+import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./repository.js"
+import type { RestoreOptions } from "./restore.js"
+import type { Progress, SnapshotRecord } from "./types.js"
+
+export interface BoxRecord {
+  id: string
+  name?: string
+  dir: string
+  labels: Record<string, string>
+  createdAt: string
+  fromSnapshot?: string
+  lastSnapshot?: string
+}
+
+export interface BoxOptions {
+  /** a Repository, or where to open one (default: $CAIRN_REPO, else ~/.cairn) */
+  repo?: Repository | string | OpenOptions
+  dir?: string
+  name?: string
+  labels?: Record<string, string>
+}
+
+export interface ExecResult {
+  exitCode: number
+  stdout: string
+  stderr: string
+  timedOut: boolean
+}
+
+async function resolveRepo(repo: BoxOptions["repo"]): Promise<Repository> {
+  if (repo instanceof Repository) return repo
+  if (typeof repo === "string") return Repository.open(repo.startsWith("s3://") ? { url: repo } : { path: repo })
+  return Repository.open(repo ?? { path: defaultRepoPath() })
+}
+
+export class Box {
+  readonly files: BoxFiles
+
+  private constructor(
+    readonly repo: Repository,
+    private record: BoxRecord,
+  ) {
+    this.files = new BoxFiles(record.dir)
+  }
+
+  get id(): string {
+    return this.record.id
+  }
+  get dir(): string {
+    return this.record.dir
+  }
+  get name(): string | undefined {
+    return this.record.name
+  }
+  get labels(): Record<string, string> {
+    return { ...this.record.labels }
+  }
+  get info(): BoxRecord {
+    return { ...this.record }
+  }
+
+  /** A new, empty workspace. */
+  static async create(opts: BoxOptions = {}): Promise<Box> {
+    const repo = await resolveRepo(opts.repo)
+    const id = randomId("box")
+    const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
+    await assertFreshDir(dir)
+    await fsp.mkdir(dir, { recursive: true })
+    return Box.register(repo, { id, name: opts.name, dir, labels: opts.labels ?? {}, createdAt: new Date().toISOString() })
+  }
+
+  /** A new box holding exactly the state of a snapshot; the source is unaffected. */
+  static async fromSnapshot(
+    idOrName: string,
+    opts: BoxOptions & Pick<RestoreOptions, "signal" | "onProgress"> = {},
+  ): Promise<Box> {
+    const repo = await resolveRepo(opts.repo)
+    const snapshot = await repo.snapshots.get(idOrName)
+    const id = randomId("box")
+    const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
+    await assertFreshDir(dir)
+    try {
+      await repo.snapshots.restore(snapshot.id, dir, { signal: opts.signal, onProgress: opts.onProgress, statCacheKey: id })
+    } catch (err) {
+      await fsp.rm(dir, { recursive: true, force: true })
+      throw err
+    }
+    return Box.register(repo, {
+      id,
+      name: opts.name,
+      dir,
+      labels: opts.labels ?? { ...snapshot.labels },
+      createdAt: new Date().toISOString(),
+      fromSnapshot: snapshot.id,
+      lastSnapshot: snapshot.id,
+    })
+  }
+
+  static async get(idOrName: string, opts: Pick<BoxOptions, "repo"> = {}): Promise<Box> {
+    const repo = await resolveRepo(opts.repo)
+    if (/^box_[0-9a-f]{16}$/.test(idOrName)) {
+      try {
+        return new Box(repo, await repo.store.getRecord<BoxRecord>("boxes", idOrName))
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err
+      }
+    }
+    const matches = (await Box.list(opts)).filter((b) => b.name === idOrName || b.id.startsWith(idOrName))
+    if (matches.length === 1) return matches[0]!
+    if (matches.length > 1) throw new BadInputError(`${idOrName} matches ${matches.length} boxes; give the full id`)
+    throw new NotFoundError(`no box with id or name ${JSON.stringify(idOrName)}; "cairn box ls" lists the boxes`, { box: idOrName })
+  }
+
+  static async list(opts: Pick<BoxOptions, "repo"> = {}): Promise<Box[]> {
+    const repo = await resolveRepo(opts.repo)
+    const { records } = await repo.store.listRecords<BoxRecord>("boxes")
+    return records.sort((a, b) => (a.createdAt < b.createdAt ? -1 : 1)).map((r) => new Box(repo, r))
+  }
+
+  private static async register(repo: Repository, record: BoxRecord): Promise<Box> {
+    await repo.store.putRecord("boxes", record.id, record)
+    return new Box(repo, record)
+  }
+
+  /** Runs a shell command with the box as its working directory. Not a sandbox. */
+  exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExecResult> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(command, {
+        shell: true,
+        cwd: this.dir,
+        env: { ...process.env, ...opts.env },
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true, // its own process group, so a timeout kills the whole command
+      })
+      const killGroup = () => {
+        try {
+          process.kill(-child.pid!, "SIGKILL")
+        } catch {
+          child.kill("SIGKILL")
+        }
+      }
+      opts.signal?.addEventListener("abort", killGroup, { once: true })
+      const out: Buffer[] = []
+      const err: Buffer[] = []
+      let timedOut = false
+      const timer = opts.timeoutMs
+        ? setTimeout(() => {
+            timedOut = true
+            killGroup()
+          }, opts.timeoutMs)
+        : undefined
+      child.stdout.on("data", (d: Buffer) => out.push(d))
+      child.stderr.on("data", (d: Buffer) => err.push(d))
+      child.on("error", (e) => {
+        clearTimeout(timer)
+        reject(e)
+      })
+      child.on("close", (code, signal) => {
+        clearTimeout(timer)
+        resolve({
+          exitCode: code ?? (signal ? 128 + (osSignals[signal] ?? 9) : 1),
+          stdout: Buffer.concat(out).toString("utf8"),
+          stderr: Buffer.concat(err).toString("utf8"),
+          timedOut,
+        })
+      })
+    })
+  }
+
+  /** Snapshots the box; unchanged files since its last snapshot or restore are not read again. */
+  async snapshot(
+    opts: { name?: string; exclude?: string[]; labels?: Record<string, string>; full?: boolean; signal?: AbortSignal; onProgress?: (p: Progress) => void } = {},
+  ): Promise<SnapshotRecord> {
+    const parent = this.record.lastSnapshot ? await this.repo.snapshots.get(this.record.lastSnapshot).catch(() => undefined) : undefined
+    const { snapshot } = await this.repo.snapshots.create(this.dir, {
+      ...opts,
+      labels: opts.labels ?? this.record.labels,
+      boxId: this.id,
+      parent,
+      cacheKey: this.id,
+    })
+    this.record = { ...this.record, lastSnapshot: snapshot.id }
+    await this.repo.store.putRecord("boxes", this.id, this.record)
+    return snapshot
+  }
+
+  listSnapshots(): Promise<SnapshotRecord[]> {
+    return this.repo.snapshots.list({ boxId: this.id })
+  }
+
+  async deleteSnapshot(id: string): Promise<void> {
+    const snapshot = await this.repo.snapshots.get(id)
+    if (snapshot.boxId !== this.id) throw new BadInputError(`snapshot ${snapshot.id} does not belong to box ${this.id}`)
+    await this.repo.snapshots.delete(snapshot.id)
+  }
+
+  /** Removes the workspace and its record; its snapshots stay. */
+  async delete(): Promise<void> {
+    await fsp.rm(this.dir, { recursive: true, force: true })
+    await this.repo.store.deleteRecord("boxes", this.id)
+  }
+}
+
+const osSignals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }
+
+async function assertFreshDir(dir: string): Promise<void> {
+  const st = await fsp.lstat(dir).catch(() => undefined)
+  if (!st) return
+  if (!st.isDirectory() || (await fsp.readdir(dir)).length > 0) {
+    throw new AlreadyExistsError(`${dir} already exists and is not an empty directory; choose another dir for the box`)
+  }
+}
+
+/** File access inside a box; "/" is the box root. */
+export class BoxFiles {
+  constructor(private readonly root: string) {}
+
+  /**
+   * Maps a box path to a host path, refusing anything that leaves the box:
+   * ".." above the root, NUL, or a symlink at any existing component.
+   */
+  async resolve(boxPath: string, opts: { allowMissing?: boolean } = {}): Promise<string> {
+    if (typeof boxPath !== "string" || boxPath.includes("\0")) throw new BadInputError(`invalid box path ${JSON.stringify(boxPath)}`)
+    const names: string[] = []
+    for (const part of boxPath.split("/")) {
+      if (part === "" || part === ".") continue
+      if (part === "..") {
+        if (names.length === 0) throw new BadInputError(`path ${JSON.stringify(boxPath)} leaves the box; paths are relative to the box root "/"`)
+        names.pop()
+      } else names.push(part)
+    }
+    let current = this.root
+    for (let i = 0; i < names.length; i++) {
+      current = path.join(current, names[i]!)
+      const st = await fsp.lstat(current).catch(() => undefined)
+      if (!st) {
+        if (opts.allowMissing) return path.join(this.root, ...names)
+        throw new NotFoundError(`no ${"/" + names.join("/")} in the box`, { path: boxPath })
+      }
+      if (st.isSymbolicLink()) {
+        throw new BadInputError(`path ${JSON.stringify(boxPath)} goes through the symlink /${names.slice(0, i + 1).join("/")}; box file access does not follow symlinks`)
+      }
+      if (i < names.length - 1 && !st.isDirectory()) throw new BadInputError(`/${names.slice(0, i + 1).join("/")} is not a directory`)
+    }
+    return current
+  }
+
+  async read(boxPath: string): Promise<Buffer> {
+    const p = await this.resolve(boxPath)
+    return fsp.readFile(p, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW } as never)
+  }
+
+  async write(args: { path: string; content: string | Uint8Array; mode?: number }): Promise<void> {
+    const p = await this.resolve(args.path, { allowMissing: true })
+    if (p === this.root) throw new BadInputError("cannot write to the box root; give a file path")
+    // create parents one by one, re-checking that none is a symlink
+    const rel = path.relative(this.root, path.dirname(p))
+    let dir = this.root
+    for (const name of rel === "" ? [] : rel.split(path.sep)) {
+      dir = path.join(dir, name)
+      await fsp.mkdir(dir).catch((err) => {
+        if (err.code !== "EEXIST") throw err
+      })
+      if ((await fsp.lstat(dir)).isSymbolicLink()) throw new BadInputError(`${args.path} goes through a symlink`)
+    }
+    const handle = await fsp.open(p, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, args.mode ?? 0o644)
+    try {
+      await handle.writeFile(args.content)
+    } finally {
+      await handle.close()
+    }
+  }
+
+  async list(boxPath = "/"): Promise<FileInfo[]> {
+    const p = await this.resolve(boxPath)
+    const st = await fsp.lstat(p)
+    const base = "/" + path.relative(this.root, p).split(path.sep).filter(Boolean).join("/")
+    const info = (name: string, full: string, s: import("node:fs").Stats, boxP: string): FileInfo => ({
+      name,
+      path: boxP,
+      size: s.isFile() ? s.size : 0,
+      isDir: s.isDirectory(),
+      type: s.isDirectory() ? "dir" : s.isSymbolicLink() ? "symlink" : "file",
+      mode: s.mode & 0o7777,
+      modTime: s.mtime.toISOString(),
+    })
+    if (!st.isDirectory()) return [info(path.basename(p), p, st, base)]
+    const names = (await fsp.readdir(p)).sort()
+    return Promise.all(
+      names.map(async (name) => {
+        const full = path.join(p, name)
+        return info(name, full, await fsp.lstat(full), base === "/" ? `/${name}` : `${base}/${name}`)
+      }),
+    )
+  }
+
+  async remove(boxPath: string): Promise<void> {
+    const p = await this.resolve(boxPath)
+    if (p === this.root) throw new BadInputError("refusing to remove the box root; use box.delete()")
+    await fsp.rm(p, { recursive: true, force: true })
+  }
+}

@@ -1,0 +1,21 @@
+// cairn's public library API. Everything a user imports comes from here.
+
+export { Box, BoxFiles, type BoxOptions, type BoxRecord, type ExecResult } from "./box.js"
+export { Repository, defaultRepoPath, type FileInfo, type OpenOptions, type SnapshotFilter } from "./repository.js"
+export type { RestoreOptions, RestoreResult, RestoreFailure } from "./restore.js"
+export type { SnapshotOptions, SnapshotResult } from "./snapshot.js"
+export type { Warning } from "./scan.js"
+export type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
+export {
+  AbortedError,
+  AlreadyExistsError,
+  BadInputError,
+  CairnError,
+  FormatVersionError,
+  IntegrityError,
+  IoError,
+  LockedError,
+  NotFoundError,
+  isCairnError,
+  type ErrorCode,
+} from "../store/errors.js"

@@ -1,0 +1,275 @@
+// Repository: the library's entry point to a cairn repository.
+//
+// It opens the backend named by a path or an s3:// URL, owns the Store, and
+// offers snapshots, boxes and maintenance. Within one process, opening the
+// same location twice returns the same Repository (reference-counted), so
+// that every Box and every parallel operation shares one store, one pack
+// writer and one LevelDB index. Arguments are checked here; the engine
+// modules below trust their inputs.
+
+import { createHash } from "node:crypto"
+import { promises as fsp } from "node:fs"
+import os from "node:os"
+import path from "node:path"
+import { Readable } from "node:stream"
+import type { ObjectStore } from "../store/backend.js"
+import { FsObjectStore } from "../store/backends/fs.js"
+import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
+import type { BlobId } from "../store/ids.js"
+import { Store } from "../store/store.js"
+import { restoreSnapshot, type RestoreOptions, type RestoreResult } from "./restore.js"
+import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
+import type { SnapshotRecord } from "./types.js"
+import { flattenTree, loadTree, resolvePath } from "./walk.js"
+
+export interface OpenOptions {
+  /** Local repository directory; default $CAIRN_REPO, else ~/.cairn. */
+  path?: string
+  /** "s3://bucket/prefix" for a repository on S3-compatible storage. */
+  url?: string
+  endpoint?: string
+  region?: string
+  forcePathStyle?: boolean
+  /** Host-local cache (index, incremental and restore caches). */
+  cacheDir?: string
+  /** Create the repository if the location is new or empty (default true). */
+  create?: boolean
+  /** How long to wait for another process's lock (default 60 s). */
+  lockWaitMs?: number
+}
+
+export interface FileInfo {
+  name: string
+  path: string
+  size: number
+  isDir: boolean
+  type: "file" | "dir" | "symlink"
+  mode: number
+  /** ISO-8601 */
+  modTime: string
+  target?: string
+}
+
+export interface SnapshotFilter {
+  boxId?: string
+  name?: string
+  /** "key" or "key=value" */
+  label?: string
+}
+
+const open = new Map<string, { repo: Promise<Repository>; refs: number }>()
+
+export function defaultRepoPath(): string {
+  return process.env.CAIRN_REPO || path.join(os.homedir(), ".cairn")
+}
+
+export class Repository {
+  readonly snapshots: SnapshotApi
+
+  private constructor(
+    readonly store: Store,
+    readonly location: string,
+    /** where boxes' workspaces are created by default */
+    readonly workspaceRoot: string,
+  ) {
+    this.snapshots = new SnapshotApi(this)
+  }
+
+  /** Opens (and by default creates) a repository; shared within the process. */
+  static async open(opts: OpenOptions = {}): Promise<Repository> {
+    const location = opts.url ?? path.resolve(opts.path ?? defaultRepoPath())
+    const entry = open.get(location)
+    if (entry) {
+      entry.refs++
+      return entry.repo
+    }
+    const repo = Repository.openFresh(location, opts)
+    open.set(location, { repo, refs: 1 })
+    repo.catch(() => open.delete(location))
+    return repo
+  }
+
+  /** Creates a repository; fails if one exists. */
+  static async init(opts: OpenOptions = {}): Promise<Repository> {
+    const location = opts.url ?? path.resolve(opts.path ?? defaultRepoPath())
+    if (open.has(location)) throw new CairnError("ALREADY_EXISTS", `a repository already exists at ${location}`)
+    const repo = Repository.openFresh(location, { ...opts, create: true }, true)
+    open.set(location, { repo, refs: 1 })
+    repo.catch(() => open.delete(location))
+    return repo
+  }
+
+  private static async openFresh(location: string, opts: OpenOptions, mustInit = false): Promise<Repository> {
+    const { backend, cacheDir, workspaceRoot } = await makeBackend(location, opts)
+    const storeOpts = { backend, cacheDir, lockWaitMs: opts.lockWaitMs }
+    let store: Store
+    if (mustInit) store = await Store.init(storeOpts)
+    else {
+      try {
+        store = await Store.open(storeOpts)
+      } catch (err) {
+        if (!(err instanceof CairnError && err.code === "NOT_A_REPOSITORY") || opts.create === false) throw err
+        store = await Store.init(storeOpts) // refuses non-empty foreign locations
+      }
+    }
+    return new Repository(store, location, workspaceRoot)
+  }
+
+  /** Releases this handle; the last one closes the store. */
+  async close(): Promise<void> {
+    const entry = open.get(this.location)
+    if (entry && --entry.refs > 0) return
+    open.delete(this.location)
+    await this.store.close()
+  }
+
+  get config() {
+    return this.store.config
+  }
+
+  // ---- maintenance (implemented in their own modules) -----------------
+
+  async rebuildIndex() {
+    return this.store.withLock(true, "rebuild-index", () => this.store.rebuildIndex())
+  }
+}
+
+class SnapshotApi {
+  constructor(private readonly repo: Repository) {}
+
+  private get store(): Store {
+    return this.repo.store
+  }
+
+  async list(filter: SnapshotFilter = {}): Promise<SnapshotRecord[]> {
+    const { records } = await this.store.listRecords<SnapshotRecord>("snapshots")
+    const [lk, lv] = filter.label?.split("=", 2) ?? []
+    return records
+      .filter((s) => filter.boxId === undefined || s.boxId === filter.boxId)
+      .filter((s) => filter.name === undefined || s.name === filter.name)
+      .filter((s) => lk === undefined || (lk in (s.labels ?? {}) && (lv === undefined || s.labels[lk] === lv)))
+      .sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : 1))
+  }
+
+  /** By id, unique id prefix, or name (the newest snapshot of that name). */
+  async get(idOrName: string): Promise<SnapshotRecord> {
+    if (typeof idOrName !== "string" || idOrName === "") throw new BadInputError("a snapshot id or name is required")
+    if (/^snap_[0-9a-f]{16}$/.test(idOrName)) {
+      try {
+        return await this.store.getRecord<SnapshotRecord>("snapshots", idOrName)
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err
+        throw new NotFoundError(`no snapshot ${idOrName}; "cairn ls" lists the snapshots`, { snapshot: idOrName })
+      }
+    }
+    const all = await this.list()
+    const byName = all.filter((s) => s.name === idOrName)
+    if (byName.length > 0) return byName[byName.length - 1]!
+    const byPrefix = all.filter((s) => s.id.startsWith(idOrName) || s.id.startsWith(`snap_${idOrName}`))
+    if (byPrefix.length === 1) return byPrefix[0]!
+    if (byPrefix.length > 1) throw new BadInputError(`${idOrName} matches ${byPrefix.length} snapshots; give more of the id`)
+    throw new NotFoundError(`no snapshot with id or name ${JSON.stringify(idOrName)}; "cairn ls" lists the snapshots`, {
+      snapshot: idOrName,
+    })
+  }
+
+  /** Snapshots a directory. The previous snapshot of the same box or directory is its parent. */
+  async create(dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
+    const root = path.resolve(dir)
+    let parent = opts.parent
+    if (!parent) {
+      const previous = (await this.list(opts.boxId ? { boxId: opts.boxId } : {})).filter((s) => opts.boxId || s.source === root)
+      parent = previous[previous.length - 1]
+    }
+    return createSnapshot(this.store, root, { ...opts, parent, cacheKey: opts.cacheKey ?? opts.boxId })
+  }
+
+  async restore(idOrName: string, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+    const snapshot = await this.get(idOrName)
+    return restoreSnapshot(this.store, snapshot, dest, opts)
+  }
+
+  /** Removes snapshot records; their data becomes reclaimable by gc. */
+  async delete(ids: string | string[]): Promise<string[]> {
+    const list = Array.isArray(ids) ? ids : [ids]
+    const records = await Promise.all(list.map((id) => this.get(id)))
+    for (const s of records) await this.store.deleteRecord("snapshots", s.id)
+    return records.map((s) => s.id)
+  }
+
+  /** Lists a directory inside a snapshot without restoring it. */
+  async listFiles(idOrName: string, dirPath = "/"): Promise<FileInfo[]> {
+    const snapshot = await this.get(idOrName)
+    const entry = await resolvePath(this.store, snapshot.tree, dirPath)
+    const prefix = dirPath.split("/").filter((n) => n && n !== ".").join("/")
+    const join = (name: string) => `/${prefix ? `${prefix}/` : ""}${name}`
+    if (entry.type !== "dir") {
+      return [toInfo(entry.name, `/${prefix}`, entry)]
+    }
+    const tree = await loadTree(this.store, entry.tree)
+    return tree.entries.map((e) => toInfo(e.name, join(e.name), e))
+  }
+
+  /** Every path of a snapshot (for `cairn show -r` and tests). */
+  async walk(idOrName: string): Promise<FileInfo[]> {
+    const snapshot = await this.get(idOrName)
+    return (await flattenTree(this.store, snapshot.tree)).map((p) => toInfo(p.entry.name, `/${p.rel}`, p.entry))
+  }
+
+  /** Reads one file of a snapshot as a stream, each chunk hash-checked. */
+  async readFile(idOrName: string, filePath: string): Promise<Readable> {
+    const snapshot = await this.get(idOrName)
+    let entry = await resolvePath(this.store, snapshot.tree, filePath)
+    if (entry.type === "file" && entry.link !== undefined) entry = await resolvePath(this.store, snapshot.tree, entry.link)
+    if (entry.type !== "file") throw new BadInputError(`${filePath} is a ${entry.type} in the snapshot, not a file`)
+    const chunks = entry.chunks ?? []
+    const store = this.store
+    return Readable.from(
+      (async function* () {
+        for (const id of chunks) yield Buffer.from(await store.getBlob(id as BlobId))
+      })(),
+      { objectMode: false },
+    )
+  }
+}
+
+function toInfo(name: string, p: string, e: import("./tree.js").TreeEntry): FileInfo {
+  const ms = Number(BigInt(e.mtime) / 1_000_000n)
+  return {
+    name,
+    path: p,
+    size: e.type === "symlink" ? 0 : e.size,
+    isDir: e.type === "dir",
+    type: e.type,
+    mode: e.mode,
+    modTime: new Date(ms).toISOString(),
+    ...(e.type === "symlink" ? { target: e.target } : {}),
+  }
+}
+
+async function makeBackend(location: string, opts: OpenOptions): Promise<{ backend: ObjectStore; cacheDir: string; workspaceRoot: string }> {
+  const envCache = process.env.CAIRN_CACHE_DIR
+  if (location.startsWith("s3://")) {
+    const { S3ObjectStore, parseS3Url } = await import("../store/backends/s3.js")
+    const { bucket, prefix } = parseS3Url(location)
+    const backend = new S3ObjectStore({ bucket, prefix, endpoint: opts.endpoint ?? process.env.CAIRN_S3_ENDPOINT, region: opts.region, forcePathStyle: opts.forcePathStyle })
+    const base = opts.cacheDir ?? envCache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "cairn")
+    const key = createHash("sha256").update(`${opts.endpoint ?? ""}|${location}`).digest("hex").slice(0, 16)
+    return {
+      backend,
+      cacheDir: opts.cacheDir ?? path.join(base, key),
+      workspaceRoot: path.join(os.homedir(), ".cairn-workspaces"),
+    }
+  }
+  const st = await fsp.stat(location).catch(() => undefined)
+  if (st && !st.isDirectory()) throw new BadInputError(`${location} is not a directory; give a repository directory`)
+  if (!st) {
+    if (opts.create === false) throw new CairnError("NOT_A_REPOSITORY", `no repository at ${location}; run "cairn init" first`)
+    await fsp.mkdir(location, { recursive: true, mode: 0o700 })
+  }
+  return {
+    backend: new FsObjectStore(location),
+    cacheDir: opts.cacheDir ?? (envCache ? path.join(envCache, createHash("sha256").update(location).digest("hex").slice(0, 16)) : path.join(location, "cache")),
+    workspaceRoot: path.join(location, "workspaces"),
+  }
+}

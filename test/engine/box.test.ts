@@ -1,0 +1,82 @@
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import { describe, expect, it } from "vitest"
+import { Box, Repository, isCairnError } from "../../engine/index.js"
+import { describeTree } from "../fixtures.js"
+import { tempDir } from "../helpers.js"
+
+async function repo() {
+  return Repository.open({ path: path.join(await tempDir(), "repo") })
+}
+
+describe("Box API", () => {
+  it("create, write, exec, snapshot, branch three boxes in parallel, delete", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r, name: "dev" })
+    await box.files.write({ path: "/app/a.txt", content: "hi" })
+    const run = await box.exec("mkdir -p lib && echo built > lib/out.txt && echo done")
+    expect(run).toMatchObject({ exitCode: 0, stdout: "done\n" })
+    const snap = await box.snapshot({ name: "after-setup" })
+    expect(snap).toMatchObject({ name: "after-setup", boxId: box.id, status: "ready", sizeBytes: 2 + 6 })
+    expect(snap.id).toMatch(/^snap_[0-9a-f]{16}$/)
+    expect(snap.stats).toMatchObject({ files: 2, dirs: 2, symlinks: 0, logicalBytes: 8 })
+    expect(new Date(snap.createdAt).toISOString()).toBe(snap.createdAt)
+
+    const boxes = await Promise.all([Box.fromSnapshot(snap.id, { repo: r }), Box.fromSnapshot(snap.id, { repo: r }), Box.fromSnapshot("after-setup", { repo: r })])
+    expect(new Set(boxes.map((b) => b.dir)).size).toBe(3)
+    for (const b of boxes) expect(await describeTree(b.dir)).toEqual(await describeTree(box.dir))
+    await boxes[0]!.files.write({ path: "/app/a.txt", content: "changed" })
+    expect((await boxes[1]!.files.read("/app/a.txt")).toString()).toBe("hi")
+    expect((await box.files.read("/app/a.txt")).toString()).toBe("hi")
+    const files = await boxes[2]!.files.list("/app")
+    expect(files).toEqual([expect.objectContaining({ name: "a.txt", path: "/app/a.txt", size: 2, isDir: false })])
+
+    await box.delete()
+    expect(await r.snapshots.get(snap.id)).toMatchObject({ id: snap.id })
+    await expect(fsp.stat(box.dir)).rejects.toThrow()
+    expect((await Box.list({ repo: r })).map((b) => b.id).sort()).toEqual(boxes.map((b) => b.id).sort())
+  })
+
+  it("a box restored from a snapshot re-snapshots incrementally and keeps lineage", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r })
+    for (let i = 0; i < 50; i++) await box.files.write({ path: `/d${i % 5}/sub/f${i}`, content: `file ${i}` })
+    await box.exec("ln -s d0 link")
+    const first = await box.snapshot()
+    const copy = await Box.fromSnapshot(first.id, { repo: r })
+    const second = await copy.snapshot()
+    expect(second.tree).toBe(first.tree)
+    expect(second.parent).toBe(first.id)
+    expect(second.stats.addedBytes).toBe(0)
+    expect(await copy.listSnapshots()).toHaveLength(1)
+  })
+
+  it("refuses box paths that leave the box", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r })
+    const outside = await tempDir()
+    await fsp.symlink(outside, path.join(box.dir, "escape"))
+    for (const bad of ["../x", "/../../etc/passwd", "/escape/file", "a/../../b", "x\0y"]) {
+      const err = await box.files.write({ path: bad, content: "nope" }).catch((e) => e)
+      expect(isCairnError(err, "BAD_INPUT"), bad).toBe(true)
+    }
+    expect(await fsp.readdir(outside)).toEqual([])
+    await expect(box.files.read("/escape/../../x")).rejects.toMatchObject({ code: "BAD_INPUT" })
+  })
+
+  it("exec reports exit codes and times out", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r })
+    expect((await box.exec("exit 3")).exitCode).toBe(3)
+    const slow = await box.exec("sleep 5", { timeoutMs: 100 })
+    expect(slow.timedOut).toBe(true)
+    expect((await box.exec("pwd")).stdout.trim()).toBe(await fsp.realpath(box.dir))
+    expect((await box.exec("echo $FOO", { env: { FOO: "bar" } })).stdout).toBe("bar\n")
+  })
+
+  it("typed errors with stable codes", async () => {
+    const r = await repo()
+    expect(await r.snapshots.get("nope").catch((e) => e.code)).toBe("NOT_FOUND")
+    expect(await Box.get("box_0000000000000000", { repo: r }).catch((e) => e.code)).toBe("NOT_FOUND")
+  })
+})
