@@ -12,6 +12,12 @@
 // - putIfAbsent is atomic create-only: of two racing callers exactly one wins.
 // - get of a missing key throws NotFoundError; delete of a missing key is fine.
 // - list returns every key under a prefix with its size and modification time.
+// - Ranges past the end return the bytes that exist (possibly none).
+// - A key is never also a "directory" of other keys ("a" and "a/b" do not
+//   both exist); cairn's layout never needs it, and the filesystem backend
+//   cannot hold it.
+// - When putIfAbsent throws, the object may still have been created by that
+//   call (the answer was lost); lock code reads the object back.
 
 export interface ObjectInfo {
   key: string
@@ -38,11 +44,19 @@ export interface ObjectStore {
   close(): Promise<void>
 }
 
+import { BadInputError } from "./errors.js"
+
 const KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/
 
 /** Keys are produced by cairn itself; anything else is a bug or an attack. */
 export function checkKey(key: string): void {
   if (!KEY.test(key) || key.split("/").some((part) => part === "." || part === "..")) {
-    throw new Error(`invalid object key ${JSON.stringify(key)}`)
+    throw new BadInputError(`invalid object key ${JSON.stringify(key)}`, { key })
   }
+}
+
+/** A list prefix: "", a key, or a key followed by "/". */
+export function checkPrefix(prefix: string): void {
+  if (prefix === "") return
+  checkKey(prefix.endsWith("/") ? prefix.slice(0, -1) : prefix)
 }

@@ -95,6 +95,7 @@ export class Store {
   private readonly codec: Codec
   private readonly encodeSlots = new Semaphore(4)
   private closed = false
+  private lastSync = 0
 
   private constructor(
     readonly backend: ObjectStore,
@@ -175,6 +176,7 @@ export class Store {
 
   /** Loads index files this host has not seen; rebuilds the cache if any it knew vanished. */
   async syncIndex(): Promise<{ loaded: number; rebuilt: boolean }> {
+    this.lastSync = Date.now()
     const files = (await this.backend.list("index/")).map((o) => o.key.slice("index/".length))
     const present = new Set(files)
     let known = await this.index.loadedFiles()
@@ -252,6 +254,20 @@ export class Store {
     const found = await this.index.getMany(ask)
     found.forEach((loc, j) => (out[at[j]!] = loc))
     return out
+  }
+
+  /**
+   * locateMany for readers: a blob another process wrote after this store
+   * synced its index is found by syncing once more (at most every second).
+   */
+  async locateForRead(ids: readonly BlobId[]): Promise<(BlobLocation | "pending" | undefined)[]> {
+    const found = await this.locateMany(ids)
+    if (found.every((l) => l !== undefined) || Date.now() - this.lastSync < 1000) return found
+    await this.syncIndex()
+    const missing = ids.filter((_, i) => found[i] === undefined)
+    const again = await this.locateMany(missing)
+    let k = 0
+    return found.map((l) => (l === undefined ? again[k++] : l))
   }
 
   async hasMany(ids: readonly BlobId[]): Promise<boolean[]> {
@@ -372,7 +388,7 @@ export class Store {
   async getBlob(id: BlobId): Promise<Uint8Array> {
     const pending = this.pending.get(id)
     if (pending) return this.decodeChecked(id, pending.entry.codec, pending.bytes, pending.entry.rawLength, "(pending)")
-    const [loc] = await this.locateMany([id])
+    const [loc] = await this.locateForRead([id])
     if (loc === undefined || loc === "pending") {
       if (loc === "pending") {
         await this.inflight.get(id)

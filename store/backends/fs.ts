@@ -1,6 +1,6 @@
 // Filesystem backend: one file per object under a root directory.
 //
-// put writes "<key>.tmp-<random>", fsyncs it, renames it over the key and
+// put writes "<key>~tmp-<random>", fsyncs it, renames it over the key and
 // fsyncs the directory, so a crash leaves the old object or the new one.
 // putIfAbsent writes the temp file the same way and link()s it to the key,
 // which fails atomically with EEXIST when another writer won. Temp files a
@@ -11,10 +11,11 @@
 import { randomBytes } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import { checkKey, type ByteRange, type ObjectInfo, type ObjectStore } from "../backend.js"
+import { checkKey, checkPrefix, type ByteRange, type ObjectInfo, type ObjectStore } from "../backend.js"
 import { IoError, NotFoundError } from "../errors.js"
 
-const TEMP_MARK = ".tmp-"
+// "~" is outside the key alphabet, so no real key looks like a temp file
+const TEMP_MARK = "~tmp-"
 const FILE_MODE = 0o600
 const DIR_MODE = 0o700
 
@@ -98,6 +99,7 @@ export class FsObjectStore implements ObjectStore {
   }
 
   async list(prefix: string): Promise<ObjectInfo[]> {
+    checkPrefix(prefix)
     const slash = prefix.lastIndexOf("/")
     const dirKey = slash < 0 ? "" : prefix.slice(0, slash)
     const out: ObjectInfo[] = []

@@ -12,6 +12,7 @@
 //   write: then the object's ETag is compared with our MD5 and a match counts
 //   as created. (A racer that wrote byte-identical content also matches;
 //   cairn's create-only objects carry a unique owner or are content-addressed.)
+//   It is always a single PutObject (S3 allows up to 5 GiB).
 // - get with a range sends "Range: bytes=a-b"; a zero-length range asks HEAD
 //   only whether the object exists. Bodies shorter than Content-Length are
 //   retried, never returned.
