@@ -51,7 +51,9 @@ export interface SnapshotResult {
   readBytes: number
 }
 
-const FILE_SLOTS = 4
+/** Files read at once: many small ones (their cost is syscalls), few large ones (their cost is bytes). */
+const SMALL_SLOTS = 32
+const LARGE_SLOTS = 2
 const SMALL_FILE = 1 << 20
 export const IGNORE_FILE = ".cairnignore"
 
@@ -116,7 +118,8 @@ class SnapshotRun {
   private readonly chunksOf = new Map<string, BlobId[]>()
   private readonly vanished = new Set<string>()
   private readonly treeMtimes = new Map<string, string>()
-  private readonly slots = new Semaphore(FILE_SLOTS)
+  private readonly smallSlots = new Semaphore(SMALL_SLOTS)
+  private readonly largeSlots = new Semaphore(LARGE_SLOTS)
   reusedFiles = 0
   readBytes = 0
   private filesDone = 0
@@ -138,7 +141,7 @@ class SnapshotRun {
     const visit = (node: ScanNode) => {
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
-        else if (child.type === "file" && child.linkTo === undefined) jobs.push(this.slots.run(() => this.storeFile(child)))
+        else if (child.type === "file" && child.linkTo === undefined) jobs.push((child.size <= SMALL_FILE ? this.smallSlots : this.largeSlots).run(() => this.storeFile(child)))
       }
     }
     visit(dir)

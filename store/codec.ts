@@ -31,6 +31,14 @@ export function codecFromName(name: string): Codec {
   return codec
 }
 
+/**
+ * Blobs up to this size are (de)compressed synchronously on the calling
+ * thread: for small inputs the fixed cost of an async zlib call (a stream
+ * object and a thread-pool hop) exceeds the work itself, and the thread pool
+ * stays free for file I/O. Larger blobs go to the pool, so both cores work.
+ */
+const SYNC_LIMIT = 16 * 1024
+
 const brotli = promisify(zlib.brotliCompress)
 const unbrotli = promisify(zlib.brotliDecompress)
 const deflate = promisify(zlib.deflateRaw)
@@ -83,29 +91,40 @@ export interface Encoded {
 
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
+  const sync = data.length <= SYNC_LIMIT
   const out =
     preferred === CODEC_BROTLI
-      ? await brotli(data, {
-          params: {
-            [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
-            [zlib.constants.BROTLI_PARAM_LGWIN]: 18,
-            [zlib.constants.BROTLI_PARAM_SIZE_HINT]: data.length,
-          },
-        })
-      : await deflate(data, { level: 1 })
+      ? sync
+        ? zlib.brotliCompressSync(data, brotliOptions(data.length))
+        : await brotli(data, brotliOptions(data.length))
+      : sync
+        ? zlib.deflateRawSync(data, { level: 1 })
+        : await deflate(data, { level: 1 })
   if (out.length >= data.length * 0.98) return { codec: CODEC_NONE, bytes: data }
   return { codec: preferred, bytes: out }
 }
 
+function brotliOptions(size: number): zlib.BrotliOptions {
+  return {
+    params: {
+      [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
+      [zlib.constants.BROTLI_PARAM_LGWIN]: 18,
+      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: size,
+    },
+  }
+}
+
 /** Decodes stored bytes; throws a plain Error on malformed input (callers add context). */
 export async function decode(codec: number, bytes: Uint8Array, rawLength: number): Promise<Uint8Array> {
+  const opts = { maxOutputLength: Math.max(rawLength, 1) }
+  const sync = rawLength <= SYNC_LIMIT * 4
   switch (codec) {
     case CODEC_NONE:
       return bytes
     case CODEC_BROTLI:
-      return unbrotli(bytes, { maxOutputLength: Math.max(rawLength, 1) })
+      return sync ? zlib.brotliDecompressSync(bytes, opts) : unbrotli(bytes, opts)
     case CODEC_DEFLATE:
-      return inflate(bytes, { maxOutputLength: Math.max(rawLength, 1) })
+      return sync ? zlib.inflateRawSync(bytes, opts) : inflate(bytes, opts)
     default:
       throw new Error(`unknown codec ${codec}`)
   }
