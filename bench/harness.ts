@@ -1,0 +1,322 @@
+// Measurement primitives for the benchmark: timed subprocesses, summary
+// statistics, directory sizes, and restore verification.
+//
+// Every command runs under GNU `/usr/bin/time -f "%e %M" -o FILE`, which gives
+// the child's peak resident set size (KiB, the largest of the process and
+// the children it waited for). Wall time comes from `process.hrtime` around
+// the spawn, which is finer than time(1)'s 10 ms resolution. A `Meter`
+// accumulates several commands into one measurement: wall times add up,
+// peak RSS is the maximum (or the sum, for commands run concurrently).
+
+import { spawn } from "node:child_process"
+import { createHash } from "node:crypto"
+import { createReadStream } from "node:fs"
+import { lstat, mkdtemp, readFile, readdir, readlink, rm } from "node:fs/promises"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+export interface RunOptions {
+  cwd?: string
+  env?: NodeJS.ProcessEnv
+  /** Input written to the child's stdin. */
+  input?: string
+  /** Exit codes that count as success (default [0]). */
+  okCodes?: number[]
+}
+
+export interface RunResult {
+  stdout: string
+  stderr: string
+  code: number
+  wallMs: number
+  rssKiB: number
+}
+
+export class CommandError extends Error {
+  readonly code = "BENCH_COMMAND_FAILED"
+  constructor(
+    readonly argv: string[],
+    readonly exitCode: number,
+    readonly stderr: string,
+  ) {
+    super(`${argv.join(" ")} exited ${exitCode}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`)
+  }
+}
+
+const TIME_BIN = "/usr/bin/time"
+
+/** Runs one command under /usr/bin/time; throws CommandError on failure. */
+export async function runTimed(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const dir = await mkdtemp(join(tmpdir(), "cairn-bench-time-"))
+  const timeFile = join(dir, "time")
+  try {
+    const t0 = process.hrtime.bigint()
+    const { stdout, stderr, code } = await spawnCollect(TIME_BIN, ["-f", "%e %M", "-o", timeFile, cmd, ...args], opts)
+    const wallMs = Number(process.hrtime.bigint() - t0) / 1e6
+    let rssKiB = 0
+    try {
+      const lines = (await readFile(timeFile, "utf8")).trim().split("\n")
+      const last = lines[lines.length - 1] ?? ""
+      rssKiB = Number(last.split(" ")[1] ?? 0) || 0
+    } catch {
+      // time(1) writes nothing if the command could not be started.
+    }
+    if (!(opts.okCodes ?? [0]).includes(code)) throw new CommandError([cmd, ...args], code, stderr)
+    return { stdout, stderr, code, wallMs, rssKiB }
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+/** Runs a command without timing it; throws CommandError on failure. */
+export async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<{ stdout: string; stderr: string }> {
+  const { stdout, stderr, code } = await spawnCollect(cmd, args, opts)
+  if (!(opts.okCodes ?? [0]).includes(code)) throw new CommandError([cmd, ...args], code, stderr)
+  return { stdout, stderr }
+}
+
+function spawnCollect(cmd: string, args: string[], opts: RunOptions): Promise<{ stdout: string; stderr: string; code: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
+      stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+    })
+    const out: Buffer[] = []
+    const err: Buffer[] = []
+    let errLen = 0
+    child.stdout!.on("data", (b: Buffer) => out.push(b))
+    child.stderr!.on("data", (b: Buffer) => {
+      // Keep the tail of stderr only: some tools are chatty.
+      err.push(b)
+      errLen += b.length
+      while (errLen > 256 << 10 && err.length > 1) errLen -= err.shift()!.length
+    })
+    child.on("error", reject)
+    child.on("close", (code, signal) => {
+      resolve({
+        stdout: Buffer.concat(out).toString("utf8"),
+        stderr: Buffer.concat(err).toString("utf8"),
+        code: code ?? (signal ? 128 : 1),
+      })
+    })
+    if (opts.input !== undefined) {
+      child.stdin!.on("error", () => {}) // a child that exits early closes its stdin
+      child.stdin!.end(opts.input)
+    }
+  })
+}
+
+/** Is `cmd` on PATH? */
+export async function onPath(cmd: string): Promise<boolean> {
+  const { code } = await spawnCollect("sh", ["-c", `command -v ${cmd}`], {})
+  return code === 0
+}
+
+/**
+ * Accumulates the commands of one measured step. `run` adds wall time and
+ * keeps the maximum RSS; `parallel` runs several at once and counts their
+ * elapsed time once and their peak RSS summed (they were resident together).
+ */
+export class Meter {
+  wallMs = 0
+  rssKiB = 0
+  commands = 0
+
+  constructor(readonly env: NodeJS.ProcessEnv = process.env) {}
+
+  async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    const r = await runTimed(cmd, args, { env: this.env, ...opts })
+    this.wallMs += r.wallMs
+    this.rssKiB = Math.max(this.rssKiB, r.rssKiB)
+    this.commands++
+    return r
+  }
+
+  /** Shell snippet; `sh -c`, measured as one command. */
+  sh(script: string, opts: RunOptions = {}): Promise<RunResult> {
+    return this.run("sh", ["-c", script], opts)
+  }
+
+  /** Runs the thunks concurrently, each with its own sub-meter. */
+  async parallel(tasks: Array<(m: Meter) => Promise<unknown>>): Promise<void> {
+    const t0 = process.hrtime.bigint()
+    const meters = tasks.map(() => new Meter(this.env))
+    await Promise.all(tasks.map((t, i) => t(meters[i]!)))
+    this.wallMs += Number(process.hrtime.bigint() - t0) / 1e6
+    this.rssKiB = Math.max(this.rssKiB, meters.reduce((s, m) => s + m.rssKiB, 0))
+    this.commands += meters.reduce((s, m) => s + m.commands, 0)
+  }
+
+  /** Times in-process work (no RSS of its own beyond this process). */
+  async inProcess<T>(fn: () => Promise<T>): Promise<T> {
+    const t0 = process.hrtime.bigint()
+    const v = await fn()
+    this.wallMs += Number(process.hrtime.bigint() - t0) / 1e6
+    this.rssKiB = Math.max(this.rssKiB, Math.round(process.memoryUsage().rss / 1024))
+    return v
+  }
+}
+
+// ---------------------------------------------------------------- statistics
+
+export interface Summary {
+  median: number
+  min: number
+  max: number
+  n: number
+}
+
+export function summarize(xs: number[]): Summary {
+  if (xs.length === 0) return { median: NaN, min: NaN, max: NaN, n: 0 }
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = s.length >> 1
+  const median = s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
+  return { median, min: s[0]!, max: s[s.length - 1]!, n: s.length }
+}
+
+// ---------------------------------------------------------------- sizes
+
+export interface DirSize {
+  bytes: number
+  files: number
+  dirs: number
+  symlinks: number
+}
+
+/** Apparent size (sum of st_size of regular files) and entry counts of a tree. */
+export async function dirSize(root: string): Promise<DirSize> {
+  const acc: DirSize = { bytes: 0, files: 0, dirs: 0, symlinks: 0 }
+  async function walk(dir: string): Promise<void> {
+    let entries
+    try {
+      entries = await readdir(dir, { withFileTypes: true })
+    } catch {
+      return
+    }
+    const subdirs: string[] = []
+    await Promise.all(
+      entries.map(async (e) => {
+        const p = join(dir, e.name)
+        if (e.isDirectory()) {
+          acc.dirs++
+          subdirs.push(p)
+        } else if (e.isSymbolicLink()) {
+          acc.symlinks++
+        } else if (e.isFile()) {
+          const st = await lstat(p) // await first: `acc.bytes += await ...` would lose updates
+          acc.files++
+          acc.bytes += st.size
+        }
+      }),
+    )
+    for (const d of subdirs) await walk(d)
+  }
+  await walk(root)
+  return acc
+}
+
+// ---------------------------------------------------------------- verification
+
+interface Entry {
+  kind: "file" | "dir" | "symlink" | "other"
+  mode: number
+  mtimeUs: bigint
+  size: number
+  hash?: string
+  target?: string
+}
+
+export type Manifest = Map<string, Entry>
+
+export interface VerifyOptions {
+  /** Compare directory mtimes too (default true). */
+  dirMtimes?: boolean
+}
+
+export interface Verification {
+  ok: boolean
+  entries: number
+  mismatches: Record<"missing" | "extra" | "kind" | "content" | "mode" | "mtime" | "symlink", number>
+  examples: string[]
+}
+
+async function hashFile(path: string): Promise<string> {
+  const h = createHash("sha256")
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
+  return h.digest("hex")
+}
+
+/** Walks a tree into a manifest: kind, permission bits, mtime (µs), content hash, symlink target. */
+export async function manifest(root: string): Promise<Manifest> {
+  const m: Manifest = new Map()
+  async function walk(dir: string, rel: string): Promise<void> {
+    const entries = await readdir(dir, { withFileTypes: true })
+    const subdirs: Array<[string, string]> = []
+    // Bounded fan-out: hash up to 16 files at once.
+    for (let i = 0; i < entries.length; i += 16) {
+      await Promise.all(
+        entries.slice(i, i + 16).map(async (e) => {
+          const p = join(dir, e.name)
+          const r = rel ? `${rel}/${e.name}` : e.name
+          const st = await lstat(p, { bigint: true })
+          const base = { mode: Number(st.mode & 0o7777n), mtimeUs: st.mtimeNs / 1000n, size: Number(st.size) }
+          if (st.isDirectory()) {
+            m.set(r, { kind: "dir", ...base, size: 0 })
+            subdirs.push([p, r])
+          } else if (st.isSymbolicLink()) {
+            m.set(r, { kind: "symlink", ...base, target: await readlink(p) })
+          } else if (st.isFile()) {
+            m.set(r, { kind: "file", ...base, hash: await hashFile(p) })
+          } else {
+            m.set(r, { kind: "other", ...base })
+          }
+        }),
+      )
+    }
+    for (const [p, r] of subdirs) await walk(p, r)
+  }
+  await walk(root, "")
+  return m
+}
+
+/** Compares a restored tree with the expected manifest. */
+export async function verifyTree(expected: Manifest, restoredRoot: string, opts: VerifyOptions = {}): Promise<Verification> {
+  const got = await manifest(restoredRoot)
+  const mismatches: Verification["mismatches"] = { missing: 0, extra: 0, kind: 0, content: 0, mode: 0, mtime: 0, symlink: 0 }
+  const examples: string[] = []
+  const note = (k: keyof Verification["mismatches"], path: string, detail = ""): void => {
+    mismatches[k]++
+    if (examples.length < 8) examples.push(`${k}: ${path}${detail ? ` (${detail})` : ""}`)
+  }
+  for (const [path, e] of expected) {
+    const g = got.get(path)
+    if (!g) {
+      note("missing", path)
+      continue
+    }
+    if (g.kind !== e.kind) {
+      note("kind", path, `${e.kind} -> ${g.kind}`)
+      continue
+    }
+    if (e.kind === "file" && g.hash !== e.hash) note("content", path)
+    if (e.kind === "symlink" && g.target !== e.target) note("symlink", path, `${e.target} -> ${g.target}`)
+    // Symlink modes are not settable on Linux; skip them.
+    if (e.kind !== "symlink" && g.mode !== e.mode) note("mode", path, `${e.mode.toString(8)} -> ${g.mode.toString(8)}`)
+    const checkMtime = e.kind !== "dir" || opts.dirMtimes !== false
+    if (checkMtime && g.mtimeUs !== e.mtimeUs) note("mtime", path, `${e.mtimeUs} -> ${g.mtimeUs}`)
+  }
+  for (const path of got.keys()) if (!expected.has(path)) note("extra", path)
+  const total = Object.values(mismatches).reduce((a, b) => a + b, 0)
+  return { ok: total === 0, entries: expected.size, mismatches, examples }
+}
+
+/** "ok", or a short list of what differed, e.g. "FAILED mtime×1200 mode×3". */
+export function verificationLabel(v: Verification | undefined): string {
+  if (!v) return "–"
+  if (v.ok) return "ok"
+  const parts = Object.entries(v.mismatches)
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k}×${n}`)
+  return `FAILED ${parts.join(" ")}`
+}
