@@ -443,9 +443,13 @@ function splitBase(subPath: string): string {
 
 /** ns -> seconds for fs.utimes, nudged half a microsecond up so libuv's truncation lands on the right microsecond. */
 export function utimesSeconds(ns: bigint): number {
-  const sec = ns / 1_000_000_000n
-  const us = (ns % 1_000_000_000n) / 1000n
-  return Number(sec) + (Number(us) + 0.5) / 1e6
+  let sec = ns / 1_000_000_000n
+  let rem = ns % 1_000_000_000n
+  if (rem < 0n) {
+    sec -= 1n
+    rem += 1_000_000_000n
+  }
+  return Number(sec) + (Number(rem / 1000n) + 0.5) / 1e6
 }
 
 function describe(err: unknown): string {
