@@ -17,6 +17,7 @@ import { FsObjectStore } from "../store/backends/fs.js"
 import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import { Store } from "../store/store.js"
+import { exportTar, importTar } from "./tar.js"
 import { restoreSnapshot, type RestoreOptions, type RestoreResult } from "./restore.js"
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
@@ -214,6 +215,16 @@ class SnapshotApi {
   async walk(idOrName: string): Promise<FileInfo[]> {
     const snapshot = await this.get(idOrName)
     return (await flattenTree(this.store, snapshot.tree)).map((p) => toInfo(p.entry.name, `/${p.rel}`, p.entry))
+  }
+
+  /** Writes a snapshot (or a sub-path) as a tar stream. */
+  async exportTar(idOrName: string, out: NodeJS.WritableStream, opts: { subPath?: string; signal?: AbortSignal } = {}) {
+    return exportTar(this.store, await this.get(idOrName), out, opts)
+  }
+
+  /** Makes a snapshot straight from a tar stream; hostile entries are refused (BAD_INPUT). */
+  async importTar(input: NodeJS.ReadableStream, opts: Parameters<typeof importTar>[2] = {}) {
+    return importTar(this.store, input, opts)
   }
 
   /** Reads one file of a snapshot as a stream, each chunk hash-checked. */

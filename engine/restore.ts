@@ -64,7 +64,7 @@ export interface RestoreResult {
 }
 
 const SEGMENT_GAP = 256 * 1024
-const SEGMENT_MAX = 8 * 1024 * 1024
+const SEGMENT_MAX = 4 * 1024 * 1024
 
 interface FileJob {
   rel: string

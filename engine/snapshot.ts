@@ -54,7 +54,7 @@ export interface SnapshotResult {
 /** Files read at once: many small ones (their cost is syscalls), few large ones (their cost is bytes). */
 const SMALL_SLOTS = 32
 const LARGE_SLOTS = 2
-const SMALL_FILE = 1 << 20
+const SMALL_FILE = 256 * 1024
 /**
  * Files up to this size are read with synchronous calls: open, read and
  * close of a cached small file take a few microseconds inline but ~30 us each

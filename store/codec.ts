@@ -10,12 +10,12 @@
 // time: an order-0 entropy estimate over a small sample decides that a blob
 // is stored raw before any compressor runs, and a compressor's output that
 // saves less than 2% is thrown away in favour of the raw bytes. The codec is
-// recorded per blob in the pack header. All (de)compression goes through the
-// async node:zlib calls, which run on libuv's thread pool, so several blobs
-// are compressed on both cores while the main thread chunks and hashes.
+// recorded per blob in the pack header. Small blobs are (de)compressed inline;
+// larger ones in a worker-thread pool (codec-pool.ts), so the compressor runs
+// on the other core while the main thread chunks and hashes.
 
-import { promisify } from "node:util"
 import zlib from "node:zlib"
+import { codecPool } from "./codec-pool.js"
 
 export const CODEC_NONE = 0
 export const CODEC_DEFLATE = 1
@@ -33,16 +33,11 @@ export function codecFromName(name: string): Codec {
 
 /**
  * Blobs up to this size are (de)compressed synchronously on the calling
- * thread: for small inputs the fixed cost of an async zlib call (a stream
- * object and a thread-pool hop) exceeds the work itself, and the thread pool
- * stays free for file I/O. Larger blobs go to the pool, so both cores work.
+ * thread: for small inputs the cost of a round trip to a worker exceeds the
+ * work itself. Larger blobs go to the worker pool, so both cores work.
  */
 const SYNC_LIMIT = 16 * 1024
 
-const brotli = promisify(zlib.brotliCompress)
-const unbrotli = promisify(zlib.brotliDecompress)
-const deflate = promisify(zlib.deflateRaw)
-const inflate = promisify(zlib.inflateRaw)
 
 /** Blobs smaller than this are never worth a compressor call. */
 const MIN_COMPRESS = 256
@@ -92,14 +87,11 @@ export interface Encoded {
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
   const sync = data.length <= SYNC_LIMIT
-  const out =
-    preferred === CODEC_BROTLI
-      ? sync
-        ? zlib.brotliCompressSync(data, brotliOptions(data.length))
-        : await brotli(data, brotliOptions(data.length))
-      : sync
-        ? zlib.deflateRawSync(data, { level: 1 })
-        : await deflate(data, { level: 1 })
+  const out = !sync
+    ? await codecPool().encode(preferred, data)
+    : preferred === CODEC_BROTLI
+      ? zlib.brotliCompressSync(data, brotliOptions(data.length))
+      : zlib.deflateRawSync(data, { level: 1 })
   if (out.length >= data.length * 0.98) return { codec: CODEC_NONE, bytes: data }
   return { codec: preferred, bytes: out }
 }
@@ -122,9 +114,9 @@ export async function decode(codec: number, bytes: Uint8Array, rawLength: number
     case CODEC_NONE:
       return bytes
     case CODEC_BROTLI:
-      return sync ? zlib.brotliDecompressSync(bytes, opts) : unbrotli(bytes, opts)
+      return sync ? zlib.brotliDecompressSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
     case CODEC_DEFLATE:
-      return sync ? zlib.inflateRawSync(bytes, opts) : inflate(bytes, opts)
+      return sync ? zlib.inflateRawSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
     default:
       throw new Error(`unknown codec ${codec}`)
   }

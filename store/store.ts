@@ -81,7 +81,7 @@ interface OpenPack {
   size: number
 }
 
-export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024
 const DEFAULT_CHUNKER = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 }
 
 export class Store {
@@ -93,7 +93,7 @@ export class Store {
   private packWrites = new Set<Promise<void>>()
   private writeError: unknown
   private readonly codec: Codec
-  private readonly encodeSlots = new Semaphore(4)
+  private readonly encodeSlots = new Semaphore(8)
   private closed = false
   private lastSync = 0
 
@@ -331,12 +331,12 @@ export class Store {
     return { id, added: true, storedLength: entry.length }
   }
 
-  /** Seals the open pack and starts writing it; waits while two packs are already in flight. */
+  /** Seals the open pack and starts writing it; waits while another pack is still being written. */
   private async sealPack(): Promise<void> {
     const pack = this.open
     if (pack.entries.length === 0) return
     this.open = { parts: [], entries: [], size: 0 }
-    while (this.packWrites.size >= 2) await Promise.race(this.packWrites)
+    while (this.packWrites.size >= 1) await Promise.race(this.packWrites)
     const write = this.writePack(pack).catch((err) => {
       this.writeError ??= err
     })
@@ -500,6 +500,27 @@ export class Store {
 
   private assertOpen(): void {
     if (this.closed) throw new CairnError("BAD_INPUT", "the repository was closed; open it again")
+  }
+
+  /**
+   * Adds a blob whose stored (encoded) bytes are already known, as gc does
+   * when it copies live blobs out of a sparse pack: no decoding, no
+   * recompression. Same commit protocol as storeBlob: durable and indexed
+   * after flush(). The caller has checked the bytes (decodeChecked).
+   */
+  async storeEncoded(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): Promise<PutResult> {
+    this.assertOpen()
+    const pending = this.pending.get(blob.id)
+    if (pending || this.inflight.has(blob.id)) return { id: blob.id, added: false, storedLength: pending?.entry.length ?? stored.length }
+    if (this.writeError) throw this.writeError
+    const bytes = Uint8Array.prototype.slice.call(stored)
+    const entry: PackEntry = { id: blob.id, kind: blob.kind, codec: blob.codec, offset: this.open.size, length: bytes.length, rawLength: blob.rawLength }
+    this.open.parts.push(bytes)
+    this.open.entries.push(entry)
+    this.open.size += bytes.length
+    this.pending.set(blob.id, { entry, bytes })
+    if (this.open.size >= this.config.packSize) await this.sealPack()
+    return { id: blob.id, added: true, storedLength: entry.length }
   }
 }
 
