@@ -1,0 +1,286 @@
+// The commands: each declares its arguments and flags, calls the library,
+// and prints a human table or, with --json, the library's own result.
+
+import { promises as fsp } from "node:fs"
+import type { Readable, Writable } from "node:stream"
+import { Box, type Repository, type SnapshotRecord } from "../engine/index.js"
+import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
+import { demo } from "./demo.js"
+import { bytes, ProgressBar, table } from "./format.js"
+
+export interface Context {
+  spec: CommandSpec
+  args: string[]
+  flags: Parsed["flags"]
+  rest: string[]
+  json: boolean
+  quiet: boolean
+  progress: ProgressBar
+  repo(opts?: { create?: boolean }): Promise<Repository>
+  /** human text, or with --json the data (default: the text) */
+  out(human: string, data?: unknown): void
+  close(): Promise<void>
+  readInput(file: string): Readable | NodeJS.ReadableStream
+  writeOutput<T>(file: string | undefined, produce: (out: Writable) => Promise<T>): Promise<T>
+}
+
+export interface Command {
+  spec: CommandSpec
+  run(ctx: Context): Promise<number | void>
+}
+
+const date = (iso: string) => iso.replace("T", " ").replace(/\.\d+Z$/, "Z")
+const str = (v: unknown) => (v === undefined ? undefined : String(v))
+
+function snapshotRows(list: SnapshotRecord[]): string[][] {
+  return list.map((s) => [s.id, s.name ?? "", s.boxId ?? "", date(s.createdAt), bytes(s.sizeBytes), bytes(s.stats.addedBytes)])
+}
+
+export const COMMANDS: Command[] = [
+  {
+    spec: { name: "init", summary: "create a repository", args: [], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo({ create: true })
+      ctx.out(`initialized repository ${repo.location}`, { location: repo.location, config: { ...repo.config, chunker: { ...repo.config.chunker, seed: undefined } } })
+    },
+  },
+  {
+    spec: {
+      name: "snapshot",
+      summary: "snapshot a directory or a box; prints the new snapshot id last",
+      args: ["DIR|BOX"],
+      flags: {
+        name: { kind: "string", help: "a name for the snapshot" },
+        exclude: { kind: "list", help: "gitignore-style pattern to leave out" },
+        label: { kind: "list", help: "key=value label" },
+        parent: { kind: "string", help: "snapshot this one follows (default: the previous one of this box or dir)" },
+        full: { kind: "bool", help: "re-read every file, ignoring the incremental cache" },
+      },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const target = ctx.args[0]!
+      const opts = {
+        name: str(ctx.flags.name),
+        exclude: ctx.flags.exclude as string[] | undefined,
+        labels: labels(ctx.flags.label, "snapshot"),
+        full: Boolean(ctx.flags.full),
+        onProgress: ctx.progress.update,
+      }
+      const isDir = (await fsp.stat(target).catch(() => undefined))?.isDirectory()
+      let snapshot: SnapshotRecord
+      let warnings: Array<{ path: string; reason: string }> = []
+      if (isDir) {
+        const parent = ctx.flags.parent ? await repo.snapshots.get(String(ctx.flags.parent)) : undefined
+        ;({ snapshot, warnings } = await repo.snapshots.create(target, { ...opts, parent }))
+      } else {
+        const box = await Box.get(target, { repo })
+        snapshot = await box.snapshot(opts)
+      }
+      ctx.progress.done()
+      if (ctx.json) return ctx.out("", { ...snapshot, warnings })
+      for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
+      if (!ctx.quiet) {
+        const s = snapshot.stats
+        process.stdout.write(
+          `${s.files} files, ${s.dirs} dirs, ${s.symlinks} symlinks: ${bytes(s.logicalBytes)} logical, ${bytes(s.storedBytes)} stored, ${bytes(s.addedBytes)} added\n`,
+        )
+      }
+      process.stdout.write(`${snapshot.id}\n`)
+    },
+  },
+  {
+    spec: {
+      name: "restore",
+      summary: "restore a snapshot into a new or empty directory",
+      args: ["SNAP", "DEST"],
+      flags: {
+        path: { kind: "string", help: "restore only this path of the snapshot" },
+        overwrite: { kind: "bool", help: "allow a non-empty destination (entries in the way are replaced)" },
+      },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const result = await repo.snapshots.restore(ctx.args[0]!, ctx.args[1]!, {
+        subPath: str(ctx.flags.path),
+        overwrite: Boolean(ctx.flags.overwrite),
+        onProgress: ctx.progress.update,
+      })
+      ctx.out(`restored ${result.files} files, ${result.dirs} dirs, ${result.symlinks} symlinks (${bytes(result.bytes)}) into ${result.dest}`, result)
+    },
+  },
+  {
+    spec: {
+      name: "ls",
+      summary: "list snapshots",
+      args: [],
+      flags: {
+        box: { kind: "string", help: "only this box's snapshots" },
+        name: { kind: "string", help: "only snapshots with this name" },
+        label: { kind: "string", help: "only snapshots with this label (key or key=value)" },
+      },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      let boxId: string | undefined
+      if (ctx.flags.box) boxId = (await Box.get(String(ctx.flags.box), { repo })).id
+      const list = await repo.snapshots.list({ boxId, name: str(ctx.flags.name), label: str(ctx.flags.label) })
+      ctx.out(list.length ? table(["id", "name", "box", "created", "size", "added"], snapshotRows(list)) : "no snapshots", list)
+    },
+  },
+  {
+    spec: {
+      name: "show",
+      summary: "list files inside a snapshot",
+      args: ["SNAP", "[PATH]"],
+      flags: { recursive: { kind: "bool", alias: "r", help: "every path below" } },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const files = ctx.flags.recursive
+        ? (await repo.snapshots.walk(ctx.args[0]!)).filter((f) => !ctx.args[1] || f.path.startsWith(`/${ctx.args[1]!.replace(/^\/+|\/+$/g, "")}`))
+        : await repo.snapshots.listFiles(ctx.args[0]!, ctx.args[1] ?? "/")
+      const rows = files.map((f) => [
+        f.type === "dir" ? "d" : f.type === "symlink" ? "l" : "-",
+        f.mode.toString(8).padStart(4, "0"),
+        f.isDir ? "" : bytes(f.size),
+        date(f.modTime),
+        f.path + (f.type === "symlink" ? ` -> ${f.target}` : ""),
+      ])
+      ctx.out(table(["type", "mode", "size", "modified", "path"], rows), files)
+    },
+  },
+  {
+    spec: { name: "cat", summary: "print one file of a snapshot", args: ["SNAP", "PATH"], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const stream = await repo.snapshots.readFile(ctx.args[0]!, ctx.args[1]!)
+      for await (const chunk of stream) {
+        if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once("drain", r))
+      }
+    },
+  },
+  {
+    spec: { name: "rm", summary: "delete snapshots (gc reclaims their data)", args: ["SNAP..."], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const removed = await repo.snapshots.delete(ctx.args)
+      ctx.out(`removed ${removed.join(", ")}; run "cairn gc" to reclaim space`, { removed })
+    },
+  },
+  {
+    spec: {
+      name: "export",
+      summary: "write a snapshot as a tar stream",
+      args: ["SNAP"],
+      flags: { output: { kind: "string", alias: "o", help: "file to write (default stdout)" }, path: { kind: "string", help: "only this path of the snapshot" } },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const file = str(ctx.flags.output)
+      if (!file && process.stdout.isTTY) throw new UsageError('refusing to write a tar stream to a terminal; use -o FILE or a pipe', "export")
+      const result = await ctx.writeOutput(file, (out) => repo.snapshots.exportTar(ctx.args[0]!, out, { subPath: str(ctx.flags.path) }))
+      if (file) ctx.out(`wrote ${result.files} files (${bytes(result.bytes)}) to ${file}`, result)
+    },
+  },
+  {
+    spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"], flags: { name: { kind: "string", help: "a name for the snapshot" } } },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const { snapshot, warnings } = await repo.snapshots.importTar(ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name) })
+      if (ctx.json) return ctx.out("", { ...snapshot, warnings })
+      for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
+      process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)
+    },
+  },
+  {
+    spec: { name: "rebuild-index", summary: "rebuild the index from the packs", args: [], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const r = await repo.rebuildIndex()
+      ctx.out(`indexed ${r.blobs} blobs in ${r.packs} packs${r.damaged.length ? `; ${r.damaged.length} damaged packs skipped: ${r.damaged.join(", ")}` : ""}`, r)
+      return r.damaged.length ? 3 : 0
+    },
+  },
+  {
+    spec: {
+      name: "box create",
+      summary: "create a box, empty or from a snapshot",
+      args: [],
+      flags: {
+        from: { kind: "string", help: "snapshot to start from" },
+        name: { kind: "string", help: "a name for the box" },
+        dir: { kind: "string", help: "where its workspace lives (default <repo>/workspaces/<id>)" },
+        label: { kind: "list", help: "key=value label" },
+      },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const opts = { repo, name: str(ctx.flags.name), dir: str(ctx.flags.dir), labels: labels(ctx.flags.label, "box create") }
+      const box = ctx.flags.from ? await Box.fromSnapshot(String(ctx.flags.from), { ...opts, onProgress: ctx.progress.update }) : await Box.create(opts)
+      ctx.progress.done()
+      if (ctx.json) return ctx.out("", box.info)
+      if (!ctx.quiet) process.stdout.write(`box ${box.id}${box.name ? ` (${box.name})` : ""} at ${box.dir}\n`)
+      process.stdout.write(`${box.id}\n`)
+    },
+  },
+  {
+    spec: { name: "box ls", summary: "list boxes", args: [], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const boxes = await Box.list({ repo })
+      const rows = boxes.map((b) => [b.id, b.name ?? "", b.info.fromSnapshot ?? "", b.info.lastSnapshot ?? "", b.dir])
+      ctx.out(boxes.length ? table(["id", "name", "from", "last snapshot", "dir"], rows) : "no boxes", boxes.map((b) => b.info))
+    },
+  },
+  {
+    spec: {
+      name: "box exec",
+      summary: "run a command in a box (cairn box exec BOX -- CMD...); exits with its code",
+      args: ["BOX"],
+      flags: { timeout: { kind: "string", help: "kill it after this many seconds" } },
+    },
+    async run(ctx) {
+      if (ctx.rest.length === 0) throw new UsageError('give the command after "--", e.g. cairn box exec BOX -- ls -la', "box exec")
+      const repo = await ctx.repo()
+      const box = await Box.get(ctx.args[0]!, { repo })
+      const seconds = ctx.flags.timeout === undefined ? undefined : Number(ctx.flags.timeout)
+      if (seconds !== undefined && !(seconds > 0)) throw new UsageError("--timeout takes a number of seconds", "box exec")
+      const command = ctx.rest.map(shellQuote).join(" ")
+      const result = await box.exec(command, seconds ? { timeoutMs: seconds * 1000 } : {})
+      if (ctx.json) {
+        ctx.out("", result)
+        return result.exitCode
+      }
+      process.stdout.write(result.stdout)
+      process.stderr.write(result.stderr)
+      if (result.timedOut) process.stderr.write(`cairn: the command was killed after ${seconds} s\n`)
+      return result.exitCode
+    },
+  },
+  {
+    spec: { name: "box rm", summary: "delete a box's workspace (its snapshots stay)", args: ["BOX..."], flags: {} },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const removed: string[] = []
+      for (const id of ctx.args) {
+        const box = await Box.get(id, { repo })
+        await box.delete()
+        removed.push(box.id)
+      }
+      ctx.out(`removed ${removed.join(", ")}`, { removed })
+    },
+  },
+  {
+    spec: { name: "demo", summary: "the quick-start: a box, a snapshot, three branches, sizes", args: [], flags: { keep: { kind: "bool", help: "keep the branched boxes" } } },
+    async run(ctx) {
+      await demo(await ctx.repo(), { keep: Boolean(ctx.flags.keep), json: ctx.json, progress: ctx.progress })
+    },
+  },
+]
+
+export { int }
+
+function shellQuote(arg: string): string {
+  return /^[A-Za-z0-9_\-./=:@%+,]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`
+}

@@ -1,0 +1,53 @@
+// `cairn demo`: the main job end to end on the default store. A box gets a
+// small npm project, is snapshotted, and three boxes branch from the snapshot
+// in parallel; one of them changes; sizes show what was shared.
+
+import { Box, type Repository } from "../engine/index.js"
+import { bytes, table, type ProgressBar } from "./format.js"
+
+export async function demo(repo: Repository, opts: { keep: boolean; json: boolean; progress: ProgressBar }): Promise<void> {
+  const log = (line: string) => {
+    if (!opts.json) process.stdout.write(line + "\n")
+  }
+  log(`repository: ${repo.location}`)
+  const box = await Box.create({ repo, name: "demo-setup" })
+  log(`1. created box ${box.id} at ${box.dir}`)
+  const install = await box.exec(
+    "npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts --loglevel=error is-number@7.0.0 left-pad@1.3.0",
+    { timeoutMs: 120_000 },
+  )
+  let installed = "npm install is-number left-pad"
+  if (install.exitCode !== 0) {
+    installed = "npm was not usable here, so a few files were written instead"
+    await box.files.write({ path: "/package.json", content: JSON.stringify({ name: "demo", version: "1.0.0" }, null, 2) })
+    await box.files.write({ path: "/node_modules/left-pad/index.js", content: "module.exports = (s, n, c = ' ') => String(s).padStart(n, c)\n" })
+  }
+  await box.files.write({ path: "/src/app.js", content: "console.log(require('left-pad')('cairn', 10))\n" })
+  log(`2. installed into it: ${installed}`)
+  const snapshot = await box.snapshot({ name: "demo-after-setup", onProgress: opts.progress.update })
+  opts.progress.done()
+  log(`3. snapshot ${snapshot.id}: ${snapshot.stats.files} files, ${bytes(snapshot.stats.logicalBytes)} logical, ${bytes(snapshot.stats.storedBytes)} stored, ${bytes(snapshot.stats.addedBytes)} new to the store`)
+  const t0 = performance.now()
+  const branches = await Promise.all([1, 2, 3].map((i) => Box.fromSnapshot(snapshot.id, { repo, name: `demo-branch-${i}` })))
+  log(`4. branched 3 boxes from it in parallel in ${((performance.now() - t0) / 1000).toFixed(2)} s`)
+  await branches[0]!.files.write({ path: "/src/app.js", content: "console.log('branch 1 went its own way')\n" })
+  const changed = await branches[0]!.snapshot({ name: "demo-branch-1-changed" })
+  log(`5. changed one file in ${branches[0]!.id} and snapshotted it: ${bytes(changed.stats.addedBytes)} new to the store`)
+  const same = (await branches[1]!.files.read("/src/app.js")).toString() === (await box.files.read("/src/app.js")).toString()
+  log(`   the other branches are unaffected: ${same ? "yes" : "NO"}`)
+  const rows = [snapshot, changed].map((s) => [s.name ?? s.id, bytes(s.stats.logicalBytes), bytes(s.stats.storedBytes), bytes(s.stats.addedBytes)])
+  log("")
+  log(table(["snapshot", "logical", "stored", "added"], rows))
+  const logical = snapshot.stats.logicalBytes + changed.stats.logicalBytes
+  const added = snapshot.stats.addedBytes + changed.stats.addedBytes
+  log(`\n${bytes(logical)} of snapshots cost ${bytes(added)} in the store (${(logical / Math.max(1, added)).toFixed(1)}x) and 4 boxes share it`)
+  if (!opts.keep) {
+    await box.delete()
+    for (const b of branches) await b.delete()
+    log("the demo boxes were removed; their snapshots stay")
+  }
+  log(`\nnext: cairn ls · cairn show ${snapshot.id} · cairn box create --from ${snapshot.name} · cairn stats`)
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ snapshot, changed, boxes: branches.map((b) => b.info), kept: opts.keep }, null, 2) + "\n")
+  }
+}

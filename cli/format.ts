@@ -1,0 +1,53 @@
+// Human output: binary units, aligned tables, a progress bar on a TTY.
+
+import type { Progress } from "../engine/index.js"
+
+export function bytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"]
+  let v = n
+  let u = 0
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024
+    u++
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`
+}
+
+/** Columns aligned; numbers (cells ending in a unit or digits) right-aligned. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => /^[\d.,]+( ?[KMGT]?i?B|x|%)?$/.test(r[i] ?? "")))
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd()
+  return [line(header), ...rows.map(line)].join("\n")
+}
+
+/** A one-line progress bar on stderr, redrawn at most 10 times a second; off when not a TTY. */
+export class ProgressBar {
+  private last = 0
+  private shown = false
+
+  constructor(private readonly enabled: boolean) {}
+
+  update = (p: Progress): void => {
+    if (!this.enabled) return
+    const now = Date.now()
+    if (now - this.last < 100) return
+    this.last = now
+    const frac = p.bytesTotal > 0 ? Math.min(1, p.bytesDone / p.bytesTotal) : p.filesTotal > 0 ? p.filesDone / p.filesTotal : 0
+    const width = 24
+    const fill = Math.round(frac * width)
+    const bar = "#".repeat(fill) + "-".repeat(width - fill)
+    const text = `${p.phase} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}%  ${p.filesDone}/${p.filesTotal} files  ${bytes(p.bytesDone)}/${bytes(p.bytesTotal)}`
+    process.stderr.write(`\r${text.slice(0, (process.stderr.columns ?? 100) - 1)}\x1b[K`)
+    this.shown = true
+  }
+
+  done(): void {
+    if (this.shown) process.stderr.write("\r\x1b[K")
+    this.shown = false
+  }
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env node
+// The cairn command line: parse, call the library, print, map errors to exit
+// codes. It holds no logic the library lacks.
+
+import { createReadStream, createWriteStream, promises as fsp, realpathSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import path from "node:path"
+import { CairnError, Repository, defaultRepoPath } from "../engine/index.js"
+import { commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
+import { COMMANDS, type Context } from "./commands.js"
+import { ProgressBar } from "./format.js"
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, integrity: 3, locked: 4, notFound: 5 } as const
+
+function exitCodeFor(err: unknown): number {
+  if (err instanceof UsageError) return EXIT.usage
+  if (err instanceof CairnError) {
+    if (err.code === "INTEGRITY") return EXIT.integrity
+    if (err.code === "LOCKED") return EXIT.locked
+    if (err.code === "NOT_FOUND") return EXIT.notFound
+  }
+  return EXIT.failed
+}
+
+export function mainHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.spec.name.length))
+  return [
+    "cairn: snapshots of workspaces, content-addressed and deduplicated",
+    "",
+    "usage: cairn [--repo PATH|s3://bucket/prefix] [--json] [--quiet] [--debug] COMMAND [ARGS]",
+    "",
+    "commands:",
+    ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`),
+    "",
+    "global options:",
+    ...Object.entries(GLOBAL_FLAGS).map(([n, f]) => `  --${n}${f.kind === "bool" ? "" : " V"}`.padEnd(width + 4) + `  ${f.help}`),
+    "",
+    "exit codes: 0 ok, 1 operation failed, 2 usage error, 3 integrity error (damaged data),",
+    "            4 repository locked by another process, 5 not found",
+    "",
+    'Run "cairn help COMMAND" for one command.',
+  ].join("\n")
+}
+
+/** Splits off global flags that come before the command name. */
+function splitCommand(argv: string[]): { name: string[]; args: string[]; pre: string[] } {
+  const pre: string[] = []
+  let i = 0
+  while (i < argv.length && argv[i]!.startsWith("-")) {
+    const a = argv[i]!
+    pre.push(a)
+    if ((a === "--repo") && i + 1 < argv.length) pre.push(argv[++i]!)
+    i++
+  }
+  const first = argv[i]
+  if (first === undefined) return { name: [], args: pre, pre }
+  const two = `${first} ${argv[i + 1] ?? ""}`
+  if (COMMANDS.some((c) => c.spec.name === two)) return { name: [first, argv[i + 1]!], args: [...pre, ...argv.slice(i + 2)], pre }
+  return { name: [first], args: [...pre, ...argv.slice(i + 1)], pre }
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { name, args, pre } = splitCommand(argv)
+  const debug = argv.includes("--debug")
+  const json = argv.includes("--json")
+  try {
+    if (name.length === 0) {
+      if (pre.includes("--help") || pre.includes("-h")) {
+        process.stdout.write(mainHelp() + "\n")
+        return EXIT.ok
+      }
+      throw new UsageError('no command given; run "cairn --help" for the list')
+    }
+    const cmdName = name.join(" ")
+    if (cmdName === "help") {
+      const topic = args.filter((a) => !a.startsWith("-")).join(" ")
+      const cmd = COMMANDS.find((c) => c.spec.name === topic)
+      if (topic && !cmd) throw new UsageError(`no command "${topic}"; run "cairn --help" for the list`)
+      process.stdout.write((cmd ? commandHelp(cmd.spec) : mainHelp()) + "\n")
+      return EXIT.ok
+    }
+    const cmd = COMMANDS.find((c) => c.spec.name === cmdName)
+    if (!cmd) {
+      const group = COMMANDS.filter((c) => c.spec.name.startsWith(`${cmdName} `))
+      if (group.length) throw new UsageError(`"${cmdName}" needs a subcommand: ${group.map((c) => c.spec.name).join(", ")}`)
+      throw new UsageError(`unknown command "${cmdName}"; run "cairn --help" for the list`)
+    }
+    const parsed = parseArgs(args, cmd.spec)
+    if (parsed.flags.help) {
+      process.stdout.write(commandHelp(cmd.spec) + "\n")
+      return EXIT.ok
+    }
+    const ctx = makeContext(parsed, cmd.spec)
+    try {
+      return (await cmd.run(ctx)) ?? EXIT.ok
+    } finally {
+      ctx.progress.done()
+      await ctx.close()
+    }
+  } catch (err) {
+    report(err, { debug, json })
+    return exitCodeFor(err)
+  }
+}
+
+function makeContext(parsed: Parsed, spec: CommandSpec): Context {
+  // --repo must name an existing repository; the default ($CAIRN_REPO, else ~/.cairn) is created on first use
+  const explicit = parsed.flags.repo as string | undefined
+  const location = explicit ?? defaultRepoPath()
+  const json = Boolean(parsed.flags.json)
+  const quiet = Boolean(parsed.flags.quiet)
+  let repo: Promise<Repository> | undefined
+  const ctx: Context = {
+    spec,
+    args: parsed.positional,
+    flags: parsed.flags,
+    rest: parsed.rest,
+    json,
+    quiet,
+    progress: new ProgressBar(Boolean(process.stderr.isTTY) && !json && !quiet),
+    repo: (opts = {}) => {
+      repo ??= Repository.open({
+        ...(location.startsWith("s3://") ? { url: location } : { path: location }),
+        // an explicit repository must exist; the default one is created on first use
+        create: opts.create ?? explicit === undefined,
+      })
+      return repo
+    },
+    out: (human, data) => {
+      if (json) process.stdout.write(JSON.stringify(data ?? human, null, 2) + "\n")
+      else if (typeof human === "string" && human !== "") process.stdout.write(human + "\n")
+    },
+    close: async () => {
+      if (repo) await (await repo.catch(() => undefined))?.close()
+    },
+    readInput: (file) => (file === "-" ? process.stdin : createReadStream(file)),
+    writeOutput: async (file, produce) => {
+      if (!file || file === "-") return produce(process.stdout)
+      const temp = `${file}.tmp-${process.pid}`
+      const out = createWriteStream(temp)
+      try {
+        const done = new Promise<void>((resolve, reject) => {
+          out.on("finish", resolve)
+          out.on("close", resolve)
+          out.on("error", reject)
+        })
+        const result = await produce(out)
+        await done
+        await fsp.rename(temp, file)
+        return result
+      } catch (err) {
+        await fsp.rm(temp, { force: true })
+        throw err
+      }
+    },
+  }
+  return ctx
+}
+
+function report(err: unknown, opts: { debug: boolean; json: boolean }): void {
+  const message = err instanceof Error ? err.message : String(err)
+  const code = err instanceof CairnError ? err.code : err instanceof UsageError ? "USAGE" : "ERROR"
+  if (opts.json) {
+    const data = err instanceof CairnError ? err.data : undefined
+    process.stderr.write(JSON.stringify({ error: { code, message, ...(data && Object.keys(data).length ? { data } : {}) } }) + "\n")
+  } else {
+    const hint = err instanceof UsageError && err.command ? ` (see "cairn help ${err.command}")` : ""
+    process.stderr.write(`cairn: ${message}${hint}\n`)
+  }
+  if (opts.debug && err instanceof Error) process.stderr.write(`${err.stack}\n`)
+  if (!(err instanceof CairnError) && !(err instanceof UsageError) && !opts.debug) {
+    process.stderr.write("cairn: this is unexpected; rerun with --debug to see where it happened\n")
+  }
+}
+
+// Larger files and directories only: keep relative paths readable in messages.
+export function rel(p: string): string {
+  const r = path.relative(process.cwd(), p)
+  return r && !r.startsWith("..") ? r : p
+}
+
+function isMain(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? "") === fileURLToPath(import.meta.url)
+  } catch {
+    return false
+  }
+}
+
+if (isMain()) {
+  run(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code
+    },
+    (err) => {
+      process.stderr.write(`cairn: ${err}\n`)
+      process.exitCode = 1
+    },
+  )
+}
