@@ -12,10 +12,23 @@ export class UsageError extends Error {
   }
 }
 
+/** An operation the CLI cannot carry out (exit 1), raised by the CLI itself rather than the library. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly code = "FAILED",
+  ) {
+    super(message)
+    this.name = "CliError"
+  }
+}
+
 export interface FlagSpec {
   /** "bool": --x; "string": --x V or --x=V; "list": repeatable string */
   kind: "bool" | "string" | "list"
   alias?: string
+  /** the only values a string flag accepts */
+  choices?: string[]
   help: string
 }
 
@@ -77,6 +90,9 @@ export function parseArgs(argv: string[], spec: CommandSpec): Parsed {
         value = argv[++i]
         if (value === undefined) throw new UsageError(`option --${name} needs a value`, spec.name)
       }
+      if (f.choices && !f.choices.includes(value)) {
+        throw new UsageError(`--${name} takes one of ${f.choices.join(", ")}, not ${JSON.stringify(value)}`, spec.name)
+      }
       if (f.kind === "list") flags[name] = [...((flags[name] as string[] | undefined) ?? []), value]
       else flags[name] = value
       continue
@@ -102,6 +118,13 @@ export function int(value: unknown, flag: string, command: string): number | und
   return n
 }
 
+export function fraction(value: unknown, flag: string, command: string): number | undefined {
+  if (value === undefined) return undefined
+  const n = Number(value)
+  if (value === "" || !Number.isFinite(n) || n < 0 || n > 1) throw new UsageError(`--${flag} takes a number from 0 to 1, not ${JSON.stringify(value)}`, command)
+  return n
+}
+
 export function labels(values: unknown, command: string): Record<string, string> | undefined {
   if (values === undefined) return undefined
   const out: Record<string, string> = {}
@@ -120,7 +143,8 @@ export function commandHelp(spec: CommandSpec): string {
   if (flags.length) {
     lines.push("", "options:")
     for (const [name, f] of flags) {
-      const left = `  --${name}${f.kind === "bool" ? "" : " V"}${f.kind === "list" ? " (repeatable)" : ""}${f.alias ? `, -${f.alias}` : ""}`
+      const value = f.choices ? ` ${f.choices.join("|")}` : f.kind === "bool" ? "" : " V"
+      const left = `  --${name}${value}${f.kind === "list" ? " (repeatable)" : ""}${f.alias ? `, -${f.alias}` : ""}`
       lines.push(`${left.padEnd(34)} ${f.help}`)
     }
   }

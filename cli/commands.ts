@@ -6,6 +6,7 @@ import type { Readable, Writable } from "node:stream"
 import { Box, type Repository, type SnapshotRecord } from "../engine/index.js"
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
+import { MAINTENANCE_COMMANDS } from "./maintenance.js"
 import { bytes, ProgressBar, table } from "./format.js"
 
 export interface Context {
@@ -16,7 +17,8 @@ export interface Context {
   json: boolean
   quiet: boolean
   progress: ProgressBar
-  repo(opts?: { create?: boolean }): Promise<Repository>
+  /** the repository; with init, a new one (fails if one exists there) */
+  repo(opts?: { init?: boolean }): Promise<Repository>
   /** human text, or with --json the data (default: the text) */
   out(human: string, data?: unknown): void
   close(): Promise<void>
@@ -40,7 +42,7 @@ export const COMMANDS: Command[] = [
   {
     spec: { name: "init", summary: "create a repository", args: [], flags: {} },
     async run(ctx) {
-      const repo = await ctx.repo({ create: true })
+      const repo = await ctx.repo({ init: true })
       ctx.out(`initialized repository ${repo.location}`, { location: repo.location, config: { ...repo.config, chunker: { ...repo.config.chunker, seed: undefined } } })
     },
   },
@@ -74,6 +76,7 @@ export const COMMANDS: Command[] = [
         const parent = ctx.flags.parent ? await repo.snapshots.get(String(ctx.flags.parent)) : undefined
         ;({ snapshot, warnings } = await repo.snapshots.create(target, { ...opts, parent }))
       } else {
+        if (ctx.flags.parent) throw new UsageError("--parent applies to a directory; a box's snapshot follows its last one", "snapshot")
         const box = await Box.get(target, { repo })
         snapshot = await box.snapshot(opts)
       }
@@ -137,8 +140,10 @@ export const COMMANDS: Command[] = [
     },
     async run(ctx) {
       const repo = await ctx.repo()
+      const below = `/${(ctx.args[1] ?? "").replace(/^\/+|\/+$/g, "")}`
+      const inside = (p: string) => below === "/" || p === below || p.startsWith(`${below}/`)
       const files = ctx.flags.recursive
-        ? (await repo.snapshots.walk(ctx.args[0]!)).filter((f) => !ctx.args[1] || f.path.startsWith(`/${ctx.args[1]!.replace(/^\/+|\/+$/g, "")}`))
+        ? (await repo.snapshots.walk(ctx.args[0]!)).filter((f) => inside(f.path))
         : await repo.snapshots.listFiles(ctx.args[0]!, ctx.args[1] ?? "/")
       const rows = files.map((f) => [
         f.type === "dir" ? "d" : f.type === "symlink" ? "l" : "-",
@@ -168,6 +173,7 @@ export const COMMANDS: Command[] = [
       ctx.out(`removed ${removed.join(", ")}; run "cairn gc" to reclaim space`, { removed })
     },
   },
+  ...MAINTENANCE_COMMANDS,
   {
     spec: {
       name: "export",

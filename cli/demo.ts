@@ -4,6 +4,7 @@
 
 import { Box, type Repository } from "../engine/index.js"
 import { bytes, table, type ProgressBar } from "./format.js"
+import type { RepoStats, RepoWithMaintenance } from "./maintenance.js"
 
 export async function demo(repo: Repository, opts: { keep: boolean; json: boolean; progress: ProgressBar }): Promise<void> {
   const log = (line: string) => {
@@ -16,9 +17,10 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
     "npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts --loglevel=error is-number@7.0.0 left-pad@1.3.0",
     { timeoutMs: 120_000 },
   )
-  let installed = "npm install is-number left-pad"
+  let installed = "npm install is-number@7.0.0 left-pad@1.3.0"
   if (install.exitCode !== 0) {
-    installed = "npm was not usable here, so a few files were written instead"
+    const why = install.stderr.trim().split("\n").pop()?.slice(0, 160) || `exit code ${install.exitCode}`
+    installed = `npm was not usable here (${why}), so a few files were written instead`
     await box.files.write({ path: "/package.json", content: JSON.stringify({ name: "demo", version: "1.0.0" }, null, 2) })
     await box.files.write({ path: "/node_modules/left-pad/index.js", content: "module.exports = (s, n, c = ' ') => String(s).padStart(n, c)\n" })
   }
@@ -41,13 +43,33 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
   const logical = snapshot.stats.logicalBytes + changed.stats.logicalBytes
   const added = snapshot.stats.addedBytes + changed.stats.addedBytes
   log(`\n${bytes(logical)} of snapshots cost ${bytes(added)} in the store (${(logical / Math.max(1, added)).toFixed(1)}x) and 4 boxes share it`)
+  const stats = await repoStats(repo)
+  if (stats) {
+    log(`the whole repository: ${stats.snapshots} snapshots, ${bytes(stats.logicalBytes)} logical in ${bytes(stats.physicalBytes)} of packs, dedup ${stats.dedupRatio.toFixed(2)}x`)
+  }
+  const mine = new Set([box.id, ...branches.map((b) => b.id)])
+  const boxes = (await Box.list({ repo })).filter((b) => mine.has(b.id))
+  log("")
+  log(table(["box", "name", "from", "last snapshot", "dir"], boxes.map((b) => [b.id, b.name ?? "", b.info.fromSnapshot ?? "", b.info.lastSnapshot ?? "", b.dir])))
   if (!opts.keep) {
-    await box.delete()
     for (const b of branches) await b.delete()
-    log("the demo boxes were removed; their snapshots stay")
+    log(`the 3 branched boxes were removed (--keep keeps them); their snapshots and the setup box ${box.id} stay`)
   }
-  log(`\nnext: cairn ls · cairn show ${snapshot.id} · cairn box create --from ${snapshot.name} · cairn stats`)
+  log("")
+  log("try next:")
+  log(`  cairn ls                                   the snapshots`)
+  log(`  cairn show -r ${snapshot.name}          the files inside`)
+  log(`  cairn diff ${snapshot.name} ${changed.name}   what the branch changed`)
+  log(`  cairn box exec ${box.id} -- ls node_modules`)
+  log(`  cairn box create --from ${snapshot.name}   another branch`)
+  log(`  cairn stats                                sizes and dedup of the whole repository`)
   if (opts.json) {
-    process.stdout.write(JSON.stringify({ snapshot, changed, boxes: branches.map((b) => b.info), kept: opts.keep }, null, 2) + "\n")
+    process.stdout.write(JSON.stringify({ installed, snapshot, changed, boxes: boxes.map((b) => b.info), stats, kept: opts.keep }, null, 2) + "\n")
   }
+}
+
+/** repo.stats() when this build of the library has it. */
+async function repoStats(repo: Repository): Promise<RepoStats | undefined> {
+  const m = repo as unknown as Partial<RepoWithMaintenance>
+  return typeof m.stats === "function" ? m.stats() : undefined
 }

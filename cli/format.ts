@@ -25,6 +25,21 @@ export function table(header: string[], rows: string[][]): string {
   return [line(header), ...rows.map(line)].join("\n")
 }
 
+/** Aligned "key  value" lines. */
+export function kv(rows: Array<[string, string]>): string {
+  const width = Math.max(0, ...rows.map(([k]) => k.length))
+  return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n")
+}
+
+/** "1 pack", "2 packs" */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`
+}
+
+export function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`
+}
+
 /** A one-line progress bar on stderr, redrawn at most 10 times a second; off when not a TTY. */
 export class ProgressBar {
   private last = 0

@@ -6,7 +6,7 @@ import { createReadStream, createWriteStream, promises as fsp, realpathSync } fr
 import { fileURLToPath } from "node:url"
 import path from "node:path"
 import { CairnError, Repository, defaultRepoPath } from "../engine/index.js"
-import { commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
+import { CliError, commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { COMMANDS, type Context } from "./commands.js"
 import { ProgressBar } from "./format.js"
 
@@ -61,8 +61,9 @@ function splitCommand(argv: string[]): { name: string[]; args: string[]; pre: st
 
 export async function run(argv: string[]): Promise<number> {
   const { name, args, pre } = splitCommand(argv)
-  const debug = argv.includes("--debug")
-  const json = argv.includes("--json")
+  const own = argv.includes("--") ? argv.slice(0, argv.indexOf("--")) : argv // not the flags of a command run by box exec
+  const debug = own.includes("--debug")
+  const json = own.includes("--json")
   try {
     if (name.length === 0) {
       if (pre.includes("--help") || pre.includes("-h")) {
@@ -75,6 +76,11 @@ export async function run(argv: string[]): Promise<number> {
     if (cmdName === "help") {
       const topic = args.filter((a) => !a.startsWith("-")).join(" ")
       const cmd = COMMANDS.find((c) => c.spec.name === topic)
+      const group = COMMANDS.filter((c) => c.spec.name.startsWith(`${topic} `))
+      if (topic && !cmd && group.length) {
+        process.stdout.write(group.map((c) => `cairn ${c.spec.name}: ${c.spec.summary}`).join("\n") + "\n")
+        return EXIT.ok
+      }
       if (topic && !cmd) throw new UsageError(`no command "${topic}"; run "cairn --help" for the list`)
       process.stdout.write((cmd ? commandHelp(cmd.spec) : mainHelp()) + "\n")
       return EXIT.ok
@@ -119,11 +125,9 @@ function makeContext(parsed: Parsed, spec: CommandSpec): Context {
     quiet,
     progress: new ProgressBar(Boolean(process.stderr.isTTY) && !json && !quiet),
     repo: (opts = {}) => {
-      repo ??= Repository.open({
-        ...(location.startsWith("s3://") ? { url: location } : { path: location }),
-        // an explicit repository must exist; the default one is created on first use
-        create: opts.create ?? explicit === undefined,
-      })
+      const where = location.startsWith("s3://") ? { url: location } : { path: location }
+      // init makes a new one; an explicit repository must exist; the default one is created on first use
+      repo ??= opts.init ? Repository.init(where) : Repository.open({ ...where, create: explicit === undefined })
       return repo
     },
     out: (human, data) => {
@@ -159,7 +163,7 @@ function makeContext(parsed: Parsed, spec: CommandSpec): Context {
 
 function report(err: unknown, opts: { debug: boolean; json: boolean }): void {
   const message = err instanceof Error ? err.message : String(err)
-  const code = err instanceof CairnError ? err.code : err instanceof UsageError ? "USAGE" : "ERROR"
+  const code = err instanceof CairnError ? err.code : err instanceof UsageError ? "USAGE" : err instanceof CliError ? err.code : "ERROR"
   if (opts.json) {
     const data = err instanceof CairnError ? err.data : undefined
     process.stderr.write(JSON.stringify({ error: { code, message, ...(data && Object.keys(data).length ? { data } : {}) } }) + "\n")
@@ -168,7 +172,7 @@ function report(err: unknown, opts: { debug: boolean; json: boolean }): void {
     process.stderr.write(`cairn: ${message}${hint}\n`)
   }
   if (opts.debug && err instanceof Error) process.stderr.write(`${err.stack}\n`)
-  if (!(err instanceof CairnError) && !(err instanceof UsageError) && !opts.debug) {
+  if (!(err instanceof CairnError) && !(err instanceof UsageError) && !(err instanceof CliError) && !opts.debug) {
     process.stderr.write("cairn: this is unexpected; rerun with --debug to see where it happened\n")
   }
 }

@@ -17,6 +17,10 @@ import { FsObjectStore } from "../store/backends/fs.js"
 import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import { Store } from "../store/store.js"
+import { diskUsage, repositoryStats, uniqueBytes, type DuRow, type RepositoryStats } from "./accounting.js"
+import { diffLive, diffTrees, type DiffResult } from "./diff.js"
+import { collectGarbage, type GcOptions, type GcReport } from "./gc.js"
+import { verifyRepository, type VerifyOptions, type VerifyReport } from "./verify.js"
 import { exportTar, importTar } from "./tar.js"
 import { restoreSnapshot, type RestoreOptions, type RestoreResult } from "./restore.js"
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
@@ -133,6 +137,24 @@ export class Repository {
   async rebuildIndex() {
     return this.store.withLock(true, "rebuild-index", () => this.store.rebuildIndex())
   }
+
+  /** Checks that every snapshot can be restored; see engine/verify.ts. */
+  verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
+    return verifyRepository(this.store, opts)
+  }
+
+  /** Snapshots, logical and physical bytes, dedup ratio. */
+  stats(): Promise<RepositoryStats> {
+    return this.store.withLock(false, "stats", () => repositoryStats(this.store))
+  }
+
+  /** Deletes what no snapshot references; see engine/gc.ts for the protocol. */
+  gc(opts: GcOptions = {}): Promise<GcReport> {
+    if (opts.repackThreshold !== undefined && !(opts.repackThreshold >= 0 && opts.repackThreshold <= 1)) {
+      throw new BadInputError(`repackThreshold must be between 0 and 1, not ${opts.repackThreshold}`)
+    }
+    return collectGarbage(this.store, opts)
+  }
 }
 
 class SnapshotApi {
@@ -215,6 +237,26 @@ class SnapshotApi {
   async walk(idOrName: string): Promise<FileInfo[]> {
     const snapshot = await this.get(idOrName)
     return (await flattenTree(this.store, snapshot.tree)).map((p) => toInfo(p.entry.name, `/${p.rel}`, p.entry))
+  }
+
+  /** Added, removed and modified paths between snapshot a and snapshot b, or a live directory b (live: true). */
+  async diff(a: string, b: string, opts: { live?: boolean } = {}): Promise<DiffResult> {
+    const left = await this.get(a)
+    if (opts.live) return this.store.withLock(false, "diff", () => diffLive(this.store, left.tree, b, { exclude: left.exclude }))
+    const right = await this.get(b)
+    return this.store.withLock(false, "diff", () => diffTrees(this.store, left.tree, right.tree))
+  }
+
+  /** Per-directory logical, stored and unique bytes of one snapshot. */
+  async du(idOrName: string, opts: { maxDepth?: number } = {}): Promise<DuRow[]> {
+    const snapshot = await this.get(idOrName)
+    return this.store.withLock(false, "du", () => diskUsage(this.store, snapshot, opts))
+  }
+
+  /** What deleting each snapshot would free now (stored bytes only it references). */
+  async uniqueBytes(ids: string[]): Promise<Map<string, number>> {
+    const records = await Promise.all(ids.map((id) => this.get(id)))
+    return this.store.withLock(false, "accounting", () => uniqueBytes(this.store, records.map((r) => r.id)))
   }
 
   /** Writes a snapshot (or a sub-path) as a tar stream. */

@@ -1,0 +1,301 @@
+// Commands that inspect and maintain a repository: diff, du, stats, verify,
+// gc, forget. Each calls one library method and prints its result.
+//
+// RepoWithMaintenance declares the Repository methods these commands call
+// (diff and du on repo.snapshots; stats, verify, gc and forget on the
+// repository), as the engine is specified to offer them. When a method is
+// missing from this build, the command says so (exit 1) instead of crashing.
+
+import { promises as fsp } from "node:fs"
+import type { Repository, SnapshotRecord } from "../engine/index.js"
+import type { Progress } from "../engine/index.js"
+import { CliError, fraction, int, UsageError, type FlagSpec } from "./args.js"
+import type { Command, Context } from "./commands.js"
+import { bytes, kv, plural, seconds, table } from "./format.js"
+
+export interface DiffChange {
+  path: string
+  change: "added" | "removed" | "modified"
+  type: string
+  /** what changed in a modified entry (content, mode, mtime, type, target, ...) */
+  what?: string | string[]
+  oldSize?: number
+  newSize?: number
+}
+
+export interface DiffResult {
+  changes: DiffChange[]
+  addedBytes: number
+  removedBytes: number
+  modifiedBytes: number
+}
+
+export interface DuRow {
+  path: string
+  logicalBytes: number
+  storedBytes: number
+  uniqueBytes: number
+}
+
+export interface RepoStats {
+  snapshots: number
+  packs: number
+  logicalBytes: number
+  physicalBytes: number
+  referencedBytes: number
+  dedupRatio: number
+}
+
+export interface VerifyDamage {
+  blob?: string
+  pack?: string
+  record?: string
+  reason: string
+  snapshots: string[]
+  paths: string[]
+}
+
+export interface VerifyReport {
+  ok: boolean
+  snapshots: number
+  trees: number
+  blobs: number
+  packs: number
+  bytesRead: number
+  damage: VerifyDamage[]
+  warnings: Array<string | { reason?: string; message?: string }>
+}
+
+export interface GcReport {
+  dryRun: boolean
+  packsDeleted: number
+  packsRepacked: number
+  bytesFreed: number
+  reclaimableBytes: number
+  durationMs: number
+  touched: string[]
+  [more: string]: unknown
+}
+
+export interface ForgetPolicy {
+  keepLast?: number
+  keepHourly?: number
+  keepDaily?: number
+  keepWeekly?: number
+  keepMonthly?: number
+  keepWithin?: string
+  groupBy?: "box" | "name" | "none"
+}
+
+export interface ForgetReport {
+  keep: Array<{ id: string; reasons: string[] }>
+  remove: Array<{ id: string; reason: string }>
+}
+
+type OnProgress = (p: Progress) => void
+
+/** The Repository methods the maintenance commands call. */
+export interface RepoWithMaintenance {
+  snapshots: {
+    diff(a: string, bOrDir: string, opts: { live?: boolean }): Promise<DiffResult>
+    du(idOrName: string): Promise<DuRow[]>
+  }
+  stats(): Promise<RepoStats>
+  verify(opts: { readData?: boolean; onProgress?: OnProgress }): Promise<VerifyReport>
+  gc(opts: { dryRun?: boolean; repackThreshold?: number; onProgress?: OnProgress }): Promise<GcReport>
+  forget(policy: ForgetPolicy, opts: { dryRun?: boolean }): Promise<ForgetReport>
+}
+
+/** The repository seen through RepoWithMaintenance; fails clearly if `method` is missing from this build. */
+export function maintenance(repo: Repository, method: string): RepoWithMaintenance {
+  const m = repo as unknown as RepoWithMaintenance
+  const [owner, name] = method.startsWith("snapshots.") ? [m.snapshots as object, method.slice(10)] : [m as object, method]
+  if (typeof (owner as Record<string, unknown>)[name] !== "function") {
+    throw new CliError(`this build of the cairn library has no repo.${method}(); update cairn`, "UNSUPPORTED")
+  }
+  return m
+}
+
+const isDir = async (p: string) => (await fsp.stat(p).catch(() => undefined))?.isDirectory() === true
+const list = (v: string | string[] | undefined) => (v === undefined ? "" : Array.isArray(v) ? v.join(",") : v)
+const sign = { added: "+", removed: "-", modified: "M" } as const
+
+function diffLine(c: DiffChange): string[] {
+  const size =
+    c.change === "modified" && c.oldSize !== undefined && c.newSize !== undefined && c.oldSize !== c.newSize
+      ? `${bytes(c.oldSize)} -> ${bytes(c.newSize)}`
+      : c.newSize !== undefined
+        ? bytes(c.newSize)
+        : c.oldSize !== undefined
+          ? bytes(c.oldSize)
+          : ""
+  return [sign[c.change], c.type, c.path, list(c.what), size]
+}
+
+function damageLine(d: VerifyDamage): string {
+  const what = [d.blob && `blob ${d.blob}`, d.pack && `pack ${d.pack}`, d.record && `record ${d.record}`].filter(Boolean).join(", ")
+  const hit = [
+    d.snapshots.length ? `snapshots ${d.snapshots.join(", ")}` : "",
+    d.paths.length ? `paths ${d.paths.slice(0, 5).join(", ")}${d.paths.length > 5 ? ` and ${d.paths.length - 5} more` : ""}` : "",
+  ]
+    .filter(Boolean)
+    .join("; ")
+  return `  ${d.reason}${what ? ` (${what})` : ""}${hit ? `; affects ${hit}` : ""}`
+}
+
+const keepFlag = (unit: string): FlagSpec => ({ kind: "string", help: `keep the newest snapshot of each of the last N ${unit}` })
+
+const FORGET_FLAGS = {
+  "keep-last": { kind: "string", help: "keep the N newest snapshots" },
+  "keep-hourly": keepFlag("hours"),
+  "keep-daily": keepFlag("days"),
+  "keep-weekly": keepFlag("weeks"),
+  "keep-monthly": keepFlag("months"),
+  "keep-within": { kind: "string", help: "keep every snapshot younger than DUR (e.g. 36h, 7d, 2w, 1y)" },
+  "group-by": { kind: "string", choices: ["box", "name", "none"], help: "apply the policy per box, per name, or to all (default: the library's)" },
+  "dry-run": { kind: "bool", help: "only say what would be removed" },
+} satisfies Record<string, FlagSpec>
+
+function forgetPolicy(ctx: Context): ForgetPolicy {
+  const n = (flag: string) => int(ctx.flags[flag], flag, "forget")
+  const policy: ForgetPolicy = {
+    keepLast: n("keep-last"),
+    keepHourly: n("keep-hourly"),
+    keepDaily: n("keep-daily"),
+    keepWeekly: n("keep-weekly"),
+    keepMonthly: n("keep-monthly"),
+    keepWithin: ctx.flags["keep-within"] as string | undefined,
+    groupBy: ctx.flags["group-by"] as ForgetPolicy["groupBy"],
+  }
+  const defined = Object.fromEntries(Object.entries(policy).filter(([, v]) => v !== undefined)) as ForgetPolicy
+  if (!Object.keys(defined).some((k) => k.startsWith("keep"))) {
+    throw new UsageError('"forget" needs at least one --keep-* option; nothing is removed without a policy', "forget")
+  }
+  return defined
+}
+
+export const MAINTENANCE_COMMANDS: Command[] = [
+  {
+    spec: {
+      name: "diff",
+      summary: "what changed between two snapshots, or a snapshot and a directory",
+      args: ["A", "B|DIR"],
+      flags: {},
+      details: "B is read as a directory when one exists at that path, else as a snapshot id or name.",
+    },
+    async run(ctx) {
+      const [a, b] = [ctx.args[0]!, ctx.args[1]!]
+      const repo = maintenance(await ctx.repo(), "snapshots.diff")
+      const result = await repo.snapshots.diff(a, b, { live: await isDir(b) })
+      if (ctx.json) return ctx.out("", result)
+      if (result.changes.length === 0) return ctx.out("no differences")
+      const count = (k: DiffChange["change"]) => result.changes.filter((c) => c.change === k).length
+      ctx.out(
+        `${table(["", "type", "path", "what", "size"], result.changes.map(diffLine))}\n\n` +
+          `${count("added")} added (${bytes(result.addedBytes)}), ${count("removed")} removed (${bytes(result.removedBytes)}), ` +
+          `${count("modified")} modified (${bytes(result.modifiedBytes)})`,
+      )
+    },
+  },
+  {
+    spec: { name: "du", summary: "per-directory logical, stored and unique bytes of a snapshot", args: ["SNAP"], flags: {} },
+    async run(ctx) {
+      const repo = maintenance(await ctx.repo(), "snapshots.du")
+      const rows = await repo.snapshots.du(ctx.args[0]!)
+      ctx.out(
+        table(
+          ["logical", "stored", "unique", "path"],
+          rows.map((r) => [bytes(r.logicalBytes), bytes(r.storedBytes), bytes(r.uniqueBytes), r.path]),
+        ),
+        rows,
+      )
+    },
+  },
+  {
+    spec: { name: "stats", summary: "repository totals and the deduplication ratio", args: [], flags: {} },
+    async run(ctx) {
+      const repo = maintenance(await ctx.repo(), "stats")
+      const s = await repo.stats()
+      ctx.out(
+        kv([
+          ["snapshots", String(s.snapshots)],
+          ["packs", String(s.packs)],
+          ["logical (all snapshots)", bytes(s.logicalBytes)],
+          ["referenced (stored, live)", bytes(s.referencedBytes)],
+          ["physical (packs)", bytes(s.physicalBytes)],
+          ["dedup ratio", `${s.dedupRatio.toFixed(2)}x`],
+        ]),
+        s,
+      )
+    },
+  },
+  {
+    spec: {
+      name: "verify",
+      summary: "check the repository's structure; with --read-data, every byte",
+      args: [],
+      flags: { "read-data": { kind: "bool", help: "read and hash-check every blob (slow)" } },
+      details: "Exits 3 when anything is damaged, and names the snapshots and paths it affects.",
+    },
+    async run(ctx) {
+      const repo = maintenance(await ctx.repo(), "verify")
+      const r = await repo.verify({ readData: Boolean(ctx.flags["read-data"]), onProgress: ctx.progress.update })
+      ctx.progress.done()
+      if (ctx.json) ctx.out("", r)
+      else {
+        for (const w of r.warnings) process.stderr.write(`warning: ${typeof w === "string" ? w : (w.message ?? w.reason ?? JSON.stringify(w))}\n`)
+        const checked = `${r.snapshots} snapshots, ${r.trees} trees, ${r.blobs} blobs, ${r.packs} packs${r.bytesRead ? `, ${bytes(r.bytesRead)} read` : ""}`
+        ctx.out(r.ok ? `no damage found (${checked})` : [`DAMAGE: ${plural(r.damage.length, "problem")} (${checked}):`, ...r.damage.map(damageLine)].join("\n"))
+      }
+      return r.ok ? 0 : 3
+    },
+  },
+  {
+    spec: {
+      name: "gc",
+      summary: "delete data no snapshot references; repack sparse packs",
+      args: [],
+      flags: {
+        "dry-run": { kind: "bool", help: "only say what would be freed" },
+        "repack-threshold": { kind: "string", help: "repack packs whose dead fraction exceeds F (0..1)" },
+      },
+    },
+    async run(ctx) {
+      const repackThreshold = fraction(ctx.flags["repack-threshold"], "repack-threshold", "gc")
+      const repo = maintenance(await ctx.repo(), "gc")
+      const r = await repo.gc({ dryRun: Boolean(ctx.flags["dry-run"]), repackThreshold, onProgress: ctx.progress.update })
+      ctx.progress.done()
+      ctx.out(
+        r.dryRun
+          ? `would delete ${plural(r.packsDeleted, "pack")} and repack ${r.packsRepacked}, freeing ${bytes(r.reclaimableBytes)} (dry run, nothing changed)`
+          : `deleted ${plural(r.packsDeleted, "pack")}, repacked ${r.packsRepacked}, freed ${bytes(r.bytesFreed)} in ${seconds(r.durationMs)}`,
+        r,
+      )
+    },
+  },
+  {
+    spec: {
+      name: "forget",
+      summary: "remove the snapshots a retention policy does not keep (gc reclaims their data)",
+      args: [],
+      flags: FORGET_FLAGS,
+    },
+    async run(ctx) {
+      const policy = forgetPolicy(ctx)
+      const dryRun = Boolean(ctx.flags["dry-run"])
+      const repo = await ctx.repo()
+      const before = new Map((await repo.snapshots.list()).map((s) => [s.id, s] as const))
+      const r = await maintenance(repo, "forget").forget(policy, { dryRun })
+      if (ctx.json) return ctx.out("", r)
+      const row = (id: string, action: string, why: string) => {
+        const s: SnapshotRecord | undefined = before.get(id)
+        return [id, s?.name ?? "", s?.boxId ?? "", s ? s.createdAt.replace("T", " ").replace(/\.\d+Z$/, "Z") : "", action, why]
+      }
+      const rows = [...r.keep.map((k) => row(k.id, "keep", k.reasons.join(", "))), ...r.remove.map((x) => row(x.id, dryRun ? "would remove" : "removed", x.reason))]
+      const tail = dryRun
+        ? `${plural(r.remove.length, "snapshot")} would be removed (dry run, nothing changed)`
+        : `${plural(r.remove.length, "snapshot")} removed${r.remove.length ? '; run "cairn gc" to reclaim space' : ""}`
+      ctx.out(`${rows.length ? table(["id", "name", "box", "created", "action", "why"], rows) + "\n\n" : ""}${tail}`)
+    },
+  },
+]
