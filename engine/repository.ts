@@ -19,6 +19,7 @@ import type { BlobId } from "../store/ids.js"
 import { Store } from "../store/store.js"
 import { diskUsage, repositoryStats, uniqueBytes, type DuRow, type RepositoryStats } from "./accounting.js"
 import { diffLive, diffTrees, type DiffResult } from "./diff.js"
+import { forgetSnapshots, type ForgetPlan, type KeepPolicy } from "./forget.js"
 import { collectGarbage, type GcOptions, type GcReport } from "./gc.js"
 import { verifyRepository, type VerifyOptions, type VerifyReport } from "./verify.js"
 import { exportTar, importTar } from "./tar.js"
@@ -146,6 +147,11 @@ export class Repository {
   /** Snapshots, logical and physical bytes, dedup ratio. */
   stats(): Promise<RepositoryStats> {
     return this.store.withLock(false, "stats", () => repositoryStats(this.store))
+  }
+
+  /** Applies a keep policy: removes the records of snapshots no rule keeps (gc reclaims their data). */
+  forget(policy: KeepPolicy, opts: { dryRun?: boolean; filter?: (s: SnapshotRecord) => boolean; now?: Date } = {}): Promise<ForgetPlan> {
+    return forgetSnapshots(this.store, policy, opts)
   }
 
   /** Deletes what no snapshot references; see engine/gc.ts for the protocol. */

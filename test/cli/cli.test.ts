@@ -4,7 +4,7 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { beforeAll, describe, expect, it } from "vitest"
 import { buildTree, describeTree } from "../fixtures.js"
-import { tempDir } from "../helpers.js"
+import { seededBytes, tempDir } from "../helpers.js"
 
 const MAIN = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 
@@ -54,6 +54,7 @@ describe("cairn CLI", () => {
     expect(snap.code).toBe(0)
     const id = lastLine(snap.stdout)
     expect(id).toMatch(/^snap_[0-9a-f]{16}$/)
+    expect(snap.stderr).toBe("") // no progress bar when stderr is not a TTY
     const ls = await cairn(["--repo", repo, "ls", "--json"], env)
     expect(JSON.parse(ls.stdout).map((s: { id: string }) => s.id)).toContain(id)
     expect((await cairn(["--repo", repo, "ls"], env)).stdout).toContain("first")
@@ -155,4 +156,191 @@ describe("cairn CLI", () => {
     expect(r.code).toBe(0)
     expect(await fsp.stat(path.join(env.CAIRN_REPO!, "config"))).toBeTruthy()
   })
+
+  it("init refuses a location that already holds a repository", async () => {
+    const r = await cairn(["--repo", repo, "init"], env)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/^cairn: .*already exists/)
+  })
+
+  it("--quiet prints only the id; --json prints the record and warnings", async () => {
+    const quiet = await cairn(["--repo", repo, "snapshot", src, "--quiet"], env)
+    expect(quiet.stdout).toMatch(/^snap_[0-9a-f]{16}\n$/)
+    const json = await cairn(["--repo", repo, "snapshot", src, "--json", "--label", "k=v"], env)
+    expect(JSON.parse(json.stdout)).toMatchObject({ id: expect.stringMatching(/^snap_/), labels: { k: "v" }, warnings: [] })
+    const ls = JSON.parse((await cairn(["--repo", repo, "ls", "--label", "k=v", "--json"], env)).stdout)
+    expect(ls.map((s: { id: string }) => s.id)).toEqual([JSON.parse(json.stdout).id])
+  })
+
+  it("show -r lists every path below a directory, and only those", async () => {
+    const all = await cairn(["--repo", repo, "show", "-r", "first", "--json"], env)
+    expect(JSON.parse(all.stdout).map((f: { path: string }) => f.path).sort()).toEqual(["/a.txt", "/bin", "/bin/run.sh", "/empty", "/link"])
+    const below = await cairn(["--repo", repo, "show", "-r", "first", "bin", "--json"], env)
+    expect(JSON.parse(below.stdout).map((f: { path: string }) => f.path).sort()).toEqual(["/bin", "/bin/run.sh"])
+    const human = await cairn(["--repo", repo, "show", "first"], env)
+    expect(human.stdout).toMatch(/^type\s+mode\s+size\s+modified\s+path\n/)
+    expect(human.stdout).toContain("/link -> a.txt")
+  })
+
+  it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {
+    const tar = await cairn(["--repo", repo, "export", "first", "--path", "bin"], env)
+    expect(tar.code).toBe(0)
+    const imported = await cairn(["--repo", repo, "import", "-", "--name", "bin-only", "--json"], env, Buffer.from(tar.stdout, "latin1"))
+    expect(imported.code).toBe(0)
+    expect(JSON.parse(imported.stdout)).toMatchObject({ name: "bin-only", warnings: [] })
+    expect((await cairn(["--repo", repo, "cat", "bin-only", "run.sh"], env)).stdout).toBe("#!/bin/sh\necho hi\n")
+  })
+
+  it("a stack trace only with --debug", async () => {
+    const plain = await cairn(["--repo", repo, "cat", "first", "nope.txt"], env)
+    expect(plain.code).toBe(5)
+    expect(plain.stderr.trim().split("\n")).toHaveLength(1)
+    expect(plain.stderr).toMatch(/^cairn: /)
+    const debug = await cairn(["--repo", repo, "cat", "first", "nope.txt", "--debug"], env)
+    expect(debug.code).toBe(5)
+    expect(debug.stderr).toMatch(/\n\s+at /)
+  })
+
+  it("more usage errors: bad values, a box with --parent, help on a group", async () => {
+    for (const args of [
+      ["forget", "--group-by", "planet", "--keep-last", "1"],
+      ["forget"],
+      ["forget", "--keep-last", "two"],
+      ["gc", "--repack-threshold", "2"],
+      ["snapshot", "no-such-box-or-dir", "--parent", "first"],
+      ["snapshot", src, "--label", "novalue"],
+      ["help", "nope"],
+      [],
+    ]) {
+      const r = await cairn(["--repo", repo, ...args], env)
+      expect(r.code, args.join(" ")).toBe(2)
+      expect(r.stderr).toMatch(/^cairn: /)
+    }
+    expect((await cairn(["help", "box"], env)).stdout).toContain("cairn box exec")
+  })
+})
+
+// diff, du, stats, verify, gc and forget call Repository methods the engine is
+// adding (repo.snapshots.diff/du, repo.stats/verify/gc/forget).
+describe("cairn maintenance commands", () => {
+  let mrepo: string
+  let src2: string
+  const m = (args: string[], input?: Buffer) => cairn(["--repo", mrepo, ...args], env, input)
+
+  beforeAll(async () => {
+    const root = await tempDir()
+    mrepo = path.join(root, "repo")
+    src2 = path.join(root, "src2")
+    expect((await m(["init"])).code).toBe(0)
+    expect((await m(["snapshot", src, "--name", "m1"])).code).toBe(0)
+    await fsp.cp(src, src2, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true })
+    await fsp.writeFile(path.join(src2, "a.txt"), "alpha, changed\n")
+    await fsp.writeFile(path.join(src2, "new.txt"), seededBytes("new", 40_000))
+    await fsp.rm(path.join(src2, "link"))
+    expect((await m(["snapshot", src2, "--name", "m2"])).code).toBe(0)
+  })
+
+  const changed = [
+    expect.objectContaining({ change: "modified", path: expect.stringMatching(/(^|\/)a\.txt$/) }),
+    expect.objectContaining({ change: "added", path: expect.stringMatching(/(^|\/)new\.txt$/) }),
+    expect.objectContaining({ change: "removed", path: expect.stringMatching(/(^|\/)link$/) }),
+  ]
+
+  it("diff of two snapshots, and of a snapshot and a directory", async () => {
+    const two = await m(["diff", "m1", "m2", "--json"])
+    expect(two.code).toBe(0)
+    const d = JSON.parse(two.stdout)
+    expect(d.changes).toEqual(expect.arrayContaining(changed))
+    expect(d.changes).toHaveLength(3)
+    expect(d.addedBytes).toBeGreaterThanOrEqual(40_000)
+    const live = JSON.parse((await m(["diff", "m1", src2, "--json"])).stdout)
+    expect(live.changes).toEqual(expect.arrayContaining(changed))
+    const human = await m(["diff", "m1", "m2"])
+    expect(human.stdout).toMatch(/new\.txt/)
+    expect(human.stdout).toMatch(/1 added \(39\.\d+ KiB\), 1 removed/)
+    expect((await m(["diff", "m1", "m1"])).stdout).toBe("no differences\n")
+    expect((await m(["diff", "m1", "no-such-snap"])).code).toBe(5)
+  })
+
+  it("du, per directory; stats, for the repository", async () => {
+    const du = await m(["du", "m2", "--json"])
+    expect(du.code).toBe(0)
+    const rows = JSON.parse(du.stdout) as Array<{ path: string; logicalBytes: number; storedBytes: number; uniqueBytes: number }>
+    expect(rows.length).toBeGreaterThan(0)
+    expect(Math.max(...rows.map((r) => r.logicalBytes))).toBeGreaterThanOrEqual(40_000)
+    expect((await m(["du", "m2"])).stdout).toMatch(/^\s*logical\s+stored\s+unique\s+path\n/)
+    const stats = await m(["stats", "--json"])
+    expect(stats.code).toBe(0)
+    expect(JSON.parse(stats.stdout)).toMatchObject({ snapshots: 2, packs: expect.any(Number), dedupRatio: expect.any(Number) })
+    expect((await m(["stats"])).stdout).toMatch(/dedup ratio\s+[\d.]+x/)
+  })
+
+  it("verify finds nothing wrong in a healthy repository", async () => {
+    const quick = await m(["verify", "--json"])
+    expect(quick.code).toBe(0)
+    expect(JSON.parse(quick.stdout)).toMatchObject({ ok: true, damage: [] })
+    const full = await m(["verify", "--read-data"])
+    expect(full.code).toBe(0)
+    expect(full.stdout).toMatch(/^no damage found/)
+  })
+
+  it("forget applies a policy (dry run first), then gc reclaims; the rest still restores", async () => {
+    const f: string[] = []
+    for (let i = 0; i < 3; i++) f.push(lastLine((await m(["snapshot", src, "--name", "f", "--quiet"])).stdout))
+    const dry = await m(["forget", "--keep-last", "1", "--group-by", "name", "--dry-run", "--json"])
+    expect(dry.code).toBe(0)
+    const plan = JSON.parse(dry.stdout) as { keep: Array<{ id: string }>; remove: Array<{ id: string }> }
+    expect(plan.remove.map((r) => r.id).sort()).toEqual(f.slice(0, 2).sort())
+    expect(plan.keep.map((k) => k.id)).toContain(f[2])
+    expect(JSON.parse((await m(["ls", "--json"])).stdout)).toHaveLength(5)
+    const real = await m(["forget", "--keep-last", "1", "--group-by", "name"])
+    expect(real.code).toBe(0)
+    expect(real.stdout).toMatch(/2 snapshots removed/)
+    expect(JSON.parse((await m(["ls", "--name", "f", "--json"])).stdout).map((s: { id: string }) => s.id)).toEqual([f[2]])
+
+    expect((await m(["rm", "m2"])).code).toBe(0)
+    const gcDry = JSON.parse((await m(["gc", "--dry-run", "--json"])).stdout)
+    expect(gcDry).toMatchObject({ dryRun: true, touched: [] })
+    expect(gcDry.reclaimableBytes).toBeGreaterThan(0)
+    const gc = await m(["gc", "--repack-threshold", "0", "--json"])
+    expect(gc.code).toBe(0)
+    const report = JSON.parse(gc.stdout)
+    expect(report.dryRun).toBe(false)
+    expect(report.packsDeleted + report.packsRepacked).toBeGreaterThan(0)
+    expect((await m(["gc"])).stdout).toMatch(/^deleted \d+ packs?, repacked \d+, freed /)
+    expect((await m(["verify", "--read-data"])).code).toBe(0)
+    const dest = path.join(await tempDir(), "after-gc")
+    expect((await m(["restore", "m1", dest])).code).toBe(0)
+    expect(await describeTree(dest)).toEqual(await describeTree(src))
+  }, 30_000)
+
+  it("damaged data: cat exits 3, verify --read-data exits 3 and names what is hit", async () => {
+    const root = await tempDir()
+    const drepo = path.join(root, "repo")
+    const dsrc = path.join(root, "src")
+    await buildTree(dsrc, { "big.bin": { file: seededBytes("big", 200_000) } })
+    const d = (args: string[]) => cairn(["--repo", drepo, ...args], env)
+    expect((await d(["init"])).code).toBe(0)
+    expect((await d(["snapshot", dsrc, "--name", "dmg"])).code).toBe(0)
+    for (const sub of await fsp.readdir(path.join(drepo, "data"))) {
+      for (const name of await fsp.readdir(path.join(drepo, "data", sub))) {
+        const file = path.join(drepo, "data", sub, name)
+        const bytes = await fsp.readFile(file)
+        for (let i = 0; i < 64; i++) bytes[(bytes.length >> 1) + i]! ^= 0xff
+        await fsp.writeFile(file, bytes)
+      }
+    }
+    const cat = await d(["cat", "dmg", "big.bin"])
+    expect(cat.code).toBe(3)
+    expect(cat.stderr).toMatch(/^cairn: /m)
+    const verify = await d(["verify", "--read-data", "--json"])
+    expect(verify.code).toBe(3)
+    const r = JSON.parse(verify.stdout)
+    expect(r.ok).toBe(false)
+    expect(r.damage.length).toBeGreaterThan(0)
+    expect(r.damage.flatMap((x: { snapshots: string[] }) => x.snapshots).length).toBeGreaterThan(0)
+    const human = await d(["verify", "--read-data"])
+    expect(human.code).toBe(3)
+    expect(human.stdout).toMatch(/^DAMAGE/)
+  }, 20_000)
 })
