@@ -26,6 +26,7 @@ import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwI
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
+import { MaterializationCache, MIN_SIZE } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
@@ -45,6 +46,17 @@ export interface RestoreOptions {
    * box id), so that its next snapshot reads only files changed since.
    */
   statCacheKey?: string
+  /**
+   * Use and fill this host's materialization cache (matcache.ts): large files
+   * an earlier restore rebuilt are copied instead of decoded. Default true.
+   */
+  cache?: boolean
+  /**
+   * Hardlink large files from the cache instead of copying them: fastest, for
+   * read-only use only. Linked files share one inode with the cache and with
+   * every other box linked to it; cairn makes them read-only (mode & ~0222).
+   */
+  link?: boolean
 }
 
 export interface RestoreFailure {
@@ -60,6 +72,8 @@ export interface RestoreResult {
   symlinks: number
   hardlinks: number
   bytes: number
+  /** files copied (or linked) from the materialization cache */
+  fromCache?: number
   failed: RestoreFailure[]
 }
 
@@ -108,7 +122,76 @@ class Restorer {
   ) {
     this.result = { dest, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed: [] }
     this.owners = opts.owners ?? process.getuid?.() === 0
+    this.cache = opts.cache === false && !opts.link ? undefined : new MaterializationCache(store.cacheDir)
   }
+
+  private readonly cache: MaterializationCache | undefined
+
+  private cacheKey(e: FileEntry): string {
+    const key = this.cache!.key(e.chunks ?? [])
+    // linked files share their inode's metadata, so the entry must carry it
+    return this.opts.link ? `${key}-${(e.mode & ~0o222).toString(8)}-${e.mtime}` : key
+  }
+
+  /** Places files the cache holds; returns the jobs still to be rebuilt from packs. */
+  private async fromCache(jobs: FileJob[]): Promise<FileJob[]> {
+    if (!this.cache) return jobs
+    const rest: FileJob[] = []
+    for (const job of jobs) {
+      if (job.entry.size < MIN_SIZE || !job.entry.chunks) {
+        rest.push(job)
+        continue
+      }
+      const final = this.abs(job.rel)
+      const temp = tempName(final)
+      let placed = false
+      try {
+        placed = this.cache.place(this.cacheKey(job.entry), temp, Boolean(this.opts.link))
+        if (placed) {
+          job.temp = temp
+          if (this.opts.overwrite) await this.clearWay(job.rel, false)
+          if (!this.opts.link) await this.setMeta(temp, job.entry, false)
+          fs.renameSync(temp, final)
+          job.remaining = 0
+          this.bytesDone += job.entry.size
+          this.fromCacheCount++
+          this.fileDone(job)
+        }
+      } catch {
+        await fsp.rm(temp, { force: true })
+        placed = false
+      }
+      if (!placed) rest.push(job)
+    }
+    return rest
+  }
+
+  /** Adds the large files rebuilt from packs to the cache, then trims it. */
+  private async fillCache(jobs: FileJob[]): Promise<void> {
+    if (!this.cache) return
+    let added = 0
+    for (const job of jobs) {
+      if (job.failed || job.remaining !== 0 || job.entry.size < MIN_SIZE || !job.entry.chunks) continue
+      const final = this.abs(job.rel)
+      const key = this.cacheKey(job.entry)
+      await this.cache.add(key, final, Boolean(this.opts.link))
+      if (this.opts.link) {
+        // the cache entry becomes the file: replace the private copy with a link
+        const temp = tempName(final)
+        if (this.cache.place(key, temp, true)) {
+          const entryFile = temp
+          await fsp.chmod(entryFile, job.entry.mode & ~0o222)
+          const t = utimesSeconds(BigInt(job.entry.mtime))
+          await fsp.utimes(entryFile, t, t)
+          fs.renameSync(temp, final)
+        }
+      }
+      added++
+    }
+    if (added > 0) await this.cache.trim()
+  }
+
+  private fromCacheCount = 0
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
     const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
@@ -209,7 +292,8 @@ class Restorer {
   }
 
   private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
-    const jobs: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
+    const all: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
+    const jobs = await this.fromCache(all)
     const ids = [...new Set(jobs.flatMap((j) => j.entry.chunks ?? []))]
     const locs = new Map<BlobId, BlobLocation>()
     for (let i = 0; i < ids.length; i += 10_000) {
@@ -248,6 +332,8 @@ class Restorer {
     await mapLimit(packs, 2, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
     // files whose writes failed part-way
     for (const job of jobs) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+    await this.fillCache(jobs)
+    this.result.fromCache = this.fromCacheCount
   }
 
   private async restorePack(pack: string, reads: BlobRead[]): Promise<void> {

@@ -1,0 +1,105 @@
+// The materialization cache: files a restore has already rebuilt, kept on
+// this host so that later restores of the same content copy them instead of
+// reading, decoding and hash-checking their chunks again.
+//
+// An entry is keyed by the file's content identity, the sha256 of its chunk
+// id list, and lives at <cacheDir>/files/<xx>/<key>. It is a private copy:
+// restores copy out of it with fs.copyFile (a copy-on-write clone where the
+// filesystem has them, else a kernel copy), so no box can change the cache or
+// another box. An explicit hardlink mode links instead, for read-only use:
+// the linked files share one inode with the cache and with each other, so
+// writing through one changes all of them (cairn makes them read-only).
+//
+// Entries are written to a temp name and renamed, so readers only ever see
+// whole files. Each use refreshes the entry's access time, and trim() deletes the
+// least recently used entries beyond the size limit. Only files of at least
+// MIN_SIZE are cached: below that, decoding costs no more than copying.
+
+import { createHash, randomBytes } from "node:crypto"
+import fs, { promises as fsp } from "node:fs"
+import path from "node:path"
+import type { BlobId } from "../store/ids.js"
+
+export const MIN_SIZE = 256 * 1024
+const DEFAULT_LIMIT = 1024 * 1024 * 1024
+
+export class MaterializationCache {
+  readonly dir: string
+  readonly limit: number
+
+  constructor(cacheDir: string, limit?: number) {
+    this.dir = path.join(cacheDir, "files")
+    const env = Number(process.env.CAIRN_RESTORE_CACHE_BYTES)
+    this.limit = limit ?? (Number.isFinite(env) && env >= 0 && process.env.CAIRN_RESTORE_CACHE_BYTES ? env : DEFAULT_LIMIT)
+  }
+
+  key(chunks: readonly BlobId[]): string {
+    return createHash("sha256").update(chunks.join(",")).digest("hex")
+  }
+
+  private file(key: string): string {
+    return path.join(this.dir, key.slice(0, 2), key)
+  }
+
+  /** Copies (or links) a cached file to dest; false if there is no entry. */
+  place(key: string, dest: string, link: boolean): boolean {
+    const src = this.file(key)
+    try {
+      if (link) fs.linkSync(src, dest)
+      else fs.copyFileSync(src, dest, fs.constants.COPYFILE_FICLONE | fs.constants.COPYFILE_EXCL)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === "ENOENT") return false
+      throw err
+    }
+    try {
+      // last use, for trim(): the access time (the mtime may be the file's own, in link mode)
+      const st = fs.statSync(src)
+      fs.utimesSync(src, Date.now() / 1000, st.mtime)
+    } catch {
+      // trimmed meanwhile by another process: the copy we made is complete
+    }
+    return true
+  }
+
+  /** Adds a restored file (copied, so the restored file stays private). */
+  async add(key: string, restored: string, readOnly: boolean): Promise<void> {
+    if (this.limit === 0) return
+    const dest = this.file(key)
+    if (fs.existsSync(dest)) return
+    await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 })
+    const temp = `${dest}.tmp-${randomBytes(6).toString("hex")}`
+    try {
+      await fsp.copyFile(restored, temp, fs.constants.COPYFILE_FICLONE)
+      if (!readOnly) await fsp.chmod(temp, 0o600)
+      const now = Date.now() / 1000
+      const st = await fsp.stat(temp)
+      await fsp.utimes(temp, now, st.mtime)
+      await fsp.rename(temp, dest)
+    } catch {
+      await fsp.rm(temp, { force: true })
+    }
+  }
+
+  /** Deletes least recently used entries until the cache fits its limit. */
+  async trim(): Promise<{ removed: number; bytes: number }> {
+    const entries: Array<{ file: string; size: number; used: number }> = []
+    for (const sub of await fsp.readdir(this.dir).catch(() => [] as string[])) {
+      for (const name of await fsp.readdir(path.join(this.dir, sub)).catch(() => [] as string[])) {
+        const file = path.join(this.dir, sub, name)
+        const st = await fsp.stat(file).catch(() => undefined)
+        if (st) entries.push({ file, size: st.size, used: st.atimeMs })
+      }
+    }
+    let total = entries.reduce((n, e) => n + e.size, 0)
+    let removed = 0
+    entries.sort((a, b) => a.used - b.used)
+    for (const e of entries) {
+      if (total <= this.limit) break
+      await fsp.rm(e.file, { force: true })
+      total -= e.size
+      removed++
+    }
+    return { removed, bytes: total }
+  }
+}
