@@ -3,7 +3,7 @@
 
 import { promises as fsp } from "node:fs"
 import type { Readable, Writable } from "node:stream"
-import { Box, type Repository, type SnapshotRecord } from "../engine/index.js"
+import { Box, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
@@ -57,6 +57,8 @@ export const COMMANDS: Command[] = [
         label: { kind: "list", help: "key=value label" },
         parent: { kind: "string", help: "snapshot this one follows (default: the previous one of this box or dir)" },
         full: { kind: "bool", help: "re-read every file, ignoring the incremental cache" },
+        pin: { kind: "bool", help: "retention (cairn forget) never removes it" },
+        expires: { kind: "string", help: "retention removes it after this long (e.g. 7d, 36h)" },
       },
     },
     async run(ctx) {
@@ -67,6 +69,8 @@ export const COMMANDS: Command[] = [
         exclude: ctx.flags.exclude as string[] | undefined,
         labels: labels(ctx.flags.label, "snapshot"),
         full: Boolean(ctx.flags.full),
+        pinned: Boolean(ctx.flags.pin),
+        expiresAt: expiry(ctx.flags.expires, "snapshot"),
         onProgress: ctx.progress.update,
       }
       const isDir = (await fsp.stat(target).catch(() => undefined))?.isDirectory()
@@ -163,6 +167,27 @@ export const COMMANDS: Command[] = [
       for await (const chunk of stream) {
         if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once("drain", r))
       }
+    },
+  },
+  {
+    spec: {
+      name: "pin",
+      summary: "pin a snapshot (retention never removes it), or change its expiry",
+      args: ["SNAP"],
+      flags: {
+        unpin: { kind: "bool", help: "remove the pin instead" },
+        expires: { kind: "string", help: 'retention removes it after this long from now (e.g. 7d), or "never"' },
+      },
+    },
+    async run(ctx) {
+      const repo = await ctx.repo()
+      const e = ctx.flags.expires
+      const changes = {
+        pinned: ctx.flags.unpin ? false : e === undefined ? true : undefined,
+        expiresAt: e === "never" ? null : expiry(e, "pin"),
+      }
+      const s = await repo.snapshots.update(ctx.args[0]!, changes)
+      ctx.out(`${s.id}: ${s.pinned ? "pinned" : "not pinned"}${s.expiresAt ? `, expires ${s.expiresAt}` : ""}`, s)
     },
   },
   {
@@ -286,6 +311,16 @@ export const COMMANDS: Command[] = [
 ]
 
 export { int }
+
+/** "7d" -> an ISO time that far from now; a usage error for anything else. */
+function expiry(value: unknown, command: string): string | undefined {
+  if (value === undefined) return undefined
+  try {
+    return new Date(Date.now() + parseDuration(String(value))).toISOString()
+  } catch (err) {
+    throw new UsageError(`--expires: ${(err as Error).message}`, command)
+  }
+}
 
 function shellQuote(arg: string): string {
   return /^[A-Za-z0-9_\-./=:@%+,]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`

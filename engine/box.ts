@@ -183,7 +183,16 @@ export class Box {
 
   /** Snapshots the box; unchanged files since its last snapshot or restore are not read again. */
   async snapshot(
-    opts: { name?: string; exclude?: string[]; labels?: Record<string, string>; full?: boolean; signal?: AbortSignal; onProgress?: (p: Progress) => void } = {},
+    opts: {
+      name?: string
+      exclude?: string[]
+      labels?: Record<string, string>
+      full?: boolean
+      pinned?: boolean
+      expiresAt?: string
+      signal?: AbortSignal
+      onProgress?: (p: Progress) => void
+    } = {},
   ): Promise<SnapshotRecord> {
     const parent = this.record.lastSnapshot ? await this.repo.snapshots.get(this.record.lastSnapshot).catch(() => undefined) : undefined
     const { snapshot } = await this.repo.snapshots.create(this.dir, {

@@ -6,6 +6,11 @@ export type { RestoreOptions, RestoreResult, RestoreFailure } from "./restore.js
 export type { SnapshotOptions, SnapshotResult } from "./snapshot.js"
 export type { Warning } from "./scan.js"
 export type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
+export { parseDuration, planForget, type ForgetPlan, type KeepPolicy } from "./forget.js"
+export type { GcOptions, GcReport } from "./gc.js"
+export type { VerifyDamage, VerifyOptions, VerifyReport } from "./verify.js"
+export type { Change, DiffResult } from "./diff.js"
+export type { DuRow, RepositoryStats } from "./accounting.js"
 export {
   AbortedError,
   AlreadyExistsError,

@@ -218,6 +218,28 @@ class SnapshotApi {
     return restoreSnapshot(this.store, snapshot, dest, opts)
   }
 
+  /** Changes a snapshot's name, labels, pin or expiry (its contents never change). */
+  async update(
+    idOrName: string,
+    changes: { name?: string; labels?: Record<string, string>; pinned?: boolean; expiresAt?: string | null },
+  ): Promise<SnapshotRecord> {
+    const s = await this.get(idOrName)
+    if (changes.expiresAt && Number.isNaN(Date.parse(changes.expiresAt))) {
+      throw new BadInputError(`expiresAt ${JSON.stringify(changes.expiresAt)} is not a date; give an ISO-8601 time`)
+    }
+    const next: SnapshotRecord = { ...s }
+    if (changes.name !== undefined) next.name = changes.name
+    if (changes.labels !== undefined) next.labels = changes.labels
+    if (changes.pinned !== undefined) {
+      if (changes.pinned) next.pinned = true
+      else delete next.pinned
+    }
+    if (changes.expiresAt === null) delete next.expiresAt
+    else if (changes.expiresAt !== undefined) next.expiresAt = new Date(changes.expiresAt).toISOString()
+    await this.store.putRecord("snapshots", s.id, next)
+    return next
+  }
+
   /** Removes snapshot records; their data becomes reclaimable by gc. */
   async delete(ids: string | string[]): Promise<string[]> {
     const list = Array.isArray(ids) ? ids : [ids]

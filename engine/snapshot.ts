@@ -39,6 +39,10 @@ export interface SnapshotOptions {
   full?: boolean
   exclude?: string[]
   labels?: Record<string, string>
+  /** retention (cairn forget) never removes a pinned snapshot */
+  pinned?: boolean
+  /** ISO-8601; after it, retention removes the snapshot even if no rule asks */
+  expiresAt?: string
   signal?: AbortSignal
   onProgress?: (p: Progress) => void
 }
@@ -107,6 +111,8 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       source: root,
       exclude: patterns,
       labels: opts.labels ?? {},
+      ...(opts.pinned ? { pinned: true } : {}),
+      ...(opts.expiresAt ? { expiresAt: new Date(opts.expiresAt).toISOString() } : {}),
       sizeBytes: rootTree.size,
       status: "ready",
       stats,
