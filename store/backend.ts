@@ -42,6 +42,12 @@ export interface ObjectStore {
   list(prefix: string): Promise<ObjectInfo[]>
   delete(key: string): Promise<void>
   close(): Promise<void>
+  /**
+   * Removes leftovers of writers that crashed mid-put (temp files) older than
+   * maxAgeMs; returns how many. Backends whose puts are atomic without temp
+   * objects (S3, memory) do not implement it.
+   */
+  sweepTemp?(maxAgeMs: number): Promise<number>
 }
 
 import { BadInputError } from "./errors.js"

@@ -8,6 +8,8 @@
 // go through getMany: one awaited get per chunk would cap out near 22k/s,
 // getMany does ~480k keys/s here.
 
+import { promises as fsp } from "node:fs"
+import path from "node:path"
 import { Level } from "level"
 import type { BlobId } from "./ids.js"
 
@@ -79,10 +81,21 @@ export class MemoryIndex implements BlobIndex {
 
 export class LevelIndex implements BlobIndex {
   readonly kind = "level" as const
-  private constructor(private readonly db: Level<string, Uint8Array>) {}
+  private constructor(
+    private readonly db: Level<string, Uint8Array>,
+    private readonly dir: string,
+  ) {}
 
-  /** Opens the cache; returns undefined when another process holds it. */
+  /**
+   * Opens the cache; returns undefined when another process holds it.
+   * LevelDB creates its files under the process umask, which cairn does not
+   * rely on: the directory is made 0700 before LevelDB writes into it (so
+   * nothing inside is reachable by others), and its files are made 0600 at
+   * open and close, as FORMAT.md promises for everything in a cache.
+   */
   static async open(dir: string): Promise<LevelIndex | undefined> {
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
+    await fsp.chmod(dir, 0o700)
     const db = new Level<string, Uint8Array>(dir, { keyEncoding: "utf8", valueEncoding: "view" })
     try {
       await db.open()
@@ -91,7 +104,8 @@ export class LevelIndex implements BlobIndex {
       if ((err as { code?: string }).code === "LEVEL_DATABASE_NOT_OPEN" && cause?.code === "LEVEL_LOCKED") return undefined
       throw err
     }
-    return new LevelIndex(db)
+    await privateFiles(dir)
+    return new LevelIndex(db, dir)
   }
 
   async getMany(ids: readonly BlobId[]): Promise<(BlobLocation | undefined)[]> {
@@ -122,5 +136,15 @@ export class LevelIndex implements BlobIndex {
 
   async close(): Promise<void> {
     await this.db.close()
+    await privateFiles(this.dir)
+  }
+}
+
+/** chmod 0600 every file of a directory that is group- or world-accessible. */
+async function privateFiles(dir: string): Promise<void> {
+  for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+    const file = path.join(dir, name)
+    const st = await fsp.lstat(file).catch(() => undefined)
+    if (st?.isFile() && (st.mode & 0o077) !== 0) await fsp.chmod(file, 0o600).catch(() => {})
   }
 }

@@ -10,7 +10,14 @@
 // is this host and its pid is dead, or when it was not refreshed for STALE_MS
 // (a crashed process on another host). Waiting is bounded: after waitMs the
 // acquirer fails with LockedError naming the holder.
+//
+// "This host" is decided by the pid space, not the host name: containers and
+// cloned VMs often share a name, and judging another machine's lock by a
+// local pid would break a live lock. On Linux a lock records its pid space
+// (the kernel boot id and the pid namespace); only a lock from the same pid
+// space is judged by its pid. Elsewhere the host name stands in.
 
+import fs from "node:fs"
 import os from "node:os"
 import type { ObjectStore } from "./backend.js"
 import { LockedError, NotFoundError } from "./errors.js"
@@ -26,6 +33,8 @@ export interface LockInfo {
   what: string
   time: string
   refreshed: string
+  /** boot id + pid namespace of the holder (Linux); absent elsewhere and in older locks */
+  pidSpace?: string
 }
 
 export interface Lock {
@@ -49,7 +58,16 @@ export async function acquireLock(backend: ObjectStore, opts: LockOptions): Prom
     let holder = await findConflict(backend, opts.exclusive, key)
     if (!holder) {
       const now = new Date().toISOString()
-      const info: LockInfo = { exclusive: opts.exclusive, host: os.hostname(), pid: process.pid, what: opts.what, time: now, refreshed: now }
+      const space = pidSpace()
+      const info: LockInfo = {
+        exclusive: opts.exclusive,
+        host: os.hostname(),
+        pid: process.pid,
+        what: opts.what,
+        time: now,
+        refreshed: now,
+        ...(space ? { pidSpace: space } : {}),
+      }
       await backend.put(key, Buffer.from(JSON.stringify(info)))
       holder = await findConflict(backend, opts.exclusive, key)
       if (!holder) return startRefresh(backend, key, info)
@@ -92,8 +110,30 @@ async function findConflict(backend: ObjectStore, exclusive: boolean, ownKey: st
 }
 
 function isStale(info: LockInfo): boolean {
-  if (info.host === os.hostname() && !pidAlive(info.pid)) return true
+  if (samePidSpace(info) && !pidAlive(info.pid)) return true
   return Date.now() - Date.parse(info.refreshed) > STALE_MS
+}
+
+/** Whether the lock's pid can be checked here: same boot and pid namespace (or, without those, same host name). */
+export function samePidSpace(info: Pick<LockInfo, "host" | "pidSpace">): boolean {
+  const mine = pidSpace()
+  if (mine !== undefined && info.pidSpace !== undefined) return info.pidSpace === mine
+  return mine === undefined && info.pidSpace === undefined && info.host === os.hostname()
+}
+
+let cachedSpace: string | undefined | null = null
+
+/** "<boot id>/<pid namespace>" on Linux, else undefined. */
+export function pidSpace(): string | undefined {
+  if (cachedSpace !== null) return cachedSpace
+  try {
+    const boot = fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()
+    const ns = fs.readlinkSync("/proc/self/ns/pid")
+    cachedSpace = `${boot}/${ns}`
+  } catch {
+    cachedSpace = undefined
+  }
+  return cachedSpace
 }
 
 function pidAlive(pid: number): boolean {

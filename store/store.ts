@@ -84,6 +84,9 @@ interface OpenPack {
 export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024
 const DEFAULT_CHUNKER = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 }
 
+/** Names what is wrong with a parsed record, or returns undefined when it is well formed. */
+export type RecordCheck = (value: unknown, name: string) => string | undefined
+
 export class Store {
   private pending = new Map<BlobId, PendingBlob>()
   private inflight = new Map<BlobId, Promise<PutResult>>()
@@ -96,6 +99,8 @@ export class Store {
   private readonly encodeSlots = new Semaphore(8)
   private closed = false
   private lastSync = 0
+  /** Index files that failed to decode: skipped (their blobs look absent) until rebuild-index replaces them. */
+  private readonly damagedIndex = new Set<string>()
 
   private constructor(
     readonly backend: ObjectStore,
@@ -174,11 +179,18 @@ export class Store {
     return store
   }
 
-  /** Loads index files this host has not seen; rebuilds the cache if any it knew vanished. */
-  async syncIndex(): Promise<{ loaded: number; rebuilt: boolean }> {
+  /**
+   * Loads index files this host has not seen; rebuilds the cache if any it
+   * knew vanished (gc or rebuild-index replaced them). A damaged index file is
+   * skipped, not fatal: its blobs look absent (a snapshot stores them again,
+   * a restore reports them missing), verify reports it, and rebuild-index
+   * replaces it from the packs' own headers.
+   */
+  async syncIndex(): Promise<{ loaded: number; rebuilt: boolean; damaged: string[] }> {
     this.lastSync = Date.now()
     const files = (await this.backend.list("index/")).map((o) => o.key.slice("index/".length))
     const present = new Set(files)
+    for (const name of this.damagedIndex) if (!present.has(name)) this.damagedIndex.delete(name)
     let known = await this.index.loadedFiles()
     let rebuilt = false
     if ([...known].some((f) => !present.has(f))) {
@@ -188,10 +200,43 @@ export class Store {
     }
     const missing = files.filter((f) => !known.has(f))
     await mapLimit(missing, 8, async (name) => {
-      const listing = decodeIndexFile(await this.backend.get(`index/${name}`), name)
+      let listing
+      try {
+        listing = decodeIndexFile(await this.backend.get(`index/${name}`), name)
+      } catch (err) {
+        if (!(err instanceof IntegrityError)) throw err
+        this.damagedIndex.add(name)
+        return
+      }
       await this.index.add(locations(listing), name)
     })
-    return { loaded: missing.length, rebuilt }
+    return { loaded: missing.length, rebuilt, damaged: [...this.damagedIndex].sort() }
+  }
+
+  /** Index files this store found damaged (see syncIndex). */
+  damagedIndexFiles(): string[] {
+    return [...this.damagedIndex].sort()
+  }
+
+  /**
+   * Decodes every index file of the repository, whether or not this host has
+   * loaded it already, and returns those that fail: verify's check of the
+   * shared index, which other hosts rebuild their caches from.
+   */
+  async checkIndexFiles(): Promise<{ files: number; damaged: Array<{ file: string; reason: string }> }> {
+    const files = await this.backend.list("index/")
+    const damaged: Array<{ file: string; reason: string }> = []
+    await mapLimit(files, 8, async (obj) => {
+      const name = obj.key.slice("index/".length)
+      try {
+        decodeIndexFile(await this.backend.get(obj.key), name)
+      } catch (err) {
+        if (!(err instanceof IntegrityError)) throw err
+        damaged.push({ file: obj.key, reason: (err as Error).message })
+      }
+    })
+    damaged.sort((a, b) => (a.file < b.file ? -1 : 1))
+    return { files: files.length, damaged }
   }
 
   /** Drops the local index and rebuilds it from the packs' own headers; writes a fresh index file. */
@@ -224,12 +269,20 @@ export class Store {
     return acquireLock(this.backend, { exclusive, what, waitMs: this.lockWaitMs })
   }
 
+  /**
+   * Runs fn under a repository lock. The index is synced first: a gc that ran
+   * since this store last looked may have deleted packs its cache still
+   * names, and dedup against those would commit snapshots that cannot restore.
+   * A failure to release the lock does not hide fn's result or error (a lock
+   * left behind goes stale and is removed by the next acquirer).
+   */
   async withLock<T>(exclusive: boolean, what: string, fn: () => Promise<T>): Promise<T> {
     const lock = await this.lock(exclusive, what)
     try {
+      await this.syncIndex()
       return await fn()
     } finally {
-      await lock.release()
+      await lock.release().catch(() => {})
     }
   }
 
@@ -338,6 +391,9 @@ export class Store {
     this.open = { parts: [], entries: [], size: 0 }
     while (this.packWrites.size >= 1) await Promise.race(this.packWrites)
     const write = this.writePack(pack).catch((err) => {
+      // the blobs are not stored: forget them, so that a retry stores them again
+      // instead of trusting a pending copy that no pack will ever hold
+      for (const e of pack.entries) this.pending.delete(e.id)
       this.writeError ??= err
     })
     this.packWrites.add(write)
@@ -454,14 +510,23 @@ export class Store {
     return this.backend.putIfAbsent(`${kind}/${name}`, Buffer.from(JSON.stringify(value, null, 1) + "\n"))
   }
 
-  async getRecord<T>(kind: string, name: string): Promise<T> {
+  /**
+   * Reads a record. `problem` checks the parsed value's shape (the store
+   * knows none) and names what is wrong; a record that is not JSON or that
+   * fails the check is an IntegrityError.
+   */
+  async getRecord<T>(kind: string, name: string, problem?: RecordCheck): Promise<T> {
     checkRecordName(kind, name)
     const bytes = await this.backend.get(`${kind}/${name}`)
+    let value: unknown
     try {
-      return JSON.parse(Buffer.from(bytes).toString("utf8")) as T
+      value = JSON.parse(Buffer.from(bytes).toString("utf8"))
     } catch (err) {
       throw new IntegrityError(`record ${kind}/${name} is damaged (not valid JSON)`, { record: `${kind}/${name}` }, err)
     }
+    const wrong = problem?.(value, name)
+    if (wrong !== undefined) throw new IntegrityError(`record ${kind}/${name} is damaged: ${wrong}`, { record: `${kind}/${name}` })
+    return value as T
   }
 
   async listRecordNames(kind: string): Promise<string[]> {
@@ -469,20 +534,20 @@ export class Store {
   }
 
   /** Reads every record of a kind; damaged ones are reported, not thrown. */
-  async listRecords<T>(kind: string): Promise<{ records: T[]; damaged: string[] }> {
+  async listRecords<T>(kind: string, problem?: RecordCheck): Promise<{ records: T[]; damaged: string[] }> {
     const names = await this.listRecordNames(kind)
     const records: T[] = []
     const damaged: string[] = []
     await mapLimit(names, 32, async (name) => {
       try {
-        records.push(await this.getRecord<T>(kind, name))
+        records.push(await this.getRecord<T>(kind, name, problem))
       } catch (err) {
         if (err instanceof NotFoundError) return
         if (err instanceof IntegrityError) damaged.push(name)
         else throw err
       }
     })
-    return { records, damaged }
+    return { records, damaged: damaged.sort() }
   }
 
   async deleteRecord(kind: string, name: string): Promise<void> {

@@ -19,11 +19,9 @@ import { prng } from "../../store/backends/faulty.js"
 import { isTransient, parseS3Url, S3ObjectStore, type S3ObjectStoreOptions } from "../../store/backends/s3.js"
 import { isCairnError } from "../../store/errors.js"
 import { bytes, expectBytes, objectStoreContract, seededBytes } from "./contract.js"
+import { announceSkip, bucket, enabled, endpoint } from "../s3/env.js"
 
-const endpoint = process.env.CAIRN_TEST_S3_ENDPOINT
-const bucket = process.env.CAIRN_TEST_S3_BUCKET
-const enabled = Boolean(endpoint && bucket && process.env.AWS_ACCESS_KEY_ID && process.env.AWS_SECRET_ACCESS_KEY)
-if (!enabled) console.log("S3 suite skipped: set CAIRN_TEST_S3_ENDPOINT (see .ci/run)")
+announceSkip("S3 suite")
 
 const MiB = 1024 * 1024
 const runPrefix = `cairn-test/${Date.now().toString(36)}-${randomBytes(4).toString("hex")}`

@@ -178,4 +178,29 @@ describe("Store", () => {
     `)
     await store.close()
   })
+
+  it("a pack write that fails forgets its blobs, so that a retry stores them again", async () => {
+    // otherwise the retry would trust "pending" copies no pack will ever hold,
+    // and commit records that reference blobs the repository does not have
+    class FailingPacks extends MemoryObjectStore {
+      failing = true
+      override async put(key: string, data: Uint8Array): Promise<void> {
+        if (this.failing && key.startsWith("data/")) throw new Error("disk full")
+        return super.put(key, data)
+      }
+    }
+    const backend = new FailingPacks()
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
+    const blobs = Array.from({ length: 6 }, (_, i) => seededBytes(`retry-${i}`, 30_000))
+    for (const b of blobs) await store.putBlob(BLOB_DATA, b).catch(() => {})
+    await expect(store.flush()).rejects.toThrow(/disk full/)
+    backend.failing = false
+    const again = await Promise.all(blobs.map((b) => store.putBlob(BLOB_DATA, b)))
+    expect(again.every((r) => r.added)).toBe(true)
+    await store.flush()
+    await store.close()
+    const reopened = await Store.open({ backend, cacheDir: await tempDir() })
+    for (const b of blobs) expect(Buffer.from(await reopened.getBlob(hashBytes(b))).equals(b)).toBe(true)
+    await reopened.close()
+  })
 })
