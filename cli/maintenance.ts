@@ -72,6 +72,7 @@ export interface GcReport {
   packsRepacked: number
   bytesFreed: number
   reclaimableBytes: number
+  tempFilesRemoved: number
   durationMs: number
   touched: string[]
   [more: string]: unknown
@@ -268,7 +269,8 @@ export const MAINTENANCE_COMMANDS: Command[] = [
       ctx.out(
         r.dryRun
           ? `would delete ${plural(r.packsDeleted, "pack")} and repack ${r.packsRepacked}, freeing ${bytes(r.reclaimableBytes)} (dry run, nothing changed)`
-          : `deleted ${plural(r.packsDeleted, "pack")}, repacked ${r.packsRepacked}, freed ${bytes(r.bytesFreed)} in ${seconds(r.durationMs)}`,
+          : `deleted ${plural(r.packsDeleted, "pack")}, repacked ${r.packsRepacked}, freed ${bytes(r.bytesFreed)} in ${seconds(r.durationMs)}` +
+              (r.tempFilesRemoved ? `; removed ${plural(r.tempFilesRemoved, "temp file")} of crashed writers` : ""),
         r,
       )
     },

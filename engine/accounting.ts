@@ -13,6 +13,7 @@ import type { Store } from "../store/store.js"
 import type { DirEntry, Tree } from "./tree.js"
 import type { SnapshotRecord } from "./types.js"
 import { loadTree } from "./walk.js"
+import { listSnapshots } from "./records.js"
 
 export interface DuRow {
   path: string
@@ -69,7 +70,7 @@ async function storedLengths(store: Store, ids: Iterable<BlobId>): Promise<Map<B
 
 /** For every snapshot in the repository, how many snapshots reference each blob. */
 async function referenceCounts(store: Store, cache: TreeCache): Promise<{ counts: Map<BlobId, number>; snapshots: SnapshotRecord[] }> {
-  const { records } = await store.listRecords<SnapshotRecord>("snapshots")
+  const { records } = await listSnapshots(store)
   const counts = new Map<BlobId, number>()
   for (const s of records) for (const id of await blobsBelow(cache, s.tree)) counts.set(id, (counts.get(id) ?? 0) + 1)
   return { counts, snapshots: records }

@@ -270,7 +270,9 @@ export class BoxFiles {
 
   async read(boxPath: string): Promise<Buffer> {
     const p = await this.resolve(boxPath)
-    return fsp.readFile(p, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW } as never)
+    return fsp.readFile(p, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW } as never).catch((err) => {
+      throw boxFsError(err, boxPath)
+    })
   }
 
   async write(args: { path: string; content: string | Uint8Array; mode?: number }): Promise<void> {
@@ -286,7 +288,9 @@ export class BoxFiles {
       })
       if ((await fsp.lstat(dir)).isSymbolicLink()) throw new BadInputError(`${args.path} goes through a symlink`)
     }
-    const handle = await fsp.open(p, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, args.mode ?? 0o644)
+    const handle = await fsp.open(p, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, args.mode ?? 0o644).catch((err) => {
+      throw boxFsError(err, args.path)
+    })
     try {
       await handle.writeFile(args.content)
     } finally {
@@ -321,5 +325,21 @@ export class BoxFiles {
     const p = await this.resolve(boxPath)
     if (p === this.root) throw new BadInputError("refusing to remove the box root; use box.delete()")
     await fsp.rm(p, { recursive: true, force: true })
+  }
+}
+
+/** A file-system error on a box path, as the CairnError that says what was wrong; others pass through. */
+function boxFsError(err: NodeJS.ErrnoException, boxPath: string): unknown {
+  switch (err.code) {
+    case "EISDIR":
+      return new BadInputError(`${JSON.stringify(boxPath)} is a directory, not a file; list it with files.list`, { path: boxPath })
+    case "ENOENT":
+      return new NotFoundError(`no ${JSON.stringify(boxPath)} in the box`, { path: boxPath })
+    case "ELOOP":
+      return new BadInputError(`${JSON.stringify(boxPath)} is a symlink; box file access does not follow symlinks`, { path: boxPath })
+    case "ENOTDIR":
+      return new BadInputError(`a parent of ${JSON.stringify(boxPath)} is not a directory`, { path: boxPath })
+    default:
+      return err
   }
 }

@@ -66,6 +66,15 @@ function fromEntry(e: TreeEntry): Item {
   return { ...base, size: e.size, tree: e.tree }
 }
 
+/**
+ * oldSize/newSize of a change: files only. A directory's size is known on the
+ * snapshot side (logical bytes below) but not on a live side, and the files
+ * below a changed directory are reported on their own.
+ */
+function sizes(x: Item | undefined, y: Item | undefined): { oldSize?: number; newSize?: number } {
+  return { ...(x?.type === "file" ? { oldSize: x.size } : {}), ...(y?.type === "file" ? { newSize: y.size } : {}) }
+}
+
 class Differ {
   readonly result: DiffResult = { changes: [], addedBytes: 0, removedBytes: 0, modifiedBytes: 0 }
 
@@ -93,7 +102,7 @@ class Differ {
 
   private async pair(x: Item, y: Item, p: string, expandB: (item: Item) => Promise<Side>): Promise<void> {
     if (x.type !== y.type) {
-      this.push({ path: p, change: "modified", type: y.type, what: ["type"], oldSize: x.size, newSize: y.size })
+      this.push({ path: p, change: "modified", type: y.type, what: ["type"], ...sizes(x, y) })
       if (x.type === "dir") await this.below("removed", x, p, (i) => this.treeSide(i.tree!))
       if (y.type === "dir") await this.below("added", y, p, expandB)
       return
@@ -113,7 +122,7 @@ class Differ {
     }
     if (x.type === "symlink" && x.target !== y.target) what.push("target")
     if (x.mode !== y.mode) what.push("mode")
-    if (what.length > 0) this.push({ path: p, change: "modified", type: y.type, what, oldSize: x.size, newSize: y.size })
+    if (what.length > 0) this.push({ path: p, change: "modified", type: y.type, what, ...sizes(x, y) })
     if (x.type === "dir") {
       if (x.tree !== undefined && x.tree === y.tree) return // identical subtrees: nothing below differs
       await this.compare(await this.treeSide(x.tree!), await expandB(y), p, expandB)
@@ -121,7 +130,7 @@ class Differ {
   }
 
   private async whole(kind: "added" | "removed", item: Item, p: string, expand: (i: Item) => Promise<Side>): Promise<void> {
-    this.push({ path: p, change: kind, type: item.type, ...(kind === "added" ? { newSize: item.size } : { oldSize: item.size }) })
+    this.push({ path: p, change: kind, type: item.type, ...(kind === "added" ? sizes(undefined, item) : sizes(item, undefined)) })
     if (item.type === "dir") await this.below(kind, item, p, expand)
   }
 

@@ -8,12 +8,16 @@
 //   keepWithin D   every snapshot newer than now - D;
 //   pinned         always.
 // A snapshot whose expiresAt has passed is removed even if a rule would keep
-// it (unless pinned). A policy with no rules removes only expired snapshots.
+// it (unless pinned), and takes no rule's slot: keepLast 3 keeps the 3 newest
+// unexpired ones. A policy with no rules (every count absent or 0, no
+// keepWithin) removes only expired snapshots: "--keep-last 0" is not "remove
+// everything".
 // Removing deletes the record only; `gc` reclaims the data.
 
 import { BadInputError } from "../store/errors.js"
 import type { Store } from "../store/store.js"
 import type { SnapshotRecord } from "./types.js"
+import { listSnapshots } from "./records.js"
 
 export interface KeepPolicy {
   keepLast?: number
@@ -80,13 +84,22 @@ export function planForget(snapshots: readonly SnapshotRecord[], policy: KeepPol
   const within = policy.keepWithin !== undefined ? parseDuration(policy.keepWithin) : undefined
   const groupBy = policy.groupBy ?? "box"
   const groups = new Map<string, SnapshotRecord[]>()
+  const expired = (s: SnapshotRecord) => !s.pinned && s.expiresAt !== undefined && Date.parse(s.expiresAt) <= now.getTime()
+  const plan: ForgetPlan = { keep: [], remove: [] }
   for (const s of snapshots) {
+    if (expired(s)) {
+      plan.remove.push({ id: s.id, reason: `expired at ${s.expiresAt}` })
+      continue
+    }
+    if (Number.isNaN(Date.parse(s.createdAt))) {
+      plan.keep.push({ id: s.id, reasons: ["unreadable createdAt"] }) // what cannot be placed is not removed
+      continue
+    }
     const key = groupBy === "box" ? (s.boxId ?? `dir:${s.source}`) : groupBy === "name" ? (s.name ?? "") : ""
     let g = groups.get(key)
     if (!g) groups.set(key, (g = []))
     g.push(s)
   }
-  const plan: ForgetPlan = { keep: [], remove: [] }
   for (const group of groups.values()) {
     group.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.id < b.id ? 1 : -1))
     const reasons = new Map<string, string[]>(group.map((s) => [s.id, []]))
@@ -105,12 +118,10 @@ export function planForget(snapshots: readonly SnapshotRecord[], policy: KeepPol
     if (within !== undefined) {
       for (const s of group) if (now.getTime() - Date.parse(s.createdAt) <= within) reasons.get(s.id)!.push(`within ${policy.keepWithin}`)
     }
-    const anyRule = [policy.keepLast, policy.keepHourly, policy.keepDaily, policy.keepWeekly, policy.keepMonthly, within].some((v) => v !== undefined)
+    const anyRule = within !== undefined || [policy.keepLast, policy.keepHourly, policy.keepDaily, policy.keepWeekly, policy.keepMonthly].some((v) => (v ?? 0) > 0)
     for (const s of group) {
       const why = reasons.get(s.id)!
-      const expired = s.expiresAt !== undefined && Date.parse(s.expiresAt) <= now.getTime()
       if (s.pinned) plan.keep.push({ id: s.id, reasons: ["pinned", ...why] })
-      else if (expired) plan.remove.push({ id: s.id, reason: `expired at ${s.expiresAt}` })
       else if (why.length > 0 || !anyRule) plan.keep.push({ id: s.id, reasons: why.length ? why : ["no rule removes it"] })
       else plan.remove.push({ id: s.id, reason: "no keep rule matched" })
     }
@@ -123,7 +134,7 @@ export async function forgetSnapshots(
   policy: KeepPolicy,
   opts: { dryRun?: boolean; filter?: (s: SnapshotRecord) => boolean; now?: Date } = {},
 ): Promise<ForgetPlan> {
-  const { records } = await store.listRecords<SnapshotRecord>("snapshots")
+  const { records } = await listSnapshots(store)
   const plan = planForget(records.filter(opts.filter ?? (() => true)), policy, opts.now)
   if (!opts.dryRun) for (const r of plan.remove) await store.deleteRecord("snapshots", r.id)
   return plan

@@ -64,6 +64,7 @@ import { ENTRY_BYTES, TRAILER_BYTES, packKey, parsePack, type PackEntry } from "
 import type { Store } from "../store/store.js"
 import { decodeTree } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
+import { listSnapshots } from "./records.js"
 
 export interface GcOptions {
   /** compute and report, change nothing */
@@ -93,11 +94,14 @@ export interface GcReport {
   /** what this run frees (in a dry run: would free) */
   reclaimableBytes: number
   durationMs: number
+  /** temp files of crashed writers (older than an hour) removed; 0 in a dry run */
+  tempFilesRemoved: number
   /** keys written or deleted; empty in a dry run */
   touched: string[]
 }
 
 export const DEFAULT_REPACK_THRESHOLD = 0.2
+const TEMP_MAX_AGE_MS = 60 * 60_000
 
 export async function collectGarbage(store: Store, opts: GcOptions = {}): Promise<GcReport> {
   const threshold = opts.repackThreshold ?? DEFAULT_REPACK_THRESHOLD
@@ -160,6 +164,7 @@ async function runGc(store: Store, opts: GcOptions & { repackThreshold: number }
     bytesFreed: 0,
     reclaimableBytes: bytesBefore - plannedAfter,
     durationMs: 0,
+    tempFilesRemoved: 0,
     touched: [],
   }
   if (!dryRun) {
@@ -167,6 +172,9 @@ async function runGc(store: Store, opts: GcOptions & { repackThreshold: number }
       const bytesAfter = await execute(store, view, kept, repacked, report.touched, opts)
       report.bytesAfter = bytesAfter
       report.bytesFreed = bytesBefore - bytesAfter
+      // under the exclusive lock no writer is running; the age limit spares a
+      // writer that does not take the lock (a record put) caught mid-rename
+      report.tempFilesRemoved = (await store.backend.sweepTemp?.(TEMP_MAX_AGE_MS)) ?? 0
     } catch (err) {
       // the local cache may name packs that are gone: start it afresh (best effort)
       await store.index.clear().catch(() => {})
@@ -179,7 +187,7 @@ async function runGc(store: Store, opts: GcOptions & { repackThreshold: number }
 }
 
 async function readSnapshots(store: Store): Promise<SnapshotRecord[]> {
-  const { records, damaged } = await store.listRecords<SnapshotRecord>("snapshots")
+  const { records, damaged } = await listSnapshots(store)
   if (damaged.length > 0) {
     throw new IntegrityError(
       `gc cannot tell what snapshot ${damaged[0]} references (its record is damaged); delete or repair it and run gc again`,

@@ -11,14 +11,18 @@
 // writing through one changes all of them (cairn makes them read-only).
 //
 // Entries are written to a temp name and renamed, so readers only ever see
-// whole files. Each use refreshes the entry's access time, and trim() deletes the
+// whole files. The cache is not trusted: every placed copy is re-chunked and
+// each chunk hash-checked against the snapshot's chunk list before it is
+// used, so a damaged entry (bit rot, a stray write) is deleted and the file
+// is rebuilt from the packs instead. Each use refreshes the entry's access time, and trim() deletes the
 // least recently used entries beyond the size limit. Only files of at least
 // MIN_SIZE are cached: below that, decoding costs no more than copying.
 
 import { createHash, randomBytes } from "node:crypto"
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
-import type { BlobId } from "../store/ids.js"
+import { hashBytes, type BlobId } from "../store/ids.js"
+import { Chunker, type ChunkerParams } from "./fastcdc.js"
 
 export const MIN_SIZE = 256 * 1024
 const DEFAULT_LIMIT = 1024 * 1024 * 1024
@@ -41,8 +45,12 @@ export class MaterializationCache {
     return path.join(this.dir, key.slice(0, 2), key)
   }
 
-  /** Copies (or links) a cached file to dest; false if there is no entry. */
-  place(key: string, dest: string, link: boolean): boolean {
+  /**
+   * Copies (or links) a cached file to dest and checks the copy against the
+   * expected content; false if there is no entry or it was damaged (the entry
+   * is then deleted and dest removed).
+   */
+  place(key: string, dest: string, link: boolean, expect: ExpectedContent): boolean {
     const src = this.file(key)
     try {
       if (link) fs.linkSync(src, dest)
@@ -51,6 +59,11 @@ export class MaterializationCache {
       const code = (err as NodeJS.ErrnoException).code
       if (code === "ENOENT") return false
       throw err
+    }
+    if (!contentMatches(dest, expect)) {
+      fs.rmSync(dest, { force: true })
+      fs.rmSync(src, { force: true })
+      return false
     }
     try {
       // last use, for trim(): the access time (the mtime may be the file's own, in link mode)
@@ -101,5 +114,39 @@ export class MaterializationCache {
       removed++
     }
     return { removed, bytes: total }
+  }
+}
+
+export interface ExpectedContent {
+  size: number
+  chunks: readonly BlobId[]
+  params: ChunkerParams
+  gear: Uint32Array
+}
+
+const READ_BLOCK = 1 << 20
+
+/** Re-chunks a file and checks its size and every chunk's hash against the expected list. */
+export function contentMatches(file: string, expect: ExpectedContent): boolean {
+  const fd = fs.openSync(file, "r")
+  try {
+    if (fs.fstatSync(fd).size !== expect.size) return false
+    const chunker = new Chunker(expect.params, expect.gear)
+    const buf = Buffer.allocUnsafe(READ_BLOCK)
+    let next = 0
+    const check = (pieces: Uint8Array[]): boolean => {
+      for (const piece of pieces) if (next >= expect.chunks.length || hashBytes(piece) !== expect.chunks[next++]) return false
+      return true
+    }
+    let pos = 0
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, READ_BLOCK, pos)
+      if (n === 0) break
+      pos += n
+      if (!check(chunker.push(buf.subarray(0, n)))) return false
+    }
+    return pos === expect.size && check(chunker.finish()) && next === expect.chunks.length
+  } finally {
+    fs.closeSync(fd)
   }
 }

@@ -27,6 +27,7 @@ import { restoreSnapshot, type RestoreOptions, type RestoreResult } from "./rest
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
+import { listSnapshots, readSnapshot } from "./records.js"
 
 export interface OpenOptions {
   /** Local repository directory; default $CAIRN_REPO, else ~/.cairn. */
@@ -72,6 +73,9 @@ export function defaultRepoPath(): string {
 export class Repository {
   readonly snapshots: SnapshotApi
 
+  /** this handle's entry in the per-process table of open repositories */
+  private shareKey = ""
+
   private constructor(
     readonly store: Store,
     readonly location: string,
@@ -84,24 +88,30 @@ export class Repository {
   /** Opens (and by default creates) a repository; shared within the process. */
   static async open(opts: OpenOptions = {}): Promise<Repository> {
     const location = opts.url ?? path.resolve(opts.path ?? defaultRepoPath())
-    const entry = open.get(location)
+    const key = shareKey(location, opts)
+    const entry = open.get(key)
     if (entry) {
       entry.refs++
       return entry.repo
     }
-    const repo = Repository.openFresh(location, opts)
-    open.set(location, { repo, refs: 1 })
-    repo.catch(() => open.delete(location))
-    return repo
+    return Repository.share(key, Repository.openFresh(location, opts))
   }
 
   /** Creates a repository; fails if one exists. */
   static async init(opts: OpenOptions = {}): Promise<Repository> {
     const location = opts.url ?? path.resolve(opts.path ?? defaultRepoPath())
-    if (open.has(location)) throw new CairnError("ALREADY_EXISTS", `a repository already exists at ${location}`)
-    const repo = Repository.openFresh(location, { ...opts, create: true }, true)
-    open.set(location, { repo, refs: 1 })
-    repo.catch(() => open.delete(location))
+    const key = shareKey(location, opts)
+    if (open.has(key)) throw new CairnError("ALREADY_EXISTS", `a repository already exists at ${location}`)
+    return Repository.share(key, Repository.openFresh(location, { ...opts, create: true }, true))
+  }
+
+  private static share(key: string, opening: Promise<Repository>): Promise<Repository> {
+    const repo = opening.then((r) => {
+      r.shareKey = key
+      return r
+    })
+    open.set(key, { repo, refs: 1 })
+    repo.catch(() => open.delete(key))
     return repo
   }
 
@@ -123,9 +133,9 @@ export class Repository {
 
   /** Releases this handle; the last one closes the store. */
   async close(): Promise<void> {
-    const entry = open.get(this.location)
+    const entry = open.get(this.shareKey)
     if (entry && --entry.refs > 0) return
-    open.delete(this.location)
+    open.delete(this.shareKey)
     await this.store.close()
   }
 
@@ -171,7 +181,7 @@ class SnapshotApi {
   }
 
   async list(filter: SnapshotFilter = {}): Promise<SnapshotRecord[]> {
-    const { records } = await this.store.listRecords<SnapshotRecord>("snapshots")
+    const { records } = await listSnapshots(this.store)
     const [lk, lv] = filter.label?.split("=", 2) ?? []
     return records
       .filter((s) => filter.boxId === undefined || s.boxId === filter.boxId)
@@ -185,7 +195,7 @@ class SnapshotApi {
     if (typeof idOrName !== "string" || idOrName === "") throw new BadInputError("a snapshot id or name is required")
     if (/^snap_[0-9a-f]{16}$/.test(idOrName)) {
       try {
-        return await this.store.getRecord<SnapshotRecord>("snapshots", idOrName)
+        return await readSnapshot(this.store, idOrName)
       } catch (err) {
         if (!(err instanceof NotFoundError)) throw err
         throw new NotFoundError(`no snapshot ${idOrName}; "cairn ls" lists the snapshots`, { snapshot: idOrName })
@@ -314,6 +324,20 @@ class SnapshotApi {
   }
 }
 
+/**
+ * Handles are shared within a process only when they name the same
+ * repository the same way: one location, endpoint, region and cache.
+ */
+function shareKey(location: string, opts: OpenOptions): string {
+  const s3 = location.startsWith("s3://")
+  return JSON.stringify([
+    location,
+    s3 ? (opts.endpoint ?? process.env.CAIRN_S3_ENDPOINT ?? "") : "",
+    s3 ? (opts.region ?? process.env.AWS_REGION ?? "") : "",
+    opts.cacheDir ?? process.env.CAIRN_CACHE_DIR ?? "",
+  ])
+}
+
 function toInfo(name: string, p: string, e: import("./tree.js").TreeEntry): FileInfo {
   const ms = Number(BigInt(e.mtime) / 1_000_000n)
   return {
@@ -335,7 +359,7 @@ async function makeBackend(location: string, opts: OpenOptions): Promise<{ backe
     const { bucket, prefix } = parseS3Url(location)
     const backend = new S3ObjectStore({ bucket, prefix, endpoint: opts.endpoint ?? process.env.CAIRN_S3_ENDPOINT, region: opts.region, forcePathStyle: opts.forcePathStyle })
     const base = opts.cacheDir ?? envCache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "cairn")
-    const key = createHash("sha256").update(`${opts.endpoint ?? ""}|${location}`).digest("hex").slice(0, 16)
+    const key = createHash("sha256").update(`${opts.endpoint ?? process.env.CAIRN_S3_ENDPOINT ?? ""}|${location}`).digest("hex").slice(0, 16)
     return {
       backend,
       cacheDir: opts.cacheDir ?? path.join(base, key),

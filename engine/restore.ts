@@ -26,7 +26,8 @@ import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwI
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
-import { MaterializationCache, MIN_SIZE } from "./matcache.js"
+import { gearTable, type ChunkerParams } from "./fastcdc.js"
+import { MaterializationCache, MIN_SIZE, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
@@ -126,6 +127,16 @@ class Restorer {
   }
 
   private readonly cache: MaterializationCache | undefined
+  private chunking?: { params: ChunkerParams; gear: Uint32Array }
+
+  /** What a cached copy of this file must hold: checked chunk by chunk before the copy is used. */
+  private expected(e: FileEntry): ExpectedContent {
+    if (!this.chunking) {
+      const c = this.store.config.chunker
+      this.chunking = { params: { minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gear: gearTable(Buffer.from(c.seed, "hex")) }
+    }
+    return { size: e.size, chunks: e.chunks ?? [], ...this.chunking }
+  }
 
   private cacheKey(e: FileEntry): string {
     const key = this.cache!.key(e.chunks ?? [])
@@ -146,7 +157,7 @@ class Restorer {
       const temp = tempName(final)
       let placed = false
       try {
-        placed = this.cache.place(this.cacheKey(job.entry), temp, Boolean(this.opts.link))
+        placed = this.cache.place(this.cacheKey(job.entry), temp, Boolean(this.opts.link), this.expected(job.entry))
         if (placed) {
           job.temp = temp
           if (this.opts.overwrite) await this.clearWay(job.rel, false)
@@ -178,7 +189,7 @@ class Restorer {
       if (this.opts.link) {
         // the cache entry becomes the file: replace the private copy with a link
         const temp = tempName(final)
-        if (this.cache.place(key, temp, true)) {
+        if (this.cache.place(key, temp, true, this.expected(job.entry))) {
           const entryFile = temp
           await fsp.chmod(entryFile, job.entry.mode & ~0o222)
           const t = utimesSeconds(BigInt(job.entry.mtime))

@@ -397,10 +397,14 @@ type Node = DirNode | FileNode | SymlinkNode
  * is left of it will not be read).
  */
 export async function importTar(store: Store, input: NodeJS.ReadableStream, opts: ImportTarOptions = {}): Promise<ImportTarResult> {
+  // the input may fail while we wait for the lock: keep that error for read()
+  const early: { err?: unknown } = {}
+  const onEarlyError = (err: unknown) => void (early.err ??= err)
+  input.on("error", onEarlyError)
   return store.withLock(false, "import", async () => {
     const run = new TarImport(store, opts)
     try {
-      await run.read(input)
+      await run.read(input, early)
     } catch (err) {
       ;(input as Partial<Readable>).unpipe?.()
       ;(input as Partial<Readable>).destroy?.()
@@ -435,7 +439,7 @@ export async function importTar(store: Store, input: NodeJS.ReadableStream, opts
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     return { snapshot, warnings: run.warnings }
-  })
+  }).finally(() => input.removeListener("error", onEarlyError))
 }
 
 class TarImport {
@@ -467,7 +471,7 @@ class TarImport {
     this.root = { kind: "dir", ...this.implicit, children: new Map() }
   }
 
-  async read(input: NodeJS.ReadableStream): Promise<void> {
+  async read(input: NodeJS.ReadableStream, early: { err?: unknown } = {}): Promise<void> {
     const extract = tarStream.extract({ filenameEncoding: "latin1" } as Parameters<typeof tarStream.extract>[0])
     let inputError: { err: unknown } | undefined
     let tarError: { err: unknown } | undefined // tar-stream refused the bytes (bad header, truncation)
@@ -477,7 +481,8 @@ class TarImport {
       extract.destroy(err as Error)
     }
     input.on("error", onInputError)
-    input.pipe(extract)
+    if (early.err !== undefined) onInputError(early.err)
+    else input.pipe(extract)
     let current = "(start of the archive)"
     try {
       for await (const entry of extract as AsyncIterable<TarEntry>) {

@@ -4,20 +4,25 @@
 //    and hash-checks the tree blob) and passes the tree checks.
 // 2. Every referenced blob is in the index, its pack exists, and the pack's
 //    own header lists the blob at the indexed offset and length.
-// 3. With readData, every referenced blob is read, decoded and hash-checked,
+// 3. Every index file in the repository decodes (other hosts rebuild their
+//    caches from them, so a damaged one hides blobs from them).
+// 4. With readData, every referenced blob is read, decoded and hash-checked,
 //    reading each pack once, in offset order.
 // Damage is reported per blob with the snapshots and file paths that depend
-// on it, so a user knows exactly what a restore would miss.
+// on it (hardlink members included), so a user knows exactly what a restore
+// would miss. Only integrity failures are damage: an I/O error of the backend
+// (a network blip) aborts the verify instead of being reported as damage.
 
 import { mapLimit } from "../store/concurrency.js"
-import { IntegrityError, isCairnError, throwIfAborted } from "../store/errors.js"
+import { IntegrityError, NotFoundError, throwIfAborted } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import { decodeHeader, decodeTrailer, TRAILER_BYTES, type PackEntry } from "../store/pack.js"
 import type { Store } from "../store/store.js"
 import type { Tree } from "./tree.js"
-import type { Progress, SnapshotRecord } from "./types.js"
+import type { Progress } from "./types.js"
 import { loadTree } from "./walk.js"
+import { listSnapshots } from "./records.js"
 
 export interface VerifyDamage {
   blob?: string
@@ -57,6 +62,8 @@ class Verifier {
   private readonly refs = new Map<BlobId, { snapshots: Set<string>; paths: Set<string> }>()
   private readonly trees = new Map<BlobId, Promise<Tree | undefined>>()
   private readonly damaged = new Map<string, VerifyDamage>()
+  /** snapshot + "\0" + path of a hardlink group's first member -> the members that link to it */
+  private readonly links = new Map<string, string[]>()
 
   constructor(
     private readonly store: Store,
@@ -64,15 +71,20 @@ class Verifier {
   ) {}
 
   async run(): Promise<VerifyReport> {
-    const { records, damaged } = await this.store.listRecords<SnapshotRecord>("snapshots")
-    for (const name of damaged) this.addDamage(`record:${name}`, { record: `snapshots/${name}`, reason: "the snapshot record is damaged (not valid JSON)", snapshots: [name], paths: [] })
+    const index = await this.store.checkIndexFiles()
+    for (const d of index.damaged) {
+      this.addDamage(`index:${d.file}`, {
+        record: d.file,
+        reason: `the index file is damaged (${d.reason}); hosts without a cache cannot find the blobs it lists: run "cairn rebuild-index"`,
+        snapshots: [],
+        paths: [],
+      })
+    }
+    const { records, damaged } = await listSnapshots(this.store)
+    for (const name of damaged) this.addDamage(`record:${name}`, { record: `snapshots/${name}`, reason: "the snapshot record is damaged (not valid JSON, or not a snapshot record)", snapshots: [name], paths: [] })
     this.report.snapshots = records.length
     for (const s of records) {
       throwIfAborted(this.opts.signal)
-      if (typeof s.tree !== "string") {
-        this.addDamage(`record:${s.id}`, { record: `snapshots/${s.id}`, reason: "the snapshot record names no root tree", snapshots: [s.id], paths: [] })
-        continue
-      }
       await this.walk(s.id, s.tree, "/", new Set())
     }
     this.report.trees = this.trees.size
@@ -82,7 +94,9 @@ class Verifier {
       const r = this.refs.get(key as BlobId)
       if (!r) continue
       d.snapshots = [...new Set([...d.snapshots, ...r.snapshots])].sort()
-      d.paths = [...new Set([...d.paths, ...r.paths])].sort()
+      const paths = new Set([...d.paths, ...r.paths])
+      for (const s of r.snapshots) for (const p of r.paths) for (const member of this.links.get(`${s}\0${p}`) ?? []) paths.add(member)
+      d.paths = [...paths].sort()
     }
     this.report.damage = [...this.damaged.values()]
     this.report.ok = this.report.damage.length === 0
@@ -100,10 +114,11 @@ class Verifier {
     this.ref(treeId, snapshot, dirPath)
     if (seen.has(treeId)) return
     seen.add(treeId)
+    throwIfAborted(this.opts.signal)
     let pending = this.trees.get(treeId)
     if (!pending) {
       pending = loadTree(this.store, treeId).catch((err) => {
-        if (!isCairnError(err)) throw err
+        if (!isDamage(err)) throw err
         this.addDamage(treeId, { blob: treeId, pack: (err.data.pack as string) ?? undefined, reason: err.message, snapshots: [], paths: [] })
         return undefined
       })
@@ -111,11 +126,21 @@ class Verifier {
     }
     const tree = await pending
     if (!tree) return
+    const subdirs: Promise<void>[] = []
     for (const e of tree.entries) {
       const p = dirPath === "/" ? `/${e.name}` : `${dirPath}/${e.name}`
-      if (e.type === "file") for (const c of e.chunks ?? []) this.ref(c, snapshot, p)
-      else if (e.type === "dir") await this.walk(snapshot, e.tree, p, seen)
+      if (e.type === "file") {
+        for (const c of e.chunks ?? []) this.ref(c, snapshot, p)
+        if (e.link !== undefined) {
+          const key = `${snapshot}\0/${e.link}`
+          const members = this.links.get(key)
+          if (members) members.push(p)
+          else this.links.set(key, [p])
+        }
+      } else if (e.type === "dir") subdirs.push(this.walk(snapshot, e.tree, p, seen))
     }
+    // siblings load concurrently (loadTree bounds the reads in flight)
+    await Promise.all(subdirs)
   }
 
   private async checkBlobs(): Promise<void> {
@@ -149,7 +174,7 @@ class Verifier {
       try {
         header = await this.readHeader(pack, size)
       } catch (err) {
-        if (!isCairnError(err)) throw err
+        if (!isDamage(err)) throw err
         for (const b of blobs) this.addDamage(b.id, { blob: b.id, pack, reason: err.message, snapshots: [], paths: [] })
         return
       }
@@ -181,7 +206,7 @@ class Verifier {
     try {
       bytes = await this.store.readPackRange(pack, 0, end)
     } catch (err) {
-      if (!isCairnError(err)) throw err
+      if (!isDamage(err)) throw err
       for (const b of blobs) this.addDamage(b.id, { blob: b.id, pack, reason: err.message, snapshots: [], paths: [] })
       return
     }
@@ -190,7 +215,7 @@ class Verifier {
       try {
         await this.store.decodeChecked(b.id, b.loc.codec, bytes.subarray(b.loc.offset, b.loc.offset + b.loc.length), b.loc.rawLength, pack)
       } catch (err) {
-        if (!isCairnError(err)) throw err
+        if (!isDamage(err)) throw err
         this.addDamage(b.id, { blob: b.id, pack, reason: err.message, snapshots: [], paths: [] })
       }
     }
@@ -200,4 +225,9 @@ class Verifier {
   private addDamage(key: string, d: VerifyDamage): void {
     if (!this.damaged.has(key)) this.damaged.set(key, d)
   }
+}
+
+/** Stored data that is missing or wrong; anything else (I/O, abort) is not damage and propagates. */
+function isDamage(err: unknown): err is IntegrityError | NotFoundError {
+  return err instanceof IntegrityError || err instanceof NotFoundError
 }

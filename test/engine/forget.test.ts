@@ -1,6 +1,9 @@
 import { describe, expect, it } from "vitest"
-import { parseDuration, planForget } from "../../engine/forget.js"
+import { forgetSnapshots, parseDuration, planForget } from "../../engine/forget.js"
 import type { SnapshotRecord } from "../../engine/types.js"
+import { MemoryObjectStore } from "../../store/backends/memory.js"
+import { Store } from "../../store/store.js"
+import { tempDir } from "../helpers.js"
 
 const NOW = new Date("2026-11-28T12:00:00Z")
 
@@ -46,6 +49,28 @@ describe("planForget", () => {
     expect(kept(planForget(list, { keepLast: 1, groupBy: "name" }, NOW))).toEqual(["a1", "a2"])
     expect(kept(planForget(list, { keepLast: 1, groupBy: "none" }, NOW))).toEqual(["a2"])
   })
+  it("a count of 0 is no rule: it removes nothing (only expired snapshots go)", () => {
+    expect(planForget(history, { keepLast: 0 }, NOW).remove).toEqual([])
+    expect(planForget(history, { keepLast: 0, keepDaily: 0 }, NOW).keep).toHaveLength(40)
+  })
+  it("an expired snapshot takes no rule's slot, and a pinned one outlives its expiry", () => {
+    const list = [
+      snap("new", "2026-11-28T10:00:00Z", { expiresAt: "2026-11-28T11:00:00Z" }),
+      snap("mid", "2026-11-27T10:00:00Z"),
+      snap("old", "2026-11-26T10:00:00Z", { pinned: true, expiresAt: "2026-11-27T00:00:00Z" }),
+      snap("older", "2026-11-25T10:00:00Z"),
+    ]
+    const plan = planForget(list, { keepLast: 2 }, NOW)
+    expect(kept(plan)).toEqual(["mid", "old"])
+    expect(plan.keep.find((k) => k.id === "old")!.reasons).toEqual(["pinned", "last 2"])
+    expect(plan.remove.map((r) => r.id).sort()).toEqual(["new", "older"])
+  })
+  it("keepMonthly buckets by UTC month; an unreadable createdAt is kept, not removed", () => {
+    const list = [snap("nov", "2026-11-02T00:00:00Z"), snap("oct2", "2026-10-30T00:00:00Z"), snap("oct1", "2026-10-01T00:00:00Z"), snap("bad", "yesterday")]
+    const plan = planForget(list, { keepMonthly: 2 }, NOW)
+    expect(kept(plan)).toEqual(["bad", "nov", "oct2"])
+    expect(plan.remove).toEqual([{ id: "oct1", reason: "no keep rule matched" }])
+  })
   it("refuses bad policies", () => {
     expect(() => planForget(history, { keepLast: -1 }, NOW)).toThrow(/keepLast/)
     expect(() => planForget(history, { groupBy: "host" as never }, NOW)).toThrow(/groupBy/)
@@ -59,6 +84,22 @@ describe("parseDuration", () => {
     expect(parseDuration("90m")).toBe(90 * 60_000)
   })
   it("rejects garbage with a clear error", () => {
-    for (const bad of ["", "3", "h", "2 days", "1d-", "-1d"]) expect(() => parseDuration(bad)).toThrow(/invalid duration/)
+    for (const bad of ["", "3", "h", "2 days", "1d-", "-1d", "1.5d", "2x"]) expect(() => parseDuration(bad)).toThrow(/invalid duration/)
+  })
+})
+
+describe("forgetSnapshots", () => {
+  it("deletes the removed records (never data), honours dryRun and filter", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await Store.init({ backend, cacheDir: await tempDir() })
+    for (const s of history.slice(0, 6)) await store.putRecord("snapshots", s.id, s)
+    await store.putRecord("snapshots", "other", snap("other", "2020-01-01T00:00:00Z", { boxId: "box_2" }))
+    const dry = await forgetSnapshots(store, { keepLast: 2 }, { dryRun: true, now: NOW })
+    expect(dry.remove.map((r) => r.id).sort()).toEqual(["s02", "s03", "s04", "s05"])
+    expect((await store.listRecordNames("snapshots")).length).toBe(7)
+    const plan = await forgetSnapshots(store, { keepLast: 1 }, { now: NOW, filter: (s) => s.boxId === "box_1" })
+    expect(plan.keep.map((k) => k.id)).toEqual(["s00"])
+    expect((await store.listRecordNames("snapshots")).sort()).toEqual(["other", "s00"])
+    await store.close()
   })
 })

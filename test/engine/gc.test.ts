@@ -10,6 +10,7 @@ import { createSnapshot } from "../../engine/snapshot.js"
 import type { SnapshotRecord } from "../../engine/types.js"
 import { verifyRepository } from "../../engine/verify.js"
 import type { ObjectStore } from "../../store/backend.js"
+import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { IoError } from "../../store/errors.js"
 import { decodeIndexFile } from "../../store/index-file.js"
@@ -140,6 +141,63 @@ describe("gc", () => {
     await Promise.all([store.close(), other.close()])
   })
 
+  it("a snapshot started while a real gc runs waits for it, then succeeds", async () => {
+    const backend = new MemoryObjectStore()
+    let open_: () => void = () => {}
+    let gated = false
+    const gate = new Promise<void>((r) => (open_ = r))
+    const paused = new Proxy(backend, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver)
+        if (prop !== "list") return typeof v === "function" ? v.bind(target) : v
+        return async (prefix: string) => {
+          if (gated && prefix === "data/") await gate // gc holds the exclusive lock here
+          return target.list(prefix)
+        }
+      },
+    }) as ObjectStore
+    const store = await open(paused, true, 10_000)
+    const a = await tempDir()
+    await buildTree(a, treeFor(1, [1, 2, 3]))
+    const drop = (await createSnapshot(store, a)).snapshot
+    await store.deleteRecord("snapshots", drop.id)
+    gated = true
+    const gc = collectGarbage(store, { repackThreshold: 0 })
+    await new Promise((r) => setTimeout(r, 100))
+    const b = await tempDir()
+    await buildTree(b, treeFor(2, [2, 3, 4])) // shares chunks with the garbage
+    let done = false
+    const snap = createSnapshot(store, b).then((r) => ((done = true), r))
+    await new Promise((r) => setTimeout(r, 300))
+    expect(done).toBe(false)
+    gated = false
+    open_()
+    const report = await gc
+    expect(report.snapshots).toBe(0)
+    const { snapshot } = await snap
+    await restoresAs(store, snapshot, await describeTree(b, { mtimes: false }))
+    expect((await verifyRepository(store)).ok).toBe(true)
+    await store.close()
+  })
+
+  // A Store that loaded the index before gc must not keep the deleted packs
+  // in its local cache: Store.withLock syncs the index right after taking the
+  // lock, and syncIndex rebuilds the cache when an index file it knew vanished.
+  it("a store opened before gc does not dedup against blobs gc deleted", async () => {
+    const backend = new MemoryObjectStore()
+    const a = await open(backend, true)
+    const src = await tempDir()
+    await buildTree(src, treeFor(1, [1, 2]))
+    const { snapshot } = await createSnapshot(a, src)
+    const b = await open(backend) // another process: its cache lists the chunks
+    await a.deleteRecord("snapshots", snapshot.id)
+    await collectGarbage(a)
+    expect(await backend.list("data/")).toEqual([])
+    const again = await createSnapshot(b, src, { full: true })
+    await restoresAs(b, again.snapshot, await describeTree(src, { mtimes: false }))
+    await Promise.all([a.close(), b.close()])
+  })
+
   it("a crash at any backend call leaves every snapshot restorable, and a rerun finishes the job", async () => {
     // build one history, then crash gc at call N for every N it makes
     const base = new MemoryObjectStore()
@@ -162,40 +220,73 @@ describe("gc", () => {
     const cleanStore = await open(clean)
     await collectGarbage(cleanStore, { repackThreshold: 0 })
     const cleanSize = (await sizes(cleanStore, clean)).physical
+    const cleanPacks = (await clean.list("data/")).map((o) => o.key)
     await cleanStore.close()
 
+    // "before": the process dies before the call reaches the backend;
+    // "after": the call is carried out, then the process dies before it hears back
     let crashes = 0
-    for (let n = 1; ; n++) {
-      const backend = await snapshotOf(base)
-      let calls = 0
-      let crashed = false
-      const crashing = new Proxy(backend, {
-        get(target, prop, receiver) {
-          const v = Reflect.get(target, prop, receiver)
-          if (typeof v !== "function" || !["put", "putIfAbsent", "delete"].includes(String(prop))) return v.bind?.(target) ?? v
-          return async (...args: unknown[]) => {
-            if (!String(args[0]).startsWith("locks/") && ++calls === n) {
-              crashed = true
-              throw new IoError("injected crash")
+    for (const mode of ["before", "after"] as const) {
+      for (let n = 1; ; n++) {
+        const backend = await snapshotOf(base)
+        let calls = 0
+        let crashed = false
+        const crashing = new Proxy(backend, {
+          get(target, prop, receiver) {
+            const v = Reflect.get(target, prop, receiver)
+            if (typeof v !== "function" || !["put", "putIfAbsent", "delete"].includes(String(prop))) return v.bind?.(target) ?? v
+            return async (...args: unknown[]) => {
+              const call = () => (v as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+              if (String(args[0]).startsWith("locks/")) return call()
+              if (crashed) throw new IoError("the process is gone")
+              if (++calls === n) {
+                crashed = true
+                if (mode === "after") await call()
+                throw new IoError("injected crash")
+              }
+              return call()
             }
-            return (v as (...a: unknown[]) => unknown).apply(target, args)
-          }
-        },
-      }) as ObjectStore
-      const s = await open(crashing)
-      await collectGarbage(s, { repackThreshold: 0 }).catch(() => {})
-      await s.index.close()
-      if (!crashed) break
-      crashes++
-      for (const k of await backend.list("locks/")) await backend.delete(k.key) // a crashed process's lock is stale
-      const after = await open(backend)
-      for (const { snap, want } of kept) await restoresAs(after, snap, want)
-      await collectGarbage(after, { repackThreshold: 0 })
-      for (const { snap, want } of kept) await restoresAs(after, snap, want)
-      expect((await sizes(after, backend)).physical).toBe(cleanSize)
-      await after.close()
+          },
+        }) as ObjectStore
+        const s = await open(crashing)
+        await collectGarbage(s, { repackThreshold: 0 }).catch(() => {})
+        await s.index.close()
+        if (!crashed) break
+        crashes++
+        for (const k of await backend.list("locks/")) await backend.delete(k.key) // a crashed process's lock is stale
+        const after = await open(backend)
+        for (const { snap, want } of kept) await restoresAs(after, snap, want)
+        await collectGarbage(after, { repackThreshold: 0 })
+        for (const { snap, want } of kept) await restoresAs(after, snap, want)
+        expect((await sizes(after, backend)).physical).toBe(cleanSize)
+        expect((await backend.list("data/")).map((o) => o.key)).toEqual(cleanPacks)
+        expect((await verifyRepository(after)).ok).toBe(true)
+        await after.close()
+      }
     }
     expect(crashes).toBeGreaterThan(3)
     console.log(`gc crash test: ${crashes} crash points, every snapshot restored after each`)
+  })
+
+  it("removes temp files crashed writers left behind, once they are an hour old", async () => {
+    const dir = await tempDir()
+    const backend = new FsObjectStore(path.join(dir, "repo"))
+    const store = await open(backend, true)
+    const src = await tempDir()
+    await buildTree(src, treeFor(1, [1, 2]))
+    await createSnapshot(store, src)
+    const dataDir = path.join(dir, "repo", "data")
+    const sub = (await fsp.readdir(dataDir))[0]!
+    const old = path.join(dataDir, sub, "abc~tmp-0123")
+    const fresh = path.join(dataDir, sub, "def~tmp-4567")
+    await fsp.writeFile(old, "half a pack")
+    await fsp.writeFile(fresh, "a pack being written")
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000)
+    await fsp.utimes(old, twoHoursAgo, twoHoursAgo)
+    expect((await collectGarbage(store, { dryRun: true })).tempFilesRemoved).toBe(0)
+    expect((await collectGarbage(store)).tempFilesRemoved).toBe(1)
+    await expect(fsp.stat(old)).rejects.toThrow()
+    await fsp.stat(fresh)
+    await store.close()
   })
 })

@@ -1,10 +1,12 @@
-import { promises as fsp } from "node:fs"
+import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
-import { MaterializationCache } from "../../engine/matcache.js"
+import { gearTable } from "../../engine/fastcdc.js"
+import { MaterializationCache, type ExpectedContent } from "../../engine/matcache.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
+import { hashBytes } from "../../store/ids.js"
 import { Store } from "../../store/store.js"
 import { buildTree, describeTree } from "../fixtures.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
@@ -70,10 +72,39 @@ describe("materialization cache", () => {
       await new Promise((r) => setTimeout(r, 20))
     }
     const out = path.join(files, "out")
-    expect(cache.place("old".padEnd(64, "0"), out, false)).toBe(true) // "old" is now the most recent
+    expect(cache.place("old".padEnd(64, "0"), out, false, small(0))).toBe(true) // "old" is now the most recent
     const { bytes } = await cache.trim()
     expect(bytes).toBeLessThanOrEqual(1000)
-    expect(cache.place("mid".padEnd(64, "0"), path.join(files, "m2"), false)).toBe(false)
-    expect(cache.place("old".padEnd(64, "0"), path.join(files, "o2"), false)).toBe(true)
+    expect(cache.place("mid".padEnd(64, "0"), path.join(files, "m2"), false, small(1))).toBe(false)
+    expect(cache.place("old".padEnd(64, "0"), path.join(files, "o2"), false, small(0))).toBe(true)
+  })
+
+  it("refuses and deletes an entry whose content does not match the chunk list", async () => {
+    const dir = await tempDir()
+    const cache = new MaterializationCache(dir)
+    const files = await tempDir()
+    const f = path.join(files, "f")
+    await fsp.writeFile(f, Buffer.alloc(600, 0))
+    const key = "k".padEnd(64, "0")
+    await cache.add(key, f, false)
+    // wrong size, then wrong content of the right size: both refused, dest removed
+    expect(cache.place(key, path.join(files, "a"), false, { ...small(0), size: 601 })).toBe(false)
+    expect(fs.existsSync(path.join(files, "a"))).toBe(false)
+    await cache.add(key, f, false)
+    expect(cache.place(key, path.join(files, "b"), false, small(1))).toBe(false)
+    expect(fs.existsSync(path.join(files, "b"))).toBe(false)
+    // the damaged entry is gone: even the right expectation now misses
+    expect(cache.place(key, path.join(files, "c"), false, small(0))).toBe(false)
+    await cache.add(key, f, false)
+    expect(cache.place(key, path.join(files, "d"), false, small(0))).toBe(true)
+    expect(await fsp.readFile(path.join(files, "d"))).toEqual(Buffer.alloc(600, 0))
   })
 })
+
+const PARAMS = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 }
+const GEAR = gearTable(Buffer.alloc(16, 7))
+
+/** What a 600-byte file of one repeated byte must hold: one chunk, below the minimum size. */
+function small(fill: number): ExpectedContent {
+  return { size: 600, chunks: [hashBytes(Buffer.alloc(600, fill))], params: PARAMS, gear: GEAR }
+}

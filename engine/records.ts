@@ -1,0 +1,59 @@
+// Shape checks for the records the engine reads back from a repository.
+//
+// A record is JSON written by cairn, but a repository is a directory or a
+// bucket that anything can write to: a record that parses yet is not a
+// snapshot (null, a number, a tree id that is a path, labels that are not
+// strings) must surface as damage (IntegrityError, via Store.getRecord), not
+// as a TypeError deep in a restore.
+
+import { isBlobId } from "../store/ids.js"
+import type { Store } from "../store/store.js"
+import type { SnapshotRecord } from "./types.js"
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
+const optional = (v: unknown, type: "string" | "boolean") => v === undefined || typeof v === type
+
+/** What is wrong with a stored snapshot record, or undefined when it is well formed. */
+export function snapshotRecordProblem(v: unknown, name: string): string | undefined {
+  if (!isObject(v)) return "it is not a JSON object"
+  if (v.id !== name) return `its id ${JSON.stringify(v.id)} is not its name ${name}`
+  if (!isBlobId(v.tree)) return "it names no valid root tree"
+  if (typeof v.createdAt !== "string" || Number.isNaN(Date.parse(v.createdAt))) return "its createdAt is not a date"
+  for (const key of ["name", "boxId", "parent", "host", "source", "expiresAt"] as const) {
+    if (!optional(v[key], "string")) return `its ${key} is not a string`
+  }
+  if (!optional(v.pinned, "boolean")) return "its pinned flag is not a boolean"
+  if (v.labels !== undefined && (!isObject(v.labels) || Object.values(v.labels).some((x) => typeof x !== "string"))) {
+    return "its labels are not a map of strings"
+  }
+  if (v.exclude !== undefined && (!Array.isArray(v.exclude) || v.exclude.some((x) => typeof x !== "string"))) {
+    return "its exclude patterns are not a list of strings"
+  }
+  if (v.stats !== undefined && !isObject(v.stats)) return "its stats are not an object"
+  if (v.sizeBytes !== undefined && typeof v.sizeBytes !== "number") return "its size is not a number"
+  return undefined
+}
+
+/** Fills the optional fields older or hand-written records may lack, so callers can rely on the type. */
+export function normalizeSnapshotRecord(v: SnapshotRecord): SnapshotRecord {
+  return {
+    ...v,
+    host: v.host ?? "",
+    source: v.source ?? "",
+    exclude: v.exclude ?? [],
+    labels: v.labels ?? {},
+    sizeBytes: v.sizeBytes ?? 0,
+    stats: v.stats ?? { files: 0, dirs: 0, symlinks: 0, logicalBytes: v.sizeBytes ?? 0, storedBytes: 0, addedBytes: 0 },
+  }
+}
+
+/** Every well-formed snapshot record; the names of damaged ones are reported, not thrown. */
+export async function listSnapshots(store: Store): Promise<{ records: SnapshotRecord[]; damaged: string[] }> {
+  const { records, damaged } = await store.listRecords<SnapshotRecord>("snapshots", snapshotRecordProblem)
+  return { records: records.map(normalizeSnapshotRecord), damaged }
+}
+
+/** One snapshot record by id; IntegrityError when it is damaged, NotFoundError when absent. */
+export async function readSnapshot(store: Store, id: string): Promise<SnapshotRecord> {
+  return normalizeSnapshotRecord(await store.getRecord<SnapshotRecord>("snapshots", id, snapshotRecordProblem))
+}
