@@ -104,16 +104,22 @@ export const COMMANDS: Command[] = [
       flags: {
         path: { kind: "string", help: "restore only this path of the snapshot" },
         overwrite: { kind: "bool", help: "allow a non-empty destination (entries in the way are replaced)" },
+        "no-cache": { kind: "bool", help: "neither use nor fill this host's materialization cache" },
+        link: { kind: "bool", help: "hardlink large files from the cache, read-only (for read-only use: they share one inode)" },
       },
     },
     async run(ctx) {
       const repo = await ctx.repo()
+      if (ctx.flags.link && ctx.flags["no-cache"]) throw new UsageError("--link restores from the cache; it cannot be combined with --no-cache")
       const result = await repo.snapshots.restore(ctx.args[0]!, ctx.args[1]!, {
         subPath: str(ctx.flags.path),
         overwrite: Boolean(ctx.flags.overwrite),
+        cache: !ctx.flags["no-cache"],
+        link: Boolean(ctx.flags.link),
         onProgress: ctx.progress.update,
       })
-      ctx.out(`restored ${result.files} files, ${result.dirs} dirs, ${result.symlinks} symlinks (${bytes(result.bytes)}) into ${result.dest}`, result)
+      const cached = result.fromCache ? `, ${result.fromCache} from the cache` : ""
+      ctx.out(`restored ${result.files} files, ${result.dirs} dirs, ${result.symlinks} symlinks (${bytes(result.bytes)}${cached}) into ${result.dest}`, result)
     },
   },
   {

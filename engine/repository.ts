@@ -190,7 +190,7 @@ class SnapshotApi {
       .sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : 1))
   }
 
-  /** By id, unique id prefix, or name (the newest snapshot of that name). */
+  /** By id, name (the newest snapshot of that name), "latest" (the newest of all), or unique id prefix. */
   async get(idOrName: string): Promise<SnapshotRecord> {
     if (typeof idOrName !== "string" || idOrName === "") throw new BadInputError("a snapshot id or name is required")
     if (/^snap_[0-9a-f]{16}$/.test(idOrName)) {
@@ -204,6 +204,10 @@ class SnapshotApi {
     const all = await this.list()
     const byName = all.filter((s) => s.name === idOrName)
     if (byName.length > 0) return byName[byName.length - 1]!
+    if (idOrName === "latest") {
+      if (all.length === 0) throw new NotFoundError(`no snapshots yet; "latest" names the newest one`, { snapshot: idOrName })
+      return all[all.length - 1]!
+    }
     const byPrefix = all.filter((s) => s.id.startsWith(idOrName) || s.id.startsWith(`snap_${idOrName}`))
     if (byPrefix.length === 1) return byPrefix[0]!
     if (byPrefix.length > 1) throw new BadInputError(`${idOrName} matches ${byPrefix.length} snapshots; give more of the id`)

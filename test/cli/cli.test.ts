@@ -77,6 +77,40 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
   })
 
+  it("latest names the newest snapshot; restore --no-cache and --link", async () => {
+    const big = await tempDir()
+    await buildTree(big, { "big.bin": { file: seededBytes("cli-link", 400_000), mode: 0o644 }, "s.txt": { file: "s\n" } })
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", big, "--quiet"], env)).stdout)
+    const shown = await cairn(["--repo", repo, "show", "latest", "--json"], env)
+    expect(shown.code, shown.stderr).toBe(0)
+    expect(shown.stdout).toContain("big.bin")
+    const plain = path.join(await tempDir(), "plain")
+    const r1 = await cairn(["--repo", repo, "restore", "latest", plain, "--no-cache", "--json"], env)
+    expect(r1.code, r1.stderr).toBe(0)
+    expect(JSON.parse(r1.stdout).fromCache ?? 0).toBe(0)
+    expect(await describeTree(plain)).toEqual(await describeTree(big))
+    // the first restore that uses the cache fills it, the next copies from it
+    const restoreJson = async (...extra: string[]) => {
+      const r = await cairn(["--repo", repo, "restore", id, path.join(await tempDir(), "out"), "--json", ...extra], env)
+      expect(r.code, r.stderr).toBe(0)
+      return JSON.parse(r.stdout) as { dest: string; fromCache?: number }
+    }
+    expect((await restoreJson()).fromCache ?? 0).toBe(0)
+    expect((await restoreJson()).fromCache).toBe(1)
+    // --link: the large file is a read-only hardlink into the cache (its entries carry mode and mtime)
+    await restoreJson("--link")
+    const again = await restoreJson("--link")
+    expect(again.fromCache).toBe(1)
+    const linked = again.dest
+    const st = await fsp.stat(path.join(linked, "big.bin"))
+    expect(st.nlink).toBeGreaterThan(1)
+    expect(st.mode & 0o222).toBe(0)
+    expect(await fsp.readFile(path.join(linked, "big.bin"))).toEqual(await fsp.readFile(path.join(big, "big.bin")))
+    const both = await cairn(["--repo", repo, "restore", id, path.join(await tempDir(), "x"), "--link", "--no-cache"], env)
+    expect(both.code).toBe(2)
+    expect(both.stderr).toMatch(/--link .*--no-cache/)
+  })
+
   it("rm removes a snapshot; the other stays", async () => {
     const a = lastLine((await cairn(["--repo", repo, "snapshot", src, "--name", "tmp"], env)).stdout)
     expect((await cairn(["--repo", repo, "rm", a], env)).code).toBe(0)
