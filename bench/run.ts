@@ -21,13 +21,14 @@ interface Args {
   scenarios?: Set<string>
   corpora?: Set<string>
   reps?: number
+  history?: number
   micro: boolean
   microOnly: boolean
   out: string
 }
 
 const USAGE = `usage: npm run bench -- [--quick] [--only ${ALL_TOOLS.join(",")}] [--scenario ${SCENARIOS.join(",")}]
-                      [--corpus workspace,small-files,large] [--reps N] [--no-micro] [--micro-only] [--out DIR]`
+                      [--corpus workspace,small-files,large] [--reps N] [--history N] [--no-micro] [--micro-only] [--out DIR]`
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, micro: true, microOnly: false, out: join(PROJECT_ROOT, "bench", "out") }
@@ -56,6 +57,10 @@ function parseArgs(argv: string[]): Args {
         break
       case "--reps":
         a.reps = Number(value())
+        break
+      case "--history":
+        a.history = Number(value())
+        if (!Number.isInteger(a.history) || a.history < 2) throw new Error(`--history needs a whole number of snapshots >= 2\n${USAGE}`)
         break
       case "--no-micro":
         a.micro = false
@@ -127,7 +132,7 @@ async function main(): Promise<void> {
   const baseOpts: ScenarioOptions = {
     reps: 1,
     verifyFanout: p.verifyFanout,
-    historyLength: p.historyLength,
+    historyLength: args.history ?? p.historyLength,
     historyReps: p.historyReps,
     workDir,
     ...(args.scenarios ? { only: args.scenarios } : {}),

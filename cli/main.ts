@@ -5,7 +5,7 @@
 import { createReadStream, createWriteStream, promises as fsp, realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import path from "node:path"
-import { CairnError, Repository, defaultRepoPath } from "../engine/index.js"
+import { CairnError, FORMAT_VERSION, Repository, defaultRepoPath } from "../engine/index.js"
 import { CliError, commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { COMMANDS, type Context } from "./commands.js"
 import { ProgressBar } from "./format.js"
@@ -22,12 +22,22 @@ function exitCodeFor(err: unknown): number {
   return EXIT.failed
 }
 
+async function packageVersion(): Promise<string> {
+  const pkg = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "package.json")
+  try {
+    return (JSON.parse(await fsp.readFile(pkg, "utf8")) as { version?: string }).version ?? "unknown"
+  } catch {
+    return "unknown"
+  }
+}
+
 export function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.spec.name.length))
   return [
     "cairn: snapshots of workspaces, content-addressed and deduplicated",
     "",
     "usage: cairn [--repo PATH|s3://bucket/prefix] [--json] [--quiet] [--debug] COMMAND [ARGS]",
+    "       cairn --version",
     "",
     "commands:",
     ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`),
@@ -68,6 +78,10 @@ export async function run(argv: string[]): Promise<number> {
     if (name.length === 0) {
       if (pre.includes("--help") || pre.includes("-h")) {
         process.stdout.write(mainHelp() + "\n")
+        return EXIT.ok
+      }
+      if (pre.includes("--version")) {
+        process.stdout.write(`cairn ${await packageVersion()} (format ${FORMAT_VERSION}, node ${process.versions.node})\n`)
         return EXIT.ok
       }
       throw new UsageError('no command given; run "cairn --help" for the list')

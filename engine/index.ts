@@ -24,3 +24,5 @@ export {
   isCairnError,
   type ErrorCode,
 } from "../store/errors.js"
+/** The repository format version this build reads and writes (FORMAT.md). */
+export { FORMAT_VERSION } from "../store/store.js"

@@ -5,8 +5,10 @@
 // pack's needed ranges coalesced and read in offset order, decoded on the
 // thread pool and hash-checked; write each chunk at its offset into the
 // file's temporary name (".cairn-<random>.tmp" beside it); when a file's last
-// chunk is written, set its mode and mtime and rename it into place. Then
-// symlinks, hardlinks, and finally directory modes and mtimes bottom-up.
+// chunk is written, set its mode and mtime and rename it into place. Files of
+// one chunk (most of a workspace) are handed, a segment at a time, to writer
+// threads that decode, check and write them the same way (file-writer.ts).
+// Then symlinks, hardlinks, and finally directory modes and mtimes bottom-up.
 //
 // Safety: names come from validated trees (no "", ".", "..", "/", NUL), the
 // restore creates every directory it descends into (or, with overwrite,
@@ -27,6 +29,7 @@ import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
 import { gearTable, type ChunkerParams } from "./fastcdc.js"
+import { fileWriterPool, type BlobOutcome, type FileWriterPool, type WriteBlob } from "./file-writer.js"
 import { MaterializationCache, MIN_SIZE, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
@@ -58,6 +61,11 @@ export interface RestoreOptions {
    * every other box linked to it; cairn makes them read-only (mode & ~0222).
    */
   link?: boolean
+  /**
+   * Write single-chunk files in worker threads (file-writer.ts). Default
+   * true; false keeps every write on the calling thread.
+   */
+  writers?: boolean
 }
 
 export interface RestoreFailure {
@@ -78,6 +86,8 @@ export interface RestoreResult {
   failed: RestoreFailure[]
 }
 
+/** segments handed to the file writers and not yet written, per restore */
+const WRITER_SEGMENTS = 2
 const SEGMENT_GAP = 256 * 1024
 const SEGMENT_MAX = 4 * 1024 * 1024
 
@@ -124,9 +134,13 @@ class Restorer {
     this.result = { dest, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed: [] }
     this.owners = opts.owners ?? process.getuid?.() === 0
     this.cache = opts.cache === false && !opts.link ? undefined : new MaterializationCache(store.cacheDir)
+    this.writers = opts.writers === false ? undefined : fileWriterPool()
   }
 
   private readonly cache: MaterializationCache | undefined
+  /** writer threads for single-chunk files; off with opts.writers === false */
+  private readonly writers: FileWriterPool | undefined
+  private readonly inWriters = new Set<Promise<void>>()
   private chunking?: { params: ChunkerParams; gear: Uint32Array }
 
   /** What a cached copy of this file must hold: checked chunk by chunk before the copy is used. */
@@ -340,7 +354,9 @@ class Restorer {
       else if (job.remaining === 0) await this.writeWhole(job, new Uint8Array(0))
     }
     const packs = [...byPack.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
-    await mapLimit(packs, 2, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
+    // a local disk reads best as two sequential streams; S3 wants many requests in flight
+    const parallel = Math.max(1, this.store.backend.readParallelism ?? 2)
+    await mapLimit(packs, parallel, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
     // files whose writes failed part-way
     for (const job of jobs) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
     await this.fillCache(jobs)
@@ -369,8 +385,11 @@ class Restorer {
         for (const r of group) for (const t of r.targets) await this.fail(t.job, describe(err), codeOf(err))
         continue
       }
+      const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
+      const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
+      const offloaded = toWriters.length > 0 ? this.writeInWorkers(pack, segment, start, toWriters) : undefined
       await Promise.all(
-        group.map(async (r) => {
+        inline.map(async (r) => {
           const stored = segment.subarray(r.loc.offset - start, r.loc.offset - start + r.loc.length)
           let raw: Uint8Array
           try {
@@ -384,6 +403,55 @@ class Restorer {
           )
         }),
       )
+      // keep a few segments in the writers while the next one is read
+      if (offloaded) {
+        this.inWriters.add(offloaded)
+        void offloaded.finally(() => this.inWriters.delete(offloaded))
+        while (this.inWriters.size >= WRITER_SEGMENTS) await Promise.race(this.inWriters)
+      }
+    }
+    await Promise.all(this.inWriters)
+  }
+
+  /** A file the writers can finish alone: one chunk, nothing in the way, nothing failed yet. */
+  private offloadable(job: FileJob): boolean {
+    return job.entry.chunks!.length === 1 && !job.failed && !this.opts.overwrite
+  }
+
+  /** Hands single-chunk files to the writer threads (file-writer.ts); settles their jobs from the outcomes. */
+  private async writeInWorkers(pack: string, segment: Uint8Array, start: number, reads: BlobRead[]): Promise<void> {
+    const blobs: WriteBlob[] = reads.map((r) => ({
+      id: r.id,
+      codec: r.loc.codec,
+      offset: r.loc.offset - start,
+      length: r.loc.length,
+      rawLength: r.loc.rawLength,
+      files: r.targets.map((t) => {
+        const final = this.abs(t.job.rel)
+        t.job.temp = tempName(final)
+        const e = t.job.entry
+        return { temp: t.job.temp, final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+      }),
+    }))
+    let outcomes: (BlobOutcome | undefined)[]
+    try {
+      outcomes = await this.writers!.write(segment, blobs)
+    } catch (err) {
+      for (const r of reads) for (const t of r.targets) await this.fail(t.job, describe(err), "IO")
+      return
+    }
+    for (const [i, r] of reads.entries()) {
+      const o = outcomes[i]
+      for (const [k, t] of r.targets.entries()) {
+        const failed = o?.integrity !== undefined ? undefined : o?.failed?.[k]
+        if (o?.integrity !== undefined) await this.fail(t.job, `blob ${r.id} in pack ${pack} ${o.integrity}`, "INTEGRITY")
+        else if (failed) await this.fail(t.job, failed[1], "IO")
+        else {
+          t.job.remaining = 0
+          this.bytesDone += t.job.entry.size
+          this.fileDone(t.job)
+        }
+      }
     }
   }
 

@@ -48,6 +48,18 @@ export interface ObjectStore {
    * objects (S3, memory) do not implement it.
    */
   sweepTemp?(maxAgeMs: number): Promise<number>
+  /**
+   * How many large reads (pack ranges) pay to keep in flight at once: a local
+   * disk is best read by few sequential streams, an object store hides its
+   * per-request latency behind many. Default 2.
+   */
+  readonly readParallelism?: number
+  /**
+   * Reads cost a network round trip: the store then keeps the tree blobs it
+   * reads in the host's cache directory (content-addressed and hash-checked
+   * on every read, so never stale and never trusted).
+   */
+  readonly remote?: boolean
 }
 
 import { BadInputError } from "./errors.js"

@@ -8,12 +8,10 @@
 // posts the bytes (transferred, not copied) and receives the result. The main
 // thread keeps the work that must be ordered: chunking, hashing, dedup, packs.
 //
-// Workers are ref'd only while jobs are in flight, so an idle pool never keeps
-// a process alive. The worker source is inline (eval) so that it runs the
-// same from compiled dist/ and from TypeScript under a test runner.
+// The pool machinery (spawning, ref'ing, crash handling) is worker-pool.ts.
 
 import os from "node:os"
-import { Worker } from "node:worker_threads"
+import { WorkerPool } from "./worker-pool.js"
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
@@ -39,23 +37,12 @@ parentPort.on("message", (job) => {
 })
 `
 
-interface Job {
-  slot: Slot
-  resolve: (b: Uint8Array) => void
-  reject: (e: Error) => void
-}
-
-interface Slot {
-  worker: Worker
-  inflight: number
-}
-
 export class CodecPool {
-  private readonly slots: Slot[] = []
-  private readonly jobs = new Map<number, Job>()
-  private nextId = 0
+  private readonly pool: WorkerPool
 
-  constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {}
+  constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {
+    this.pool = new WorkerPool(WORKER_SOURCE, size)
+  }
 
   encode(codec: number, data: Uint8Array): Promise<Uint8Array> {
     return this.run({ op: "encode", codec }, data)
@@ -65,50 +52,15 @@ export class CodecPool {
     return this.run({ op: "decode", codec, rawLength }, data)
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.slots.splice(0).map((s) => s.worker.terminate()))
+  close(): Promise<void> {
+    return this.pool.close()
   }
 
-  private run(job: Record<string, unknown>, data: Uint8Array): Promise<Uint8Array> {
-    const slot = this.pick()
-    const id = this.nextId++
+  private async run(job: Record<string, unknown>, data: Uint8Array): Promise<Uint8Array> {
     // transfer a private copy: the caller's bytes may be a view into a larger buffer
-    const buffer = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)
-    return new Promise<Uint8Array>((resolve, reject) => {
-      this.jobs.set(id, { slot, resolve, reject })
-      if (slot.inflight++ === 0) slot.worker.ref()
-      slot.worker.postMessage({ ...job, id, buffer }, [buffer as ArrayBuffer])
-    })
-  }
-
-  private pick(): Slot {
-    if (this.slots.length < this.size && this.slots.every((s) => s.inflight > 0)) this.slots.push(this.spawn())
-    return this.slots.reduce((a, b) => (b.inflight < a.inflight ? b : a))
-  }
-
-  private spawn(): Slot {
-    const worker = new Worker(WORKER_SOURCE, { eval: true })
-    const slot: Slot = { worker, inflight: 0 }
-    worker.unref()
-    worker.on("message", (msg: { id: number; buffer?: ArrayBuffer; error?: string }) => {
-      const job = this.jobs.get(msg.id)
-      if (!job) return
-      this.jobs.delete(msg.id)
-      if (--slot.inflight === 0) worker.unref()
-      if (msg.error !== undefined) job.reject(new Error(msg.error))
-      else job.resolve(Buffer.from(msg.buffer!))
-    })
-    worker.on("error", (err) => {
-      // a crashed worker fails its jobs; the pool replaces it on next use
-      const i = this.slots.indexOf(slot)
-      if (i >= 0) this.slots.splice(i, 1)
-      for (const [id, job] of this.jobs) {
-        if (job.slot !== slot) continue
-        this.jobs.delete(id)
-        job.reject(err)
-      }
-    })
-    return slot
+    const buffer = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer
+    const reply = await this.pool.run<{ buffer: ArrayBuffer }>({ ...job, buffer }, [buffer])
+    return Buffer.from(reply.buffer)
   }
 }
 

@@ -18,6 +18,7 @@
 // blob and the pack; wrong bytes are never returned.
 
 import { promises as fsp } from "node:fs"
+import path from "node:path"
 import type { ObjectStore } from "./backend.js"
 import { codecFromName, decode, encode, type Codec, type CodecName } from "./codec.js"
 import {
@@ -31,7 +32,7 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
 import { acquireLock, type Lock } from "./lock.js"
-import { encodeHeader, encodeTrailer, packKey, parsePack, type PackEntry } from "./pack.js"
+import { BLOB_TREE, encodeHeader, encodeTrailer, packKey, parsePack, type PackEntry } from "./pack.js"
 import { Semaphore, mapLimit } from "./concurrency.js"
 
 export const FORMAT_VERSION = 1
@@ -452,7 +453,31 @@ export class Store {
       }
       throw new NotFoundError(`blob ${id} is not in the repository`, { blob: id })
     }
+    if (loc.kind === BLOB_TREE && this.backend.remote) return this.readTreeCached(id, loc)
     return this.readBlob(id, loc)
+  }
+
+  /**
+   * A tree blob of a remote repository, through the host's blob cache
+   * (<cacheDir>/trees/<xx>/<id>, raw bytes): listing, diffing and restoring
+   * walk the same trees again and again, and each is a round trip otherwise.
+   * A cached copy is used only if it hashes to its id; anything else is
+   * fetched again and replaces it. Writing the cache is best effort.
+   */
+  private async readTreeCached(id: BlobId, loc: BlobLocation): Promise<Uint8Array> {
+    const file = path.join(this.cacheDir, "trees", id.slice(0, 2), id)
+    const cached = await fsp.readFile(file).catch(() => undefined)
+    if (cached && hashBytes(cached) === id) return cached
+    const raw = await this.readBlob(id, loc)
+    const temp = `${file}.tmp-${randomId("t")}`
+    try {
+      await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
+      await fsp.writeFile(temp, raw, { mode: 0o600 })
+      await fsp.rename(temp, file)
+    } catch {
+      await fsp.rm(temp, { force: true }).catch(() => {})
+    }
+    return raw
   }
 
   /** Reads one blob from its pack and checks its hash. */

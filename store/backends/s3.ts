@@ -103,6 +103,9 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
 
 export class S3ObjectStore implements ObjectStore {
   readonly location: string
+  /** ranged GETs are latency-bound: keep as many in flight as the request slots allow */
+  readonly readParallelism: number
+  readonly remote = true
   readonly client: S3Client
   readonly bucket: string
   readonly prefix: string
@@ -120,6 +123,7 @@ export class S3ObjectStore implements ObjectStore {
     this.prefix = prefix
     this.location = prefix === "" ? `s3://${this.bucket}` : `s3://${this.bucket}/${prefix}`
     this.slots = new Semaphore(options.concurrency ?? 8)
+    this.readParallelism = options.concurrency ?? 8
     this.attempts = Math.max(1, options.retry?.attempts ?? 5)
     this.baseDelayMs = options.retry?.baseDelayMs ?? 100
     this.maxDelayMs = options.retry?.maxDelayMs ?? 5_000

@@ -183,6 +183,9 @@ describe("cairn CLI", () => {
     expect(help.stdout).toContain("exit codes")
     expect((await cairn(["help", "snapshot"], env)).stdout).toContain("--exclude")
     expect((await cairn(["restore", "--help"], env)).stdout).toContain("--overwrite")
+    const version = await cairn(["--version"], env)
+    expect(version.code).toBe(0)
+    expect(version.stdout).toMatch(/^cairn \d+\.\d+\.\d+ \(format 1, node \d+/)
   })
 
   it("the default repository ($CAIRN_REPO) is created on first use", async () => {

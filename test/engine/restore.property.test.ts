@@ -59,24 +59,28 @@ function withHardlinks(spec: DirSpec): DirSpec {
   return out
 }
 
-async function roundTrip(store: Store, spec: DirSpec, subPath?: string) {
+async function roundTrip(store: Store, spec: DirSpec, writers: boolean) {
   const src = await tempDir()
   await buildTree(src, spec)
   const { snapshot } = await createSnapshot(store, src)
   const dest = path.join(await tempDir(), "out")
-  await restoreSnapshot(store, snapshot, dest, subPath ? { subPath } : {})
+  await restoreSnapshot(store, snapshot, dest, { writers })
   return { src, dest, snapshot }
 }
 
 describe("restore(snapshot(tree)) == tree", () => {
-  it("for random trees", async () => {
+  // single-chunk files go to the writer threads by default; writers: false keeps them inline
+  it.each([
+    ["writer threads", true, 40],
+    ["inline writes", false, 15],
+  ] as const)("for random trees (%s)", async (_label, writers, numRuns) => {
     const store = await newStore()
     await fc.assert(
       fc.asyncProperty(treeArb.map(withHardlinks), async (spec) => {
-        const { src, dest } = await roundTrip(store, spec)
+        const { src, dest } = await roundTrip(store, spec, writers)
         expect(await describeTree(dest)).toEqual(await describeTree(src))
       }),
-      { numRuns: 40 },
+      { numRuns },
     )
     await store.close()
   })
@@ -121,7 +125,10 @@ describe("fan-out", () => {
 })
 
 describe("damage", () => {
-  it("a flipped byte fails only the affected file, with an integrity error, and leaves no partial file", async () => {
+  it.each([
+    ["writer threads", true],
+    ["inline writes", false],
+  ] as const)("a flipped byte fails only the affected file, with an integrity error, and leaves no partial file (%s)", async (_label, writers) => {
     const backend = new MemoryObjectStore()
     const store = await newStore(backend)
     const src = await tempDir()
@@ -136,7 +143,7 @@ describe("damage", () => {
       return c
     })
     const dest = path.join(await tempDir(), "out")
-    const err = await restoreSnapshot(store, snapshot, dest).catch((e) => e)
+    const err = await restoreSnapshot(store, snapshot, dest, { writers }).catch((e) => e)
     expect(err.code).toBe("INTEGRITY")
     expect(err.data.failed.map((f: { path: string }) => f.path)).toEqual(["victim.bin"])
     const names = await fsp.readdir(dest)

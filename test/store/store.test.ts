@@ -6,7 +6,7 @@ import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
 import { hashBytes } from "../../store/ids.js"
-import { BLOB_DATA, packKey, parsePack } from "../../store/pack.js"
+import { BLOB_DATA, BLOB_TREE, packKey, parsePack } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
@@ -202,5 +202,38 @@ describe("Store", () => {
     const reopened = await Store.open({ backend, cacheDir: await tempDir() })
     for (const b of blobs) expect(Buffer.from(await reopened.getBlob(hashBytes(b))).equals(b)).toBe(true)
     await reopened.close()
+  })
+
+  it("a remote backend's tree blobs are cached on the host, hash-checked on every read", async () => {
+    class Remote extends MemoryObjectStore {
+      readonly remote = true
+      packReads = 0
+      override async get(key: string, range?: { offset: number; length: number }): Promise<Uint8Array> {
+        if (key.startsWith("data/")) this.packReads++
+        return super.get(key, range)
+      }
+    }
+    const backend = new Remote()
+    const cacheDir = await tempDir()
+    const writer = await Store.init({ backend, cacheDir: await tempDir() })
+    const tree = textBytes("a tree", 2000)
+    const data = textBytes("some data", 2000)
+    const { id: treeId } = await writer.putBlob(BLOB_TREE, tree)
+    const { id: dataId } = await writer.putBlob(BLOB_DATA, data)
+    await writer.close()
+    const store = await Store.open({ backend, cacheDir })
+    expect(Buffer.from(await store.getBlob(treeId)).equals(tree)).toBe(true)
+    expect(Buffer.from(await store.getBlob(treeId)).equals(tree)).toBe(true)
+    expect(backend.packReads).toBe(1)
+    await store.getBlob(dataId)
+    await store.getBlob(dataId)
+    expect(backend.packReads).toBe(3) // data blobs are not cached
+    // a damaged cache entry is never returned: it is fetched again and replaced
+    const file = path.join(cacheDir, "trees", treeId.slice(0, 2), treeId)
+    await fsp.writeFile(file, Buffer.from("not the tree"))
+    expect(Buffer.from(await store.getBlob(treeId)).equals(tree)).toBe(true)
+    expect(backend.packReads).toBe(4)
+    expect((await fsp.readFile(file)).equals(tree)).toBe(true)
+    await store.close()
   })
 })

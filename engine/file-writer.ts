@@ -1,0 +1,151 @@
+// Restore's file writers: worker threads that turn a pack segment into
+// finished single-chunk files.
+//
+// A workspace is mostly small files, one chunk each, and restoring one costs
+// a decode, a hash check and six system calls (create, write, chmod, set
+// times, close, rename). On the main thread those calls serialize with the
+// reading and bookkeeping, and file creation on a busy ext4 is slow enough
+// (~100-200 us) that it dominated restores. A writer takes a whole segment
+// (many blobs, transferred, not copied twice) with the files each blob
+// becomes, and does all of it with synchronous calls in its own thread, so
+// two writers and the main thread overlap.
+//
+// The contract is restore's: each file is written under a temporary name in
+// its (already created) directory and renamed into place only after its
+// blob decoded to exactly its raw length and hashed to its id; a file that
+// fails is removed and reported, never left under its final name. The main
+// thread computes every path from validated trees and passes them in; the
+// worker creates nothing else. Codec numbers come from store/codec.ts.
+
+import os from "node:os"
+import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
+import { WorkerPool } from "../store/worker-pool.js"
+
+export interface WriteFile {
+  temp: string
+  final: string
+  mode: number
+  /** seconds, as fs.utimes takes them (see utimesSeconds) */
+  mtime: number
+  /** set only when ownership must be restored */
+  owner?: { uid: number; gid: number }
+}
+
+export interface WriteBlob {
+  id: string
+  codec: number
+  /** offset and length of the stored bytes inside the segment */
+  offset: number
+  length: number
+  rawLength: number
+  files: WriteFile[]
+}
+
+/** Per blob: undefined when every file was written, else what went wrong (per file, or for the blob). */
+export interface BlobOutcome {
+  /** the blob did not decode or hash: every file of it failed */
+  integrity?: string
+  /** index in files -> [errno code, message] for files that failed */
+  failed?: Record<number, [string, string]>
+}
+
+const WORKER_SOURCE = `
+const fs = require("node:fs")
+const zlib = require("node:zlib")
+const { createHash } = require("node:crypto")
+const { parentPort } = require("node:worker_threads")
+const NONE = ${CODEC_NONE}, DEFLATE = ${CODEC_DEFLATE}, BROTLI = ${CODEC_BROTLI}
+
+function decode(codec, bytes, rawLength) {
+  const opts = { maxOutputLength: Math.max(rawLength, 1) }
+  if (codec === NONE) return bytes
+  if (codec === BROTLI) return zlib.brotliDecompressSync(bytes, opts)
+  if (codec === DEFLATE) return zlib.inflateRawSync(bytes, opts)
+  throw new Error("unknown codec " + codec)
+}
+
+function writeFile(f, raw) {
+  const fd = fs.openSync(f.temp, "wx", 0o600)
+  try {
+    let done = 0
+    while (done < raw.length) done += fs.writeSync(fd, raw, done, raw.length - done)
+    if (f.owner) fs.fchownSync(fd, f.owner.uid, f.owner.gid)
+    fs.fchmodSync(fd, f.mode)
+    fs.futimesSync(fd, f.mtime, f.mtime)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(f.temp, f.final)
+}
+
+parentPort.on("message", (job) => {
+  try {
+    parentPort.postMessage({ id: job.id, outcomes: writeAll(job) })
+  } catch (err) {
+    parentPort.postMessage({ id: job.id, error: String(err && err.message || err) })
+  }
+})
+
+function writeAll(job) {
+  const segment = new Uint8Array(job.buffer)
+  return job.blobs.map((b) => {
+    let raw
+    try {
+      raw = decode(b.codec, segment.subarray(b.offset, b.offset + b.length), b.rawLength)
+    } catch (err) {
+      return { integrity: "does not decode: the pack is damaged" }
+    }
+    if (raw.length !== b.rawLength || createHash("sha256").update(raw).digest("hex") !== b.id) {
+      return { integrity: "does not match its hash: the pack is damaged" }
+    }
+    let failed
+    b.files.forEach((f, i) => {
+      try {
+        writeFile(f, raw)
+      } catch (err) {
+        try { fs.rmSync(f.temp, { force: true }) } catch {}
+        ;(failed ??= {})[i] = [String(err && err.code || "IO"), String(err && err.message || err)]
+      }
+    })
+    return failed ? { failed } : undefined
+  })
+}
+`
+
+export class FileWriterPool {
+  private readonly pool: WorkerPool
+
+  constructor(readonly size = defaultWriters()) {
+    this.pool = new WorkerPool(WORKER_SOURCE, size, { maxYoungGenerationSizeMb: 4 })
+  }
+
+  /**
+   * Decodes, checks and writes the blobs of one segment. The segment's bytes
+   * are copied into a buffer the worker owns; the caller's stay usable.
+   */
+  async write(segment: Uint8Array, blobs: WriteBlob[]): Promise<(BlobOutcome | undefined)[]> {
+    const buffer = segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer
+    const reply = await this.pool.run<{ outcomes: (BlobOutcome | undefined)[] }>({ buffer, blobs }, [buffer])
+    return reply.outcomes
+  }
+
+  close(): Promise<void> {
+    return this.pool.close()
+  }
+}
+
+/** $CAIRN_RESTORE_WRITERS, else one per core (at least 2: file creation waits on the disk as much as on a core). */
+export function defaultWriters(): number {
+  const env = Number(process.env.CAIRN_RESTORE_WRITERS)
+  if (process.env.CAIRN_RESTORE_WRITERS && Number.isInteger(env) && env >= 0) return Math.min(env, 16)
+  return Math.min(4, Math.max(2, os.availableParallelism()))
+}
+
+let shared: FileWriterPool | undefined
+
+/** The process-wide pool (concurrent restores share its threads), or undefined when $CAIRN_RESTORE_WRITERS is 0. */
+export function fileWriterPool(): FileWriterPool | undefined {
+  if (defaultWriters() === 0) return undefined
+  shared ??= new FileWriterPool()
+  return shared
+}

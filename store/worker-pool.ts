@@ -1,0 +1,79 @@
+// A small pool of worker threads running one inline (eval'd) script: the
+// machinery under the codec pool and restore's file writers.
+//
+// A job is a message with an id; the worker answers { id, ...result } or
+// { id, error }. Jobs go to the least busy worker; a new worker is spawned
+// only while every existing one is busy and the pool is below its size.
+// Workers are ref'd only while they have jobs in flight, so an idle pool
+// never keeps a process alive. A worker that crashes fails its jobs and is
+// replaced on next use. The source is inline so that it runs the same from
+// compiled dist/ and from TypeScript under a test runner.
+
+import { Worker, type ResourceLimits } from "node:worker_threads"
+
+interface Slot {
+  worker: Worker
+  inflight: number
+}
+
+interface Pending {
+  slot: Slot
+  resolve: (reply: Record<string, unknown>) => void
+  reject: (err: Error) => void
+}
+
+export class WorkerPool {
+  private readonly slots: Slot[] = []
+  private readonly pending = new Map<number, Pending>()
+  private nextId = 0
+
+  constructor(
+    private readonly source: string,
+    readonly size: number,
+    private readonly limits?: ResourceLimits,
+  ) {}
+
+  /** Posts a job (transferring `transfer`); resolves with the worker's reply, rejects with its error. */
+  run<R extends Record<string, unknown>>(job: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<R> {
+    const slot = this.pick()
+    const id = this.nextId++
+    return new Promise<R>((resolve, reject) => {
+      this.pending.set(id, { slot, resolve: resolve as (r: Record<string, unknown>) => void, reject })
+      if (slot.inflight++ === 0) slot.worker.ref()
+      slot.worker.postMessage({ ...job, id }, transfer)
+    })
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.slots.splice(0).map((s) => s.worker.terminate()))
+  }
+
+  private pick(): Slot {
+    if (this.slots.length < this.size && this.slots.every((s) => s.inflight > 0)) this.slots.push(this.spawn())
+    return this.slots.reduce((a, b) => (b.inflight < a.inflight ? b : a))
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(this.source, { eval: true, ...(this.limits ? { resourceLimits: this.limits } : {}) })
+    const slot: Slot = { worker, inflight: 0 }
+    worker.unref()
+    worker.on("message", (msg: { id: number; error?: string } & Record<string, unknown>) => {
+      const p = this.pending.get(msg.id)
+      if (!p) return
+      this.pending.delete(msg.id)
+      if (--slot.inflight === 0) worker.unref()
+      if (msg.error !== undefined) p.reject(new Error(msg.error))
+      else p.resolve(msg)
+    })
+    worker.on("error", (err) => {
+      const i = this.slots.indexOf(slot)
+      if (i >= 0) this.slots.splice(i, 1)
+      for (const [id, p] of this.pending) {
+        if (p.slot !== slot) continue
+        this.pending.delete(id)
+        p.reject(err)
+      }
+    })
+    return slot
+  }
+}
