@@ -20,8 +20,10 @@ function textChunks(mib: number): Buffer[] {
   const out: Buffer[] = []
   let x = 12345
   for (let i = 0; i < (mib << 20) / CHUNK; i++) {
-    const parts: string[] = []
-    let n = 0
+    // a distinct header per chunk: without it the generator repeats chunks,
+    // the store dedups them and "put" looks faster than compressing
+    const parts: string[] = [`chunk ${i} of a text-like stream\n`]
+    let n = parts[0]!.length
     while (n < CHUNK) {
       x = (x * 1103515245 + 12345) >>> 0
       const w = words[x % words.length]! + (x % 7 === 0 ? String(x % 1000) : "") + " "

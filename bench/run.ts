@@ -87,10 +87,10 @@ function parseArgs(argv: string[]): Args {
 
 /**
  * What each mode runs. Quick aims at ~3 minutes: the 10k small-files corpus,
- * one repetition, a 3-snapshot history. Full aims at ~20 minutes on an idle
- * 2-core machine: 3 repetitions on the workspace, 1 on the 100k small files
- * and the 1 GiB file (their restores alone take tens of seconds per tool),
- * and a 20-snapshot history on the workspace. `--reps N` overrides the
+ * one repetition, a 3-snapshot history. Full: 3 repetitions on the
+ * workspace, 1 on the 100k small files and the 1 GiB file, and a 20-snapshot
+ * history on the workspace; it aimed at ~20 minutes but takes ~70 on the
+ * 2-vCPU VM of bench/results/ (the peers' fan-outs, git and casync). `--reps N` overrides the
  * repetitions everywhere; `--corpus` picks corpora (quick: large on request).
  */
 function plan(quick: boolean) {
