@@ -131,8 +131,8 @@ interface PackPlan {
 async function runGc(store: Store, opts: GcOptions & { repackThreshold: number }): Promise<GcReport> {
   const started = performance.now()
   const dryRun = opts.dryRun === true
+  // the index was synced when the lock was taken (Store.withLock); flush adds its own file
   if (!dryRun) await store.flush()
-  await store.syncIndex()
   throwIfAborted(opts.signal)
 
   const snapshots = await readSnapshots(store)

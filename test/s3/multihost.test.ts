@@ -36,7 +36,7 @@ import { Repository } from "../../engine/repository.js"
 import { collectGarbage } from "../../engine/gc.js"
 import { buildTree, describeTree, type DirSpec, type Listing } from "../fixtures.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
-import { announceSkip, bucket, enabled, endpoint } from "./env.js"
+import { adminClient, announceSkip, bucket, enabled, endpoint } from "./env.js"
 
 announceSkip("S3 multi-host suite")
 
@@ -55,15 +55,6 @@ interface Host {
   cache: string
 }
 
-function adminClient(): S3Client {
-  return new S3Client({
-    region: process.env.AWS_REGION ?? "us-east-1",
-    endpoint: endpoint!,
-    forcePathStyle: true,
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-  })
-}
 
 async function listKeys(client: S3Client, prefix: string): Promise<string[]> {
   const keys: string[] = []

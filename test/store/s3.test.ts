@@ -19,7 +19,7 @@ import { prng } from "../../store/backends/faulty.js"
 import { isTransient, parseS3Url, S3ObjectStore, type S3ObjectStoreOptions } from "../../store/backends/s3.js"
 import { isCairnError } from "../../store/errors.js"
 import { bytes, expectBytes, objectStoreContract, seededBytes } from "./contract.js"
-import { announceSkip, bucket, enabled, endpoint } from "../s3/env.js"
+import { adminClient, announceSkip, bucket, enabled, endpoint } from "../s3/env.js"
 
 announceSkip("S3 suite")
 
@@ -31,15 +31,6 @@ function options(prefix: string, extra: Partial<S3ObjectStoreOptions> = {}): S3O
   return { bucket: bucket!, prefix, endpoint: endpoint!, region: process.env.AWS_REGION ?? "us-east-1", ...extra }
 }
 
-function adminClient(): S3Client {
-  return new S3Client({
-    region: process.env.AWS_REGION ?? "us-east-1",
-    endpoint: endpoint!,
-    forcePathStyle: true,
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-  })
-}
 
 async function removePrefix(client: S3Client, prefix: string): Promise<void> {
   let token: string | undefined
