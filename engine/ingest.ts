@@ -61,6 +61,7 @@ export interface IngestTotals {
 
 export class Ingestor {
   private readonly distinct = new Map<BlobId, number>()
+  private started: Promise<void>[] = []
   private readonly batcher: LookupBatcher
   private readonly gear: Uint32Array
   private readonly params: ChunkerParams
@@ -128,15 +129,14 @@ export class Ingestor {
     return chunks
   }
 
-  /**
-   * Accounts for chunks reused from a previous snapshot without reading them.
-   * Returns false if any is no longer in the store (gc took it): re-read then.
-   */
-  async reuse(ids: readonly BlobId[]): Promise<boolean> {
-    const locs = await Promise.all(ids.map((id) => this.batcher.lookup(id)))
-    if (locs.some((l) => l === undefined)) return false
-    ids.forEach((id, i) => this.distinct.set(id, this.store.storedLengthOf(locs[i], id)))
-    return true
+  /** Accounts for a blob the repository is known to hold (reused from a previous snapshot without reading). */
+  account(id: BlobId, storedLength: number): void {
+    if (!this.distinct.has(id)) this.distinct.set(id, storedLength)
+  }
+
+  /** Stored length of a blob this ingest referenced (final once drained and flushed), or -1. */
+  lengthOf(id: BlobId): number {
+    return this.distinct.get(id) ?? -1
   }
 
   async putTree(entries: readonly TreeEntry[]): Promise<BlobId> {
@@ -144,6 +144,25 @@ export class Ingestor {
     const id = hashBytes(bytes)
     await this.putChunk(BLOB_TREE, id, bytes)
     return id
+  }
+
+  /**
+   * Encodes a tree and starts storing it; returns its id at once, so that a
+   * parent can be encoded without waiting. drain() waits for every tree started.
+   */
+  startTree(entries: readonly TreeEntry[]): BlobId {
+    const bytes = encodeTree(entries)
+    const id = hashBytes(bytes)
+    const put = this.putChunk(BLOB_TREE, id, bytes)
+    put.catch(() => {}) // observed by drain(); not an unhandled rejection meanwhile
+    this.started.push(put)
+    return id
+  }
+
+  async drain(): Promise<void> {
+    const started = this.started
+    this.started = []
+    await Promise.all(started)
   }
 
   private async putChunk(kind: number, id: BlobId, data: Uint8Array): Promise<void> {

@@ -248,7 +248,7 @@ class Restorer {
       await this.guard(".", () => this.setMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }, false))
     }
     this.result.dirs = dirs.length
-    if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed)
+    if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
     if (this.result.failed.length > 0) {
       const first = this.result.failed[0]!
       const code = this.result.failed.some((f) => f.code === "INTEGRITY") ? "INTEGRITY" : first.code
@@ -262,22 +262,48 @@ class Restorer {
     return this.result
   }
 
-  /** Records what was restored so that the next snapshot of this workspace reads nothing unchanged. */
-  private async seedStatCache(placed: PlacedEntry[]): Promise<void> {
-    const cache: StatCache = new Map()
+  /**
+   * Records what was restored so that the next snapshot of this workspace
+   * reads nothing unchanged. A directory's tree is recorded too (so that the
+   * next snapshot reuses it whole) when the restore reproduced it exactly:
+   * every entry below it has the mode and owner its tree names, which a
+   * restore without ownership or without the right to set some mode bits
+   * does not give. The snapshot's exclude patterns go with the trees: a next
+   * snapshot with other patterns builds its trees anew.
+   */
+  private async seedStatCache(placed: PlacedEntry[], top: TreeEntry, patterns: string[] | undefined): Promise<void> {
+    const cache: StatCache = { entries: new Map(), ...(patterns ? { patterns } : {}) }
+    const parentOf = (rel: string) => rel.slice(0, Math.max(0, rel.lastIndexOf("/")))
+    /** dirs (by rel) with an entry below them not as its tree says; "" is the destination */
+    const inexact = new Set<string>()
+    const children = new Map<string, number>()
+    const stats = new Map<string, fs.BigIntStats>()
     await mapLimit(placed, 32, async (p) => {
-      const e = p.entry
-      if (e.type === "file" && e.link !== undefined) return
-      const st = await fsp.lstat(this.abs(p.rel), { bigint: true })
-      cache.set(p.rel, {
-        size: e.type === "file" ? Number(st.size) : 0,
-        mtimeNs: st.mtimeNs,
-        ctimeNs: st.ctimeNs,
-        ino: st.ino,
-        chunks: e.type === "file" ? (e.chunks ?? []) : [],
-        treeMtime: e.mtime,
-      })
+      stats.set(p.rel, await fsp.lstat(this.abs(p.rel), { bigint: true }))
     })
+    for (const p of placed) {
+      const e = p.entry
+      const st = stats.get(p.rel)!
+      const parent = parentOf(p.rel)
+      children.set(parent, (children.get(parent) ?? 0) + 1)
+      if (Number(st.mode & 0o7777n) !== e.mode || Number(st.uid) !== e.uid || Number(st.gid) !== e.gid) inexact.add(parent)
+      const kind = e.type === "file" ? (e.link !== undefined ? "link" : "file") : e.type
+      const chunks = e.type === "file" && e.link === undefined ? (e.chunks ?? []).map((id) => ({ id, length: -1 })) : []
+      cache.entries.set(p.rel, { kind, size: e.type === "file" ? Number(st.size) : 0, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, chunks, treeMtime: e.mtime })
+    }
+    // an inexact directory makes every directory above it inexact
+    for (const rel of [...inexact]) for (let r = rel; r !== ""; ) inexact.add((r = parentOf(r)))
+    const withTree = (rel: string, e: TreeEntry, size: number, st: fs.BigIntStats) => {
+      if (e.type !== "dir" || inexact.has(rel)) return
+      const entry = cache.entries.get(rel) ?? { kind: "dir" as const, size: 0, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, chunks: [] }
+      cache.entries.set(rel, { ...entry, tree: { id: e.tree, length: -1, size, entries: children.get(rel) ?? 0 } })
+    }
+    for (const p of placed) if (p.entry.type === "dir") withTree(p.rel, p.entry, p.entry.size, stats.get(p.rel)!)
+    if (top.type === "dir") {
+      // the top entry of a whole-snapshot restore is synthetic (no size): sum its children as buildTree does
+      const size = placed.reduce((n, p) => (parentOf(p.rel) !== "" ? n : p.entry.type === "dir" || (p.entry.type === "file" && p.entry.link === undefined) ? n + p.entry.size : n), 0)
+      withTree("", top, size, await fsp.lstat(this.dest, { bigint: true }))
+    }
     await saveStatCache(this.store.cacheDir, this.opts.statCacheKey!, cache)
   }
 

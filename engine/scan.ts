@@ -54,6 +54,7 @@ export interface ScanOptions {
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
+  root = path.resolve(root)
   const st = await fsp.lstat(root, { bigint: true })
   if (!st.isDirectory()) throw new Error(`${root} is not a directory`)
   const result: ScanResult = { root: toNode("", "", st), files: 0, dirs: 0, symlinks: 0, bytes: 0, warnings: [] }
@@ -98,24 +99,21 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       calls = 0
       await new Promise<void>((resolve) => setImmediate(resolve))
     }
-    let names: Buffer[]
+    let names: string[]
     try {
-      names = fs.readdirSync(abs, { encoding: "buffer" })
+      names = fs.readdirSync(abs)
       calls++
+      // undecodable bytes read as U+FFFD: such names cannot round-trip through a string
+      if (names.some((n) => n.includes("\uFFFD"))) names = validNames(abs, node.rel, result.warnings)
     } catch (err) {
       result.warnings.push({ path: node.rel || ".", reason: `directory not readable (${(err as NodeJS.ErrnoException).code})` })
       node.children = []
       continue
     }
     const children: ScanNode[] = []
-    for (const raw of names) {
-      const name = raw.toString("utf8")
+    for (const name of names) {
       const rel = node.rel === "" ? name : `${node.rel}/${name}`
-      if (!Buffer.from(name, "utf8").equals(raw)) {
-        result.warnings.push({ path: rel, reason: "name is not valid UTF-8; skipped" })
-        continue
-      }
-      const full = path.join(abs, name)
+      const full = `${abs}/${name}`
       const st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
       calls++
       if (!st) {
@@ -145,9 +143,20 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
     node.children = children
     for (let i = children.length - 1; i >= 0; i--) {
       const c = children[i]!
-      if (c.type === "dir") stack.push([path.join(abs, c.name), c])
+      if (c.type === "dir") stack.push([`${abs}/${c.name}`, c])
     }
   }
+}
+
+/** The names of a directory that are valid UTF-8; the others are reported and skipped. */
+function validNames(abs: string, rel: string, warnings: Warning[]): string[] {
+  const out: string[] = []
+  for (const raw of fs.readdirSync(abs, { encoding: "buffer" })) {
+    const name = raw.toString("utf8")
+    if (Buffer.from(name, "utf8").equals(raw)) out.push(name)
+    else warnings.push({ path: rel === "" ? name : `${rel}/${name}`, reason: "name is not valid UTF-8; skipped" })
+  }
+  return out
 }
 
 function kindOf(st: BigIntStats): string {

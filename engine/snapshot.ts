@@ -2,11 +2,14 @@
 // then commit a snapshot record.
 //
 // Phases: (1) scan the whole tree (metadata only; gives totals for progress
-// and a deterministic hardlink order); (2) store file contents, FILE_SLOTS
-// files at a time, reusing the parent snapshot's chunk lists for files whose
-// size, mtime, ctime and inode are unchanged; (3) build trees bottom-up;
-// (4) flush the store (packs and index durable) and only then write the
-// record, so a listed snapshot never references missing data.
+// and a deterministic hardlink order); (2) store file contents, a bounded
+// number of files at a time, reusing the incremental cache's chunk lists
+// (statcache.ts) for files whose size, mtime, ctime and inode are unchanged,
+// synchronously and without index lookups while the cache can vouch for its
+// blobs; (3) build trees bottom-up, reusing the cached tree of every
+// directory with nothing changed below it; (4) flush the store (packs and
+// index durable) and only then write the record, so a listed snapshot never
+// references missing data. An unchanged workspace costs its scan and nothing more.
 // A file that changes while it is read is read again once; if it changes
 // again, what was read is kept and the path is reported. A file that vanishes
 // is left out and reported. Either way the snapshot is consistent.
@@ -21,7 +24,7 @@ import type { Store } from "../store/store.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
-import { dirCacheKey, loadStatCache, saveStatCache, type StatCache } from "./statcache.js"
+import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -50,8 +53,10 @@ export interface SnapshotOptions {
 export interface SnapshotResult {
   snapshot: SnapshotRecord
   warnings: Warning[]
-  /** files whose chunk lists came from the parent without reading */
+  /** files whose chunk lists came from the incremental cache without reading */
   reusedFiles: number
+  /** directories whose tree object came from the incremental cache (nothing below them changed) */
+  reusedTrees: number
   readBytes: number
 }
 
@@ -65,6 +70,8 @@ const SMALL_FILE = 256 * 1024
  * as thread-pool round trips, which would dominate a tree of small files.
  */
 const SYNC_READ = 64 * 1024
+/** Cached blob ids looked up per index call when the cache cannot vouch for them. */
+const LOOKUP_BATCH = 8192
 export const IGNORE_FILE = ".cairnignore"
 
 export async function createSnapshot(store: Store, dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
@@ -82,13 +89,15 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   }
 
   return store.withLock(false, "snapshot", async () => {
-    const scan = await scanTree(root, { ignore, signal: opts.signal })
+    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    const cache = opts.full ? new Map() : await loadStatCache(store.cacheDir, cacheKey)
-    const run = new SnapshotRun(store, root, cache, scan.files, scan.bytes, opts)
+    const cache = opts.full ? emptyStatCache() : await loadStatCache(store.cacheDir, cacheKey)
+    const run = new SnapshotRun(store, root, cache, patterns, scan.files, scan.bytes, opts)
     run.warnings.push(...scan.warnings)
+    await run.resolveCachedBlobs()
     await run.storeFiles(scan.root)
-    const rootTree = await run.buildTree(scan.root)
+    const rootTree = run.buildTree(scan.root)
+    await run.ingest.drain()
     await store.flush()
     throwIfAborted(opts.signal)
     const totals = run.ingest.totals()
@@ -118,8 +127,10 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       stats,
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
-    await saveStatCache(store.cacheDir, cacheKey, run.newCache).catch(() => {})
-    return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, readBytes: run.readBytes }
+    if (run.changedCache()) {
+      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.loadedIndexFiles())).catch(() => {})
+    }
+    return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
 }
 
@@ -148,14 +159,24 @@ function readSmallFileSync(abs: string, expected: number): Buffer {
 class SnapshotRun {
   readonly ingest: Ingestor
   readonly warnings: Warning[] = []
-  readonly newCache: StatCache = new Map()
+  /** blobs of the cache looked up in the index (see resolveCachedBlobs), with their stored lengths */
+  private readonly known = new Map<BlobId, number>()
+  /** whether the cache's index files all still exist (see statcache.ts) */
+  private trusted = false
   private readonly chunksOf = new Map<string, BlobId[]>()
   private readonly vanished = new Set<string>()
-  private readonly treeMtimes = new Map<string, string>()
+  /** files whose bytes changed while they were read: not cached, so the next snapshot reads them again */
+  private readonly unstable = new Set<string>()
+  /** files reused from the cache without reading */
+  private readonly reused = new Set<string>()
+  private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
+  private readonly samePatterns: boolean
   private readonly smallSlots = new Semaphore(SMALL_SLOTS)
   private readonly largeSlots = new Semaphore(LARGE_SLOTS)
   reusedFiles = 0
+  reusedTrees = 0
   readBytes = 0
+  private treesBuilt = 0
   private filesDone = 0
   private bytesDone = 0
 
@@ -163,19 +184,77 @@ class SnapshotRun {
     readonly store: Store,
     readonly root: string,
     readonly cache: StatCache,
+    readonly patterns: string[],
     readonly filesTotal: number,
     readonly bytesTotal: number,
     readonly opts: SnapshotOptions,
   ) {
     this.ingest = new Ingestor(store, opts.signal)
+    this.samePatterns = cache.patterns !== undefined && cache.patterns.length === patterns.length && cache.patterns.every((p, i) => p === patterns[i])
   }
 
+  /**
+   * Learns which of the cache's blobs the repository still holds: all of
+   * them, with the lengths the cache recorded, while the index files that
+   * listed them exist; otherwise (a gc ran, or the cache came from a
+   * restore) by one bulk lookup.
+   */
+  async resolveCachedBlobs(): Promise<void> {
+    const names = this.cache.indexFiles
+    if (names !== undefined) {
+      const loaded = await this.store.loadedIndexFiles()
+      this.trusted = names.every((n) => loaded.has(n))
+    }
+    const unknown = new Set<BlobId>()
+    for (const e of this.cache.entries.values()) {
+      for (const c of e.chunks) if (!this.trusted || c.length < 0) unknown.add(c.id)
+      if (e.tree && (!this.trusted || e.tree.length < 0)) unknown.add(e.tree.id)
+    }
+    const ids = [...unknown]
+    for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
+      throwIfAborted(this.opts.signal)
+      const batch = ids.slice(i, i + LOOKUP_BATCH)
+      const locs = await this.store.locateMany(batch)
+      batch.forEach((id, k) => {
+        const loc = locs[k]
+        if (loc !== undefined && loc !== "pending") this.known.set(id, this.store.storedLengthOf(loc, id))
+      })
+    }
+  }
+
+  /** A cached blob's stored length if the repository holds it. */
+  private lengthIfHeld(b: CachedBlob): number | undefined {
+    return this.trusted && b.length >= 0 ? b.length : this.known.get(b.id)
+  }
+
+  /** The cache's entry for node if node's kind, size, mtime, ctime and inode are all unchanged. */
+  private unchanged(node: ScanNode): CachedEntry | undefined {
+    const c = this.cache.entries.get(node.rel)
+    if (!c || c.size !== node.size || c.mtimeNs !== node.mtimeNs || c.ctimeNs !== node.ctimeNs || c.ino !== node.ino) return undefined
+    const kind = node.type === "file" && node.linkTo !== undefined ? "link" : node.type
+    return c.kind === kind ? c : undefined
+  }
+
+  /**
+   * Unchanged files whose chunks the repository holds are recorded at once,
+   * synchronously; the others are read, FILE_SLOTS at a time.
+   */
   async storeFiles(dir: ScanNode): Promise<void> {
     const jobs: Promise<void>[] = []
     const visit = (node: ScanNode) => {
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
-        else if (child.type === "file" && child.linkTo === undefined) jobs.push((child.size <= SMALL_FILE ? this.smallSlots : this.largeSlots).run(() => this.storeFile(child)))
+        else if (child.type === "file" && child.linkTo === undefined) {
+          const cached = this.unchanged(child)
+          if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
+            for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
+            this.reused.add(child.rel)
+            this.reusedFiles++
+            this.record(child, cached.chunks.map((c) => c.id))
+          } else {
+            jobs.push((child.size <= SMALL_FILE ? this.smallSlots : this.largeSlots).run(() => this.storeFile(child)))
+          }
+        }
       }
     }
     visit(dir)
@@ -184,19 +263,6 @@ class SnapshotRun {
 
   private async storeFile(node: ScanNode): Promise<void> {
     throwIfAborted(this.opts.signal)
-    const cached = this.cache.get(node.rel)
-    if (
-      cached &&
-      cached.size === node.size &&
-      cached.mtimeNs === node.mtimeNs &&
-      cached.ctimeNs === node.ctimeNs &&
-      cached.ino === node.ino &&
-      (await this.ingest.reuse(cached.chunks))
-    ) {
-      this.reusedFiles++
-      this.record(node, cached.chunks, false, cached.treeMtime)
-      return
-    }
     // O_NOFOLLOW: a file swapped for a symlink between scan and read is not followed
     const abs = path.join(this.root, node.rel)
     for (let attempt = 0; ; attempt++) {
@@ -222,9 +288,10 @@ class SnapshotRun {
       }
       if (changed) {
         this.warnings.push({ path: node.rel, reason: "changed while it was read; the snapshot holds the bytes that were read" })
+        this.unstable.add(node.rel)
         node.size = size
       }
-      this.record(node, chunks, changed)
+      this.record(node, chunks)
       return
     }
   }
@@ -253,12 +320,8 @@ class SnapshotRun {
     }
   }
 
-  private record(node: ScanNode, chunks: BlobId[], changed = false, treeMtime?: string): void {
+  private record(node: ScanNode, chunks: BlobId[]): void {
     this.chunksOf.set(node.rel, chunks)
-    if (treeMtime !== undefined) this.treeMtimes.set(node.rel, treeMtime)
-    if (!changed) {
-      this.newCache.set(node.rel, { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks, ...(treeMtime ? { treeMtime } : {}) })
-    }
     this.filesDone++
     this.progress(0)
   }
@@ -274,30 +337,38 @@ class SnapshotRun {
     })
   }
 
-  /**
-   * The mtime a directory or symlink is recorded with: the one the cache
-   * knows when the entry is unchanged since cairn restored or saw it.
-   */
-  private metaMtime(node: ScanNode): string {
-    const cached = this.cache.get(node.rel)
-    const same = cached && cached.mtimeNs === node.mtimeNs && cached.ctimeNs === node.ctimeNs && cached.ino === node.ino && cached.size === node.size
-    const mtime = same && cached.treeMtime ? cached.treeMtime : nsToString(node.mtimeNs)
-    if (node.type !== "file") {
-      this.newCache.set(node.rel, { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks: [], treeMtime: mtime })
-    }
-    return mtime
+  /** The mtime recorded in trees: the one the cache knows when the entry is unchanged since cairn restored or saw it. */
+  private treeMtime(node: ScanNode): string {
+    const cached = this.unchanged(node)
+    return cached?.treeMtime ?? nsToString(node.mtimeNs)
   }
 
-  /** Writes the trees of dir and everything below it; returns its id and logical size. */
-  async buildTree(dir: ScanNode): Promise<{ id: BlobId; size: number }> {
+  /**
+   * The tree of dir and everything below it: the cached tree when nothing
+   * below changed, else a new one (stored in the background; see
+   * Ingestor.drain). Returns its id, its logical size and whether it was reused.
+   */
+  buildTree(dir: ScanNode): { id: BlobId; size: number; reused: boolean } {
+    const children = dir.children ?? []
+    const subtrees = children.map((c) => (c.type === "dir" ? this.buildTree(c) : undefined))
+    const cached = this.samePatterns ? this.unchanged(dir)?.tree : undefined
+    if (
+      cached &&
+      cached.entries === children.length &&
+      this.lengthIfHeld(cached) !== undefined &&
+      children.every((c, i) =>
+        c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c.rel) : this.unchanged(c) !== undefined,
+      )
+    ) {
+      this.ingest.account(cached.id, this.lengthIfHeld(cached)!)
+      this.trees.set(dir.rel, { id: cached.id, size: cached.size, entries: cached.entries })
+      this.reusedTrees++
+      return { id: cached.id, size: cached.size, reused: true }
+    }
     const entries: TreeEntry[] = []
     let size = 0
-    const subtrees = await Promise.all(
-      (dir.children ?? []).map((c) => (c.type === "dir" ? this.buildTree(c) : undefined)),
-    )
-    ;(dir.children ?? []).forEach((child, i) => {
-      const mtime = this.treeMtimes.get(child.rel) ?? this.metaMtime(child)
-      const base = { name: child.name, mode: child.mode, mtime, uid: child.uid, gid: child.gid }
+    children.forEach((child, i) => {
+      const base = { name: child.name, mode: child.mode, mtime: this.treeMtime(child), uid: child.uid, gid: child.gid }
       if (child.type === "dir") {
         const sub = subtrees[i]!
         entries.push({ ...base, type: "dir", size: sub.size, tree: sub.id })
@@ -313,7 +384,37 @@ class SnapshotRun {
         size += child.size
       }
     })
-    return { id: await this.ingest.putTree(entries), size }
+    const id = this.ingest.startTree(entries)
+    this.treesBuilt++
+    this.trees.set(dir.rel, { id, size, entries: entries.length })
+    return { id, size, reused: false }
+  }
+
+  /** Whether the next snapshot needs a new cache: anything read or rebuilt, or the cache's blobs not yet vouched for. */
+  changedCache(): boolean {
+    return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > this.reused.size || this.treesBuilt > 0
+  }
+
+  /** The cache for the next snapshot: every entry as scanned now, with what it was stored as. */
+  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>): StatCache {
+    const entries = new Map<string, CachedEntry>()
+    const blob = (id: BlobId): CachedBlob => ({ id, length: this.ingest.lengthOf(id) })
+    const add = (node: ScanNode) => {
+      const base = { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks: [] as CachedBlob[], treeMtime: this.treeMtime(node) }
+      if (node.type === "dir") {
+        const tree = this.trees.get(node.rel)
+        entries.set(node.rel, { ...base, kind: "dir", ...(tree ? { tree: { ...tree, length: this.ingest.lengthOf(tree.id) } } : {}) })
+        for (const child of node.children ?? []) add(child)
+      } else if (node.type === "symlink") {
+        entries.set(node.rel, { ...base, kind: "symlink" })
+      } else if (node.linkTo !== undefined) {
+        entries.set(node.rel, { ...base, kind: "link" })
+      } else {
+        const chunks = this.chunksOf.get(node.rel)
+        if (chunks && !this.unstable.has(node.rel)) entries.set(node.rel, { ...base, kind: "file", chunks: chunks.map(blob) })
+      }
+    }
+    add(root)
+    return { entries, patterns: this.patterns, indexFiles: [...indexFiles] }
   }
 }
-

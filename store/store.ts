@@ -214,6 +214,11 @@ export class Store {
     return { loaded: missing.length, rebuilt, damaged: [...this.damagedIndex].sort() }
   }
 
+  /** Index files whose blobs this host's index holds (as of the last sync or flush). */
+  loadedIndexFiles(): Promise<Set<string>> {
+    return this.index.loadedFiles()
+  }
+
   /** Index files this store found damaged (see syncIndex). */
   damagedIndexFiles(): string[] {
     return [...this.damagedIndex].sort()

@@ -1,0 +1,162 @@
+// Incremental snapshots (engine/statcache.ts): whatever the cache lets a
+// snapshot skip, the result must be exactly what a full re-read gives.
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import { diffTrees } from "../../engine/diff.js"
+import { collectGarbage } from "../../engine/gc.js"
+import { restoreSnapshot } from "../../engine/restore.js"
+import { createSnapshot, type SnapshotOptions } from "../../engine/snapshot.js"
+import { dirCacheKey } from "../../engine/statcache.js"
+import { MemoryObjectStore } from "../../store/backends/memory.js"
+import { Store } from "../../store/store.js"
+import { buildTree, describeTree, type DirSpec } from "../fixtures.js"
+import { seededBytes, tempDir } from "../helpers.js"
+import { dirSpec, mutate } from "./mutations.js"
+
+async function newStore(): Promise<Store> {
+  return Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
+}
+
+/** A snapshot that reads everything and keeps its cache apart from the workspace's own. */
+const fullRead = (store: Store, dir: string, opts: SnapshotOptions = {}) => createSnapshot(store, dir, { ...opts, full: true, cacheKey: "full-read-check" })
+
+async function countDirs(root: string): Promise<number> {
+  let n = 1
+  for (const e of await fsp.readdir(root, { withFileTypes: true })) if (e.isDirectory()) n += await countDirs(path.join(root, e.name))
+  return n
+}
+
+describe("incremental snapshots", () => {
+  it("after any sequence of edits, give the tree and sizes a full re-read gives", async () => {
+    const store = await newStore()
+    let reusedSome = 0
+    await fc.assert(
+      fc.asyncProperty(
+        dirSpec,
+        fc.array(fc.array(fc.record({ op: fc.integer({ min: 0, max: 8 }), pick: fc.nat() }), { maxLength: 3 }), { minLength: 1, maxLength: 4 }),
+        async (spec, rounds) => {
+          const src = await tempDir()
+          await buildTree(src, spec)
+          let parent = (await createSnapshot(store, src)).snapshot
+          for (const [r, ops] of rounds.entries()) {
+            for (const [i, { op, pick }] of ops.entries()) await mutate(src, op, pick, r * 10 + i)
+            const inc = await createSnapshot(store, src, { parent })
+            const full = await fullRead(store, src)
+            expect(inc.warnings).toEqual([])
+            expect(inc.snapshot.tree).toBe(full.snapshot.tree)
+            expect(full.snapshot.stats.addedBytes).toBe(0)
+            expect(inc.snapshot.stats).toEqual({ ...full.snapshot.stats, addedBytes: inc.snapshot.stats.addedBytes })
+            if (inc.reusedTrees > 0) reusedSome++
+            parent = inc.snapshot
+          }
+          await fsp.rm(src, { recursive: true, force: true })
+        },
+      ),
+      { numRuns: 40 },
+    )
+    expect(reusedSome).toBeGreaterThan(10) // the property exercised tree reuse, not only full rebuilds
+    await store.close()
+  })
+
+  it("an unchanged tree costs no read, no new tree and no index lookup", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    const spec: DirSpec = {}
+    for (let d = 0; d < 20; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: { "g.bin": { file: seededBytes(`g${d}`, 40_000) } } } } }
+    await buildTree(src, spec)
+    const first = await createSnapshot(store, src)
+    let lookups = 0
+    const locateMany = store.locateMany.bind(store)
+    store.locateMany = async (ids) => {
+      lookups += ids.length
+      return locateMany(ids)
+    }
+    const second = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(second).toMatchObject({ readBytes: 0, reusedFiles: 40, reusedTrees: 41 })
+    expect(lookups).toBe(0)
+    expect(second.snapshot.tree).toBe(first.snapshot.tree)
+    expect(second.snapshot.stats).toEqual({ ...first.snapshot.stats, addedBytes: 0 })
+    // one edit deep down rebuilds that directory and its ancestors only
+    await fsp.writeFile(path.join(src, "d7", "sub", "g.bin"), "edited")
+    const third = await createSnapshot(store, src, { parent: second.snapshot })
+    expect(third).toMatchObject({ readBytes: 6, reusedFiles: 39, reusedTrees: 41 - 3 })
+    expect(third.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    await store.close()
+  })
+
+  it("after a gc, looks the cache's blobs up again and re-reads files whose chunks are gone", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "a.bin": { file: seededBytes("a", 100_000) }, keep: { dir: { "b.txt": { file: "kept" } } } })
+    const first = await createSnapshot(store, src)
+    await store.deleteRecord("snapshots", first.snapshot.id)
+    await collectGarbage(store, {})
+    const again = await createSnapshot(store, src)
+    expect(again.readBytes).toBe(100_000 + 4) // nothing was left to reuse
+    expect(again.reusedFiles).toBe(0)
+    const dest = path.join(await tempDir(), "out")
+    await restoreSnapshot(store, again.snapshot, dest)
+    expect(await describeTree(dest)).toEqual(await describeTree(src))
+    await store.close()
+  })
+
+  it("builds trees anew when the exclude patterns change", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { app: { dir: { "main.js": { file: "main" }, "debug.log": { file: "log" } } }, "README.md": { file: "readme" } })
+    const a = await createSnapshot(store, src, { exclude: ["*.log"] })
+    const b = await createSnapshot(store, src, { parent: a.snapshot })
+    expect(b.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    expect(b.snapshot.stats.files).toBe(3)
+    await fsp.writeFile(path.join(src, ".cairnignore"), "app/\n")
+    await fsp.utimes(src, new Date(0), new Date(0)) // the root's ctime still changes; the patterns must decide
+    const c = await createSnapshot(store, src, { parent: b.snapshot })
+    expect(c.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    expect(c.snapshot.stats.files).toBe(2) // README.md and .cairnignore
+    await store.close()
+  })
+
+  it("a restored box's first snapshot reuses every file and tree of the snapshot it came from", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, {
+      "a.txt": { file: "hello", mode: 0o640, mtimeNs: 1_700_000_000_123_456_789n },
+      sub: { dir: { deep: { dir: { "x.bin": { file: seededBytes("x", 300_000) } } }, empty: { dir: {} } } },
+      link: { symlink: "a.txt" },
+      "hard-1": { file: "shared" },
+      other: { dir: { "hard-2": { hardlink: "hard-1" } } },
+    })
+    const original = await createSnapshot(store, src)
+    const box = path.join(await tempDir(), "box")
+    await restoreSnapshot(store, original.snapshot, box, { statCacheKey: "box-1" })
+    const again = await createSnapshot(store, box, { cacheKey: "box-1" })
+    expect(again).toMatchObject({ readBytes: 0, reusedFiles: 3, reusedTrees: await countDirs(box) })
+    expect(again.snapshot.tree).toBe(original.snapshot.tree)
+    expect(again.snapshot.stats).toEqual({ ...original.snapshot.stats, addedBytes: 0 })
+    // read-only links (x.bin) differ from the tree in mode: the directories above them are built anew
+    const linked = path.join(await tempDir(), "linked")
+    await restoreSnapshot(store, original.snapshot, linked, { statCacheKey: "box-2", link: true })
+    const fromLinked = await createSnapshot(store, linked, { cacheKey: "box-2" })
+    expect(fromLinked).toMatchObject({ readBytes: 0, reusedTrees: 2 }) // sub/empty and other
+    const diff = await diffTrees(store, original.snapshot.tree, fromLinked.snapshot.tree)
+    expect(diff.changes.map((c) => `${c.change} ${c.path} ${c.what?.join(",")}`)).toEqual(["modified sub/deep/x.bin mode"])
+    await store.close()
+  })
+
+  it("a damaged or foreign cache file only costs a full read", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.txt": { file: "beta" } } } })
+    const a = await createSnapshot(store, src)
+    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.json`)
+    for (const junk of ["{not json", "[]", JSON.stringify({ v: 2, rows: [["a.txt", "f", "five", "1", "1", "1", "", ""]] }), JSON.stringify({ v: 99, rows: [] })]) {
+      await fsp.writeFile(file, junk)
+      const b = await createSnapshot(store, src, { parent: a.snapshot })
+      expect(b.readBytes).toBe(9)
+      expect(b.snapshot.tree).toBe(a.snapshot.tree)
+    }
+    await store.close()
+  })
+})
