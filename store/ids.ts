@@ -21,12 +21,20 @@ export function isBlobId(value: unknown): value is BlobId {
   return typeof value === "string" && HEX_ID.test(value)
 }
 
+// Both run once per entry when index files and pack headers are read or
+// written (hundreds of thousands of times in a large repository): they work
+// on a Buffer in place rather than allocating one per id.
+
 export function idToBytes(id: BlobId, out: Uint8Array, offset: number): void {
-  out.set(Buffer.from(id, "hex"), offset)
+  asBuffer(out).write(id, offset, ID_BYTES, "hex")
 }
 
 export function idFromBytes(buf: Uint8Array, offset: number): BlobId {
-  return Buffer.from(buf.buffer, buf.byteOffset + offset, ID_BYTES).toString("hex") as BlobId
+  return asBuffer(buf).toString("hex", offset, offset + ID_BYTES) as BlobId
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 }
 
 /** A random identifier with a readable prefix, e.g. "snap_9f2c4e1a0b7d3e58". */

@@ -51,7 +51,7 @@ export function writeEntry(buf: Buffer, at: number, e: PackEntry): void {
 }
 
 export function readEntry(buf: Uint8Array, at: number): PackEntry {
-  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
+  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   return {
     kind: b[at]!,
     codec: b[at + 1]!,
