@@ -7,8 +7,11 @@
 //      is done: no writer can reference a blob gc is about to delete.
 //   2. Flush this process's store and sync the local index.
 //   3. Mark: read every snapshot record (a damaged record aborts gc: what it
-//      references is unknown) and walk its trees; a tree shared by several
-//      snapshots is read once. live = every tree id and every chunk id.
+//      references is unknown) and walk its trees breadth first; a tree shared
+//      by several snapshots is read once. Each level's trees are read in pack
+//      and offset order, neighbours with one ranged read, and only their
+//      references are parsed (a tree gc cannot read them from aborts gc).
+//      live = every tree id and every chunk id.
 //   4. Read every index file (index/) and list data/. A pack that no index
 //      file lists is an orphan (a writer crashed before its index file, or an
 //      earlier gc crashed). Orphans are read only if some live blob is in no
@@ -62,7 +65,7 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "../store/ind
 import type { BlobLocation } from "../store/local-index.js"
 import { ENTRY_BYTES, TRAILER_BYTES, packKey, parsePack, type PackEntry } from "../store/pack.js"
 import type { Store } from "../store/store.js"
-import { decodeTree } from "./tree.js"
+import { TREE_VERSION } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 import { listSnapshots } from "./records.js"
 
@@ -274,23 +277,24 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
   let treesDone = 0
   while (frontier.length > 0) {
     const next: BlobId[] = []
-    await mapLimit(frontier, 16, async (id) => {
+    const reads = treeReads(await locateTrees(view, frontier))
+    await mapLimit(reads, 4, async (read) => {
       throwIfAborted(opts.signal)
-      let loc = view.locate(id)
-      if (!loc) {
-        await view.readOrphans()
-        loc = view.locate(id)
-      }
-      if (!loc) throw new IntegrityError(`tree ${id} is missing from the repository; gc stopped without changing anything`, { tree: id })
-      const tree = decodeTree(await store.readBlob(id, loc), id)
-      for (const e of tree.entries) {
-        if (e.type === "dir" && !live.has(e.tree)) {
-          live.add(e.tree)
-          next.push(e.tree)
-        } else if (e.type === "file") for (const c of e.chunks ?? []) live.add(c)
-      }
-      treesDone++
-      opts.onProgress?.({ phase: "gc", filesDone: treesDone, filesTotal: treesDone + next.length, bytesDone: 0, bytesTotal: 0 })
+      const bytes = await store.readPackRange(read.pack, read.start, read.end - read.start)
+      await Promise.all(
+        read.trees.map(async ({ id, loc }) => {
+          const stored = bytes.subarray(loc.offset - read.start, loc.offset - read.start + loc.length)
+          const refs = treeReferences(await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack), id)
+          for (const sub of refs.trees) {
+            if (live.has(sub)) continue
+            live.add(sub)
+            next.push(sub)
+          }
+          for (const c of refs.chunks) live.add(c)
+          treesDone++
+          opts.onProgress?.({ phase: "gc", filesDone: treesDone, filesTotal: treesDone + next.length, bytesDone: 0, bytesTotal: 0 })
+        }),
+      )
     })
     frontier = next
   }
@@ -305,6 +309,97 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
   return live
 }
 
+/**
+ * The subtrees and chunks a tree references (the format is in tree.ts).
+ * decodeTree checks every name and field for restore's sake and costs three
+ * times the JSON parse; gc needs only the references, so it checks only what
+ * could make it miss one: an entry type it does not know, or a reference that
+ * is not a string, stops gc. (A string that is no blob id is found in no
+ * pack, which stops gc too.) It may keep more than restore would use (chunks
+ * next to a hardlink), never less.
+ */
+function treeReferences(raw: Uint8Array, id: BlobId): { trees: BlobId[]; chunks: BlobId[] } {
+  const bad = (why: string) =>
+    new IntegrityError(`tree ${id} is malformed (${why}); gc stopped without changing anything`, { tree: id })
+  let doc: { v?: unknown; entries?: unknown }
+  try {
+    doc = JSON.parse(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString("utf8"))
+  } catch {
+    throw bad("not JSON")
+  }
+  if (typeof doc !== "object" || doc === null || doc.v !== TREE_VERSION) throw bad("unknown version")
+  if (!Array.isArray(doc.entries)) throw bad("no entries")
+  const trees: BlobId[] = []
+  const chunks: BlobId[] = []
+  for (const e of doc.entries as Array<{ type?: unknown; tree?: unknown; chunks?: unknown } | null>) {
+    switch (e?.type) {
+      case "dir":
+        if (typeof e.tree !== "string") throw bad("a subtree is not an id")
+        trees.push(e.tree as BlobId)
+        break
+      case "file":
+        if (e.chunks === undefined) break
+        if (!Array.isArray(e.chunks) || !e.chunks.every((c) => typeof c === "string")) throw bad("a chunk list is not a list of ids")
+        for (const c of e.chunks) chunks.push(c as BlobId)
+        break
+      case "symlink":
+        break
+      default:
+        throw bad(`unknown entry type ${JSON.stringify(e?.type)}`)
+    }
+  }
+  return { trees, chunks }
+}
+
+interface LocatedTree {
+  id: BlobId
+  loc: BlobLocation
+}
+
+/** Where each tree is; reads the orphans' headers if one is in no indexed pack. */
+async function locateTrees(view: RepoView, ids: readonly BlobId[]): Promise<LocatedTree[]> {
+  if (ids.some((id) => !view.where.has(id))) await view.readOrphans()
+  return ids.map((id) => {
+    const loc = view.locate(id)
+    if (!loc) throw new IntegrityError(`tree ${id} is missing from the repository; gc stopped without changing anything`, { tree: id })
+    return { id, loc }
+  })
+}
+
+/**
+ * Reads that never span more than this, nor skip more than TREE_READ_GAP
+ * bytes between two trees: a snapshot writes its trees next to each other,
+ * so one read fetches many of them (one syscall or one ranged GET instead of
+ * one per tree) while the bytes of unrelated blobs read along stay few.
+ */
+const TREE_READ_SPAN = 16 << 20
+const TREE_READ_GAP = 256 << 10
+
+interface TreeRead {
+  pack: string
+  start: number
+  end: number
+  trees: LocatedTree[]
+}
+
+/** Groups trees into ranged reads, per pack, in offset order. */
+function treeReads(trees: LocatedTree[]): TreeRead[] {
+  const sorted = [...trees].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset))
+  const reads: TreeRead[] = []
+  let read: TreeRead | undefined
+  for (const t of sorted) {
+    const end = t.loc.offset + t.loc.length
+    if (read && read.pack === t.loc.pack && t.loc.offset - read.end <= TREE_READ_GAP && end - read.start <= TREE_READ_SPAN) {
+      read.end = Math.max(read.end, end)
+      read.trees.push(t)
+    } else {
+      read = { pack: t.loc.pack, start: t.loc.offset, end, trees: [t] }
+      reads.push(read)
+    }
+  }
+  return reads
+}
+
 /** Homes every live blob in one pack and decides each pack's fate. */
 function planPacks(view: RepoView, live: Set<BlobId>, threshold: number): PackPlan[] {
   const candidateUse = new Map<string, number>()
@@ -314,16 +409,21 @@ function planPacks(view: RepoView, live: Set<BlobId>, threshold: number): PackPl
       candidateUse.set(pack, (candidateUse.get(pack) ?? 0) + e.length + ENTRY_BYTES)
     }
   }
-  const score = (pack: string) => ((candidateUse.get(pack) ?? 0) + TRAILER_BYTES) / view.packs.get(pack)!.size!
+  const score = new Map<string, number>()
+  for (const [pack, use] of candidateUse) score.set(pack, (use + TRAILER_BYTES) / view.packs.get(pack)!.size!)
   const homed = new Map<string, PackEntry[]>()
   for (const id of live) {
-    let best: string | undefined
-    for (const pack of view.where.get(id)!) {
-      if (best === undefined || score(pack) > score(best) || (score(pack) === score(best) && pack < best)) best = pack
+    const copies = view.where.get(id)!
+    let best = copies[0]!
+    for (let i = 1; i < copies.length; i++) {
+      const pack = copies[i]!
+      const a = score.get(pack)!
+      const b = score.get(best)!
+      if (a > b || (a === b && pack < best)) best = pack
     }
-    const list = homed.get(best!) ?? []
-    list.push(view.packs.get(best!)!.entries.get(id)!)
-    homed.set(best!, list)
+    const list = homed.get(best)
+    if (list) list.push(view.packs.get(best)!.entries.get(id)!)
+    else homed.set(best, [view.packs.get(best)!.entries.get(id)!])
   }
   const plans: PackPlan[] = []
   for (const pack of [...view.packs.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) {

@@ -12,9 +12,9 @@ import { verifyRepository } from "../../engine/verify.js"
 import type { ObjectStore } from "../../store/backend.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
-import { IoError } from "../../store/errors.js"
+import { IntegrityError, IoError } from "../../store/errors.js"
 import { decodeIndexFile } from "../../store/index-file.js"
-import { ENTRY_BYTES, TRAILER_BYTES } from "../../store/pack.js"
+import { BLOB_TREE, ENTRY_BYTES, TRAILER_BYTES } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { buildTree, describeTree, type DirSpec } from "../fixtures.js"
 import { seededBytes, tempDir } from "../helpers.js"
@@ -116,6 +116,58 @@ describe("gc", () => {
     const again = await collectGarbage(store)
     expect(again.bytesFreed).toBe(0)
     await store.close()
+  })
+
+  it("reads the trees of a snapshot with a few ranged reads, not one per tree", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await open(backend, true)
+    const src = await tempDir()
+    const spec: DirSpec = {}
+    for (let d = 0; d < 40; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` } } }
+    await buildTree(src, spec)
+    await createSnapshot(store, src)
+    const packReads: string[] = []
+    const counting = new Proxy(backend, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver)
+        if (prop !== "get") return typeof v === "function" ? v.bind(target) : v
+        return (key: string, range?: { offset: number; length: number }) => {
+          if (key.startsWith("data/")) packReads.push(key)
+          return target.get(key, range)
+        }
+      },
+    }) as ObjectStore
+    const reader = await open(counting)
+    const report = await collectGarbage(reader, { dryRun: true })
+    expect(report.liveBlobs).toBe(41 + 40) // 41 trees, 40 chunks
+    expect(packReads.length).toBeLessThanOrEqual(4) // one per level of the tree (and pack), here 2
+    await Promise.all([store.close(), reader.close()])
+  })
+
+  it("stops, changing nothing, at a tree whose references it cannot tell", async () => {
+    const bad: unknown[] = [
+      { name: "p", type: "fifo", mode: 0o644, mtime: "0", uid: 0, gid: 0 }, // an entry type it does not know
+      { name: "d", type: "dir", mode: 0o755, mtime: "0", uid: 0, gid: 0, size: 0, tree: 7 },
+      { name: "f", type: "file", mode: 0o644, mtime: "0", uid: 0, gid: 0, size: 1, chunks: "abc" },
+      null,
+    ]
+    for (const entry of bad) {
+      const backend = new MemoryObjectStore()
+      const store = await open(backend, true)
+      const src = await tempDir()
+      await buildTree(src, treeFor(1, [1]))
+      const { snapshot } = await createSnapshot(store, src)
+      const { id } = await store.putBlob(BLOB_TREE, Buffer.from(JSON.stringify({ v: 1, entries: [entry] })))
+      await store.flush()
+      await store.putRecord("snapshots", "snap_0000000000000001", { ...snapshot, id: "snap_0000000000000001", tree: id })
+      await store.deleteRecord("snapshots", snapshot.id)
+      const before = (await backend.list("")).filter((o) => !o.key.startsWith("locks/")).map((o) => o.key)
+      const err = await collectGarbage(store).catch((e) => e)
+      expect(err).toBeInstanceOf(IntegrityError)
+      expect(err.message).toContain(`tree ${id} is malformed`)
+      expect((await backend.list("")).filter((o) => !o.key.startsWith("locks/")).map((o) => o.key)).toEqual(before)
+      await store.close()
+    }
   })
 
   it("waits for a snapshot holding the shared lock, and a snapshot waits for gc", async () => {
