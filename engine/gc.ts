@@ -31,7 +31,10 @@
 //      (live) entries only. Only after that put resolved (durable), delete
 //      every other index file; only after that, delete every pack in data/
 //      that the new index file does not list.
-//   8. Reset the local index (clear + sync from the one index file).
+//   8. Bring the local index to exactly the one index file: delete the
+//      entries of the blobs it no longer lists, rewrite those it lists in
+//      another place, then swap the index-file records (Store.replaceIndexFiles;
+//      if the cache held anything else, it is rebuilt instead).
 //
 // Crash points (the repository after a crash at each, and why it is safe;
 // "rerun" is the next gc):
@@ -49,9 +52,10 @@
 //   e. While packs are deleted: only the new index file remains and it lists
 //      no pack that is deleted; the packs left over are orphans, which a
 //      rerun deletes without reading (no live blob needs them).
-//   f. Before the local index reset: the local cache names index files that
-//      vanished; the next syncIndex (Store.open, a reader's locateForRead)
-//      sees that and rebuilds it.
+//   f. Before or during the local index update: the local cache names index
+//      files that vanished (their records go last, in one atomic batch); the
+//      next syncIndex (Store.open, a reader's locateForRead) sees that and
+//      rebuilds it.
 // The lock object of a crashed gc stays behind until it is stale (dead pid
 // on this host, or not refreshed for 5 minutes elsewhere).
 //
@@ -208,6 +212,8 @@ class RepoView {
   readonly packs = new Map<string, PackInfo>()
   /** blob -> existing packs that hold a copy (indexed ones, and orphans once read) */
   readonly where = new Map<BlobId, string[]>()
+  /** blob -> the pack of its only index entry, or null when index files list it more than once */
+  readonly indexedIn = new Map<BlobId, string | null>()
   private orphansRead: Promise<void> | undefined
 
   private constructor(
@@ -222,7 +228,10 @@ class RepoView {
     for (const listing of files.flat()) {
       const info = view.info(listing.pack)
       info.indexed = true
-      for (const e of listing.entries) info.entries.set(e.id, e)
+      for (const e of listing.entries) {
+        info.entries.set(e.id, e)
+        view.indexedIn.set(e.id, view.indexedIn.has(e.id) ? null : listing.pack)
+      }
     }
     for (const obj of await store.backend.list("data/")) {
       view.info(obj.key.slice(obj.key.lastIndexOf("/") + 1)).size = obj.size
@@ -437,6 +446,24 @@ function planPacks(view: RepoView, live: Set<BlobId>, threshold: number): PackPl
   return plans
 }
 
+/**
+ * How the new index file differs from the union of the old ones (which the
+ * local cache holds): the blobs it no longer lists, and those it lists
+ * somewhere else than the one old entry (moved, or listed more than once).
+ */
+function indexDelta(view: RepoView, listings: readonly PackListing[]): Parameters<Store["replaceIndexFiles"]>[2] {
+  const listed = new Set<BlobId>()
+  const put: Array<[BlobId, BlobLocation]> = []
+  for (const { pack, entries } of listings) {
+    for (const e of entries) {
+      listed.add(e.id)
+      if (view.indexedIn.get(e.id) !== pack) put.push([e.id, { pack, kind: e.kind, codec: e.codec, offset: e.offset, length: e.length, rawLength: e.rawLength }])
+    }
+  }
+  const remove = [...view.indexedIn.keys()].filter((id) => !listed.has(id))
+  return { remove, put }
+}
+
 /** The sizes of the packs the store will write for these blobs (it seals a pack at packSize). */
 function plannedPackSizes(entries: readonly PackEntry[], packSize: number): number[] {
   const sizes: number[] = []
@@ -499,11 +526,11 @@ async function execute(
   const { name, bytes } = encodeIndexFile(listings)
   const indexFiles = (await store.backend.list("index/")).map((o) => o.key)
   const newKey = `index/${name}`
-  if (!(indexFiles.length === 1 && indexFiles[0] === newKey)) {
+  const replaced = indexFiles.filter((key) => key !== newKey)
+  if (replaced.length > 0) {
     await store.backend.put(newKey, bytes)
     touched.push(newKey)
-    for (const key of indexFiles) {
-      if (key === newKey) continue
+    for (const key of replaced) {
       await store.backend.delete(key)
       touched.push(key)
     }
@@ -516,8 +543,11 @@ async function execute(
   }
 
   // 8. the local cache: exactly the new index file
-  await store.index.clear()
-  await store.syncIndex()
+  await store.replaceIndexFiles(
+    name,
+    replaced.map((key) => key.slice("index/".length)),
+    indexDelta(view, listings),
+  )
   let after = kept.reduce((n, p) => n + p.pack.size!, 0)
   for (const entries of fresh.values()) after += entries.reduce((n, e) => n + e.length + ENTRY_BYTES, TRAILER_BYTES)
   return after

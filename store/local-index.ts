@@ -27,10 +27,29 @@ export interface BlobIndex {
   readonly kind: "level" | "memory"
   getMany(ids: readonly BlobId[]): Promise<(BlobLocation | undefined)[]>
   add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void>
+  /**
+   * Replaces the loaded index files `dropFiles` by `addFile`: deletes the
+   * entries of `remove`, writes those of `put`, and only then changes the
+   * file records, so that a crash part-way leaves a cache that still names
+   * files which are gone, and the next sync rebuilds it.
+   */
+  replace(changes: IndexChanges): Promise<void>
   loadedFiles(): Promise<Set<string>>
   clear(): Promise<void>
   close(): Promise<void>
 }
+
+export interface IndexChanges {
+  remove: readonly BlobId[]
+  put: ReadonlyArray<readonly [BlobId, BlobLocation]>
+  dropFiles: readonly string[]
+  addFile: string
+}
+
+type BatchOp = { type: "put"; key: string; value: Uint8Array } | { type: "del"; key: string }
+
+/** The value of an "f" key: the index file is loaded. */
+const FILE_LOADED = new Uint8Array([1])
 
 const LOC_BYTES = 32 + 2 + 12
 
@@ -68,6 +87,12 @@ export class MemoryIndex implements BlobIndex {
   async add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void> {
     for (const [id, loc] of entries) this.map.set(id, loc)
     if (indexFile) this.files.add(indexFile)
+  }
+  async replace(changes: IndexChanges): Promise<void> {
+    for (const id of changes.remove) this.map.delete(id)
+    await this.add(changes.put)
+    for (const f of changes.dropFiles) this.files.delete(f)
+    this.files.add(changes.addFile)
   }
   async loadedFiles(): Promise<Set<string>> {
     return new Set(this.files)
@@ -115,12 +140,22 @@ export class LevelIndex implements BlobIndex {
   }
 
   async add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void> {
-    const ops: Array<{ type: "put"; key: string; value: Uint8Array }> = entries.map(([id, loc]) => ({
-      type: "put",
-      key: `b${id}`,
-      value: encodeLoc(loc),
-    }))
-    if (indexFile) ops.push({ type: "put", key: `f${indexFile}`, value: new Uint8Array([1]) })
+    const ops: BatchOp[] = entries.map(([id, loc]) => ({ type: "put", key: `b${id}`, value: encodeLoc(loc) }))
+    if (indexFile) ops.push({ type: "put", key: `f${indexFile}`, value: FILE_LOADED })
+    await this.batches(ops)
+  }
+
+  async replace(changes: IndexChanges): Promise<void> {
+    await this.batches(changes.remove.map((id) => ({ type: "del", key: `b${id}` })))
+    await this.add(changes.put)
+    // one batch, last: LevelDB applies it atomically
+    await this.db.batch([
+      ...changes.dropFiles.map((f) => ({ type: "del" as const, key: `f${f}` })),
+      { type: "put", key: `f${changes.addFile}`, value: FILE_LOADED },
+    ])
+  }
+
+  private async batches(ops: ReadonlyArray<BatchOp>): Promise<void> {
     for (let i = 0; i < ops.length; i += 50_000) await this.db.batch(ops.slice(i, i + 50_000))
   }
 

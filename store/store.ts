@@ -219,6 +219,31 @@ export class Store {
     return this.index.loadedFiles()
   }
 
+  /**
+   * Brings the local cache up to date after gc replaced the index files
+   * `replaced` by the single file `name`, by applying the difference gc knows
+   * (`remove`: blobs the new file does not list; `put`: the blobs whose
+   * location may differ from the cached one) instead of clearing the cache
+   * and loading every entry again. That is only right if the cache holds the
+   * replaced files and nothing else (the new one aside); otherwise the cache
+   * is rebuilt from the index files.
+   */
+  async replaceIndexFiles(
+    name: string,
+    replaced: readonly string[],
+    delta: { remove: readonly BlobId[]; put: ReadonlyArray<readonly [BlobId, BlobLocation]> },
+  ): Promise<void> {
+    const known = await this.index.loadedFiles()
+    known.delete(name)
+    const same = known.size === replaced.length && replaced.every((f) => known.has(f))
+    if (same && this.damagedIndex.size === 0) {
+      await this.index.replace({ ...delta, dropFiles: replaced, addFile: name })
+    } else {
+      await this.index.clear()
+    }
+    await this.syncIndex()
+  }
+
   /** Index files this store found damaged (see syncIndex). */
   damagedIndexFiles(): string[] {
     return [...this.damagedIndex].sort()

@@ -13,6 +13,7 @@ import type { ObjectStore } from "../../store/backend.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { IntegrityError, IoError } from "../../store/errors.js"
+import type { BlobId } from "../../store/ids.js"
 import { decodeIndexFile } from "../../store/index-file.js"
 import { BLOB_TREE, ENTRY_BYTES, TRAILER_BYTES } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
@@ -54,6 +55,29 @@ async function sizes(store: Store, backend: ObjectStore) {
   return { physical, accounted: live + listed.size * TRAILER_BYTES, packs: packs.length, listed: listed.size }
 }
 
+/** Every blob id the repository's index files list now. */
+async function indexedIds(backend: ObjectStore): Promise<BlobId[]> {
+  const ids: BlobId[] = []
+  for (const f of await backend.list("index/")) {
+    for (const { entries } of decodeIndexFile(await backend.get(f.key), f.key)) for (const e of entries) ids.push(e.id)
+  }
+  return ids
+}
+
+/** The local cache answers for `ids` exactly what the index files say (gc updates it in place). */
+async function expectCacheMatchesIndexFiles(store: Store, backend: ObjectStore, ids: readonly BlobId[]) {
+  const want = new Map<BlobId, string>()
+  for (const f of await backend.list("index/")) {
+    for (const { pack, entries } of decodeIndexFile(await backend.get(f.key), f.key)) {
+      for (const e of entries) want.set(e.id, `${pack}@${e.offset}+${e.length}`)
+    }
+  }
+  const all = [...new Set([...ids, ...want.keys()])]
+  const got = (await store.locateMany(all)).map((l) => (l === undefined || l === "pending" ? l : `${l.pack}@${l.offset}+${l.length}`))
+  expect(got).toEqual(all.map((id) => want.get(id)))
+  expect([...(await store.loadedIndexFiles())].sort()).toEqual((await backend.list("index/")).map((o) => o.key.slice("index/".length)))
+}
+
 describe("gc", () => {
   it("model test: after any sequence of snapshot/delete/gc, every remaining snapshot restores", async () => {
     const op = fc.oneof(
@@ -78,7 +102,9 @@ describe("gc", () => {
             await store.deleteRecord("snapshots", id)
             model.delete(id)
           } else if (o.kind === "gc") {
+            const before = await indexedIds(backend)
             await collectGarbage(store, { repackThreshold: o.threshold })
+            await expectCacheMatchesIndexFiles(store, backend, before)
             if (o.threshold === 0) {
               const s = await sizes(store, backend)
               expect(s.physical).toBe(s.accounted)
@@ -168,6 +194,31 @@ describe("gc", () => {
       expect((await backend.list("")).filter((o) => !o.key.startsWith("locks/")).map((o) => o.key)).toEqual(before)
       await store.close()
     }
+  })
+
+  it("updates the local index in place, and rebuilds it when it holds files gc did not replace", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await open(backend, true)
+    for (let v = 0; v < 4; v++) {
+      const src = await tempDir()
+      await buildTree(src, treeFor(v, [v, v + 1, v + 2]))
+      const { snapshot } = await createSnapshot(store, src)
+      if (v % 2 === 1) await store.deleteRecord("snapshots", snapshot.id)
+    }
+    const before = await indexedIds(backend)
+    let clears = 0
+    const clear = store.index.clear.bind(store.index)
+    store.index.clear = () => (clears++, clear())
+    await collectGarbage(store, { repackThreshold: 0 })
+    expect(clears).toBe(0)
+    await expectCacheMatchesIndexFiles(store, backend, before)
+    // a cache that also holds a file the caller did not name is rebuilt, not patched
+    const [file] = await store.loadedIndexFiles()
+    await store.index.add([], "0".repeat(64))
+    await store.replaceIndexFiles(file!, [], { remove: [], put: [] })
+    expect(clears).toBe(1)
+    await expectCacheMatchesIndexFiles(store, backend, before)
+    await store.close()
   })
 
   it("waits for a snapshot holding the shared lock, and a snapshot waits for gc", async () => {
