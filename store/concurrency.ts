@@ -1,7 +1,13 @@
 // Small concurrency primitives: a counting semaphore and a bounded parallel map.
 
+/**
+ * A counting semaphore. Waiters are served in order from a queue that
+ * dequeues in O(1): callers queue tens of thousands of waiters (one per file
+ * of a tree), and Array.shift on such a queue copies it every time.
+ */
 export class Semaphore {
-  private waiters: Array<() => void> = []
+  private waiters: Array<(() => void) | undefined> = []
+  private head = 0
   private free: number
 
   constructor(readonly size: number) {
@@ -15,10 +21,24 @@ export class Semaphore {
     return () => {
       if (released) return
       released = true
-      const next = this.waiters.shift()
+      const next = this.dequeue()
       if (next) next()
       else this.free++
     }
+  }
+
+  private dequeue(): (() => void) | undefined {
+    if (this.head === this.waiters.length) return undefined
+    const next = this.waiters[this.head]
+    this.waiters[this.head++] = undefined
+    if (this.head === this.waiters.length) {
+      this.waiters = []
+      this.head = 0
+    } else if (this.head >= 1024 && this.head * 2 >= this.waiters.length) {
+      this.waiters = this.waiters.slice(this.head)
+      this.head = 0
+    }
+    return next
   }
 
   async run<T>(fn: () => Promise<T>): Promise<T> {
