@@ -17,7 +17,7 @@
 import fs, { constants as fsConstants, promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
-import { Semaphore } from "../store/concurrency.js"
+import { mapLimit } from "../store/concurrency.js"
 import { BadInputError, throwIfAborted } from "../store/errors.js"
 import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
@@ -134,8 +134,12 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   })
 }
 
-/** Reads a small file whole; reads one byte past the expected size to notice growth. */
-function readSmallFileSync(abs: string, expected: number): Buffer {
+/**
+ * Reads a small file whole, reading one byte past the expected size to
+ * notice growth, and returns it with the file's stat taken after the read
+ * (fstat: a thread-pool lstat costs the main thread more than the read).
+ */
+function readSmallFileSync(abs: string, expected: number): { data: Buffer; after: fs.BigIntStats } {
   const fd = fs.openSync(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
   try {
     let buf = Buffer.allocUnsafe(expected + 1)
@@ -150,7 +154,7 @@ function readSmallFileSync(abs: string, expected: number): Buffer {
         buf = bigger
       }
     }
-    return buf.subarray(0, size)
+    return { data: buf.subarray(0, size), after: fs.fstatSync(fd, { bigint: true }) }
   } finally {
     fs.closeSync(fd)
   }
@@ -171,8 +175,6 @@ class SnapshotRun {
   private readonly reused = new Set<string>()
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
   private readonly samePatterns: boolean
-  private readonly smallSlots = new Semaphore(SMALL_SLOTS)
-  private readonly largeSlots = new Semaphore(LARGE_SLOTS)
   reusedFiles = 0
   reusedTrees = 0
   readBytes = 0
@@ -237,10 +239,12 @@ class SnapshotRun {
 
   /**
    * Unchanged files whose chunks the repository holds are recorded at once,
-   * synchronously; the others are read, FILE_SLOTS at a time.
+   * synchronously; the others are read, SMALL_SLOTS small and LARGE_SLOTS
+   * large ones at a time.
    */
   async storeFiles(dir: ScanNode): Promise<void> {
-    const jobs: Promise<void>[] = []
+    const small: ScanNode[] = []
+    const large: ScanNode[] = []
     const visit = (node: ScanNode) => {
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
@@ -252,13 +256,15 @@ class SnapshotRun {
             this.reusedFiles++
             this.record(child, cached.chunks.map((c) => c.id))
           } else {
-            jobs.push((child.size <= SMALL_FILE ? this.smallSlots : this.largeSlots).run(() => this.storeFile(child)))
+            ;(child.size <= SMALL_FILE ? small : large).push(child)
           }
         }
       }
     }
     visit(dir)
-    await Promise.all(jobs)
+    // both lanes settle before an error propagates: nothing may still write after the lock is released
+    const lanes = await Promise.allSettled([mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)), mapLimit(large, LARGE_SLOTS, (n) => this.storeFile(n))])
+    for (const lane of lanes) if (lane.status === "rejected") throw lane.reason
   }
 
   private async storeFile(node: ScanNode): Promise<void> {
@@ -266,10 +272,9 @@ class SnapshotRun {
     // O_NOFOLLOW: a file swapped for a symlink between scan and read is not followed
     const abs = path.join(this.root, node.rel)
     for (let attempt = 0; ; attempt++) {
-      let chunks: BlobId[]
-      let size: number
+      let read: { chunks: BlobId[]; size: number; after: fs.BigIntStats | undefined }
       try {
-        ;({ chunks, size } = await this.readFile(abs, node.size))
+        read = await this.readFile(abs, node.size)
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code
         if (code === "ENOENT" || code === "EACCES" || code === "EPERM" || code === "EISDIR" || code === "ELOOP") {
@@ -280,10 +285,10 @@ class SnapshotRun {
         }
         throw err
       }
-      const after = await fsp.lstat(abs, { bigint: true }).catch(() => undefined)
-      const changed = !after || after.mtimeNs !== node.mtimeNs || Number(after.size) !== size || size !== node.size
+      const { chunks, size, after } = read
+      const changed = !after || after.ino !== node.ino || after.mtimeNs !== node.mtimeNs || Number(after.size) !== size || size !== node.size
       if (changed && attempt === 0 && after?.isFile()) {
-        Object.assign(node, { size: Number(after.size), mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, mode: Number(after.mode & 0o7777n) })
+        Object.assign(node, { size: Number(after.size), mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, ino: after.ino, mode: Number(after.mode & 0o7777n) })
         continue
       }
       if (changed) {
@@ -296,28 +301,32 @@ class SnapshotRun {
     }
   }
 
-  private async readFile(abs: string, expected: number): Promise<{ chunks: BlobId[]; size: number }> {
+  /** Chunks and stores a file; returns its chunks, the bytes read and the file's stat after the read (undefined: gone). */
+  private async readFile(abs: string, expected: number): Promise<{ chunks: BlobId[]; size: number; after: fs.BigIntStats | undefined }> {
     const onBytes = (n: number) => {
       this.readBytes += n
       this.progress(n)
     }
     if (expected <= SYNC_READ) {
-      const data = readSmallFileSync(abs, expected)
+      const { data, after } = readSmallFileSync(abs, expected)
       onBytes(data.length)
-      return { chunks: await this.ingest.ingestBuffer(data), size: data.length }
+      return { chunks: await this.ingest.ingestBuffer(data), size: data.length, after }
     }
     const handle = await fsp.open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
+    let stored: { chunks: BlobId[]; size: number }
     try {
       if (expected <= SMALL_FILE) {
         const data = await handle.readFile()
         onBytes(data.length)
-        return { chunks: await this.ingest.ingestBuffer(data), size: data.length }
+        stored = { chunks: await this.ingest.ingestBuffer(data), size: data.length }
+      } else {
+        const stream = handle.createReadStream({ highWaterMark: 1 << 20, autoClose: false })
+        stored = await this.ingest.ingestStream(stream as AsyncIterable<Buffer>, onBytes)
       }
-      const stream = handle.createReadStream({ highWaterMark: 1 << 20, autoClose: false })
-      return await this.ingest.ingestStream(stream as AsyncIterable<Buffer>, onBytes)
     } finally {
       await handle.close()
     }
+    return { ...stored, after: await fsp.lstat(abs, { bigint: true }).catch(() => undefined) }
   }
 
   private record(node: ScanNode, chunks: BlobId[]): void {

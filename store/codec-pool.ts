@@ -17,14 +17,31 @@ const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
 const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1, [zlib.constants.BROTLI_PARAM_LGWIN]: 18 } }
+const compress = (codec, input) => codec === 2
+  ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
+  : zlib.deflateRawSync(input, { level: 1 })
 parentPort.on("message", (job) => {
   try {
+    if (job.op === "encodeMany") {
+      // one reply for a batch of small blobs, packed into one buffer: [len u32, bytes]...
+      const input = new Uint8Array(job.buffer)
+      const outs = job.lengths.map((len, i) => compress(job.codec, input.subarray(job.offsets[i], job.offsets[i] + len)))
+      const total = outs.reduce((n, o) => n + o.length, 0)
+      const packed = new Uint8Array(total)
+      const lengths = []
+      let at = 0
+      for (const o of outs) {
+        packed.set(o, at)
+        at += o.length
+        lengths.push(o.length)
+      }
+      parentPort.postMessage({ id: job.id, buffer: packed.buffer, lengths }, [packed.buffer])
+      return
+    }
     const input = new Uint8Array(job.buffer)
     let out
     if (job.op === "encode") {
-      out = job.codec === 2
-        ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
-        : zlib.deflateRawSync(input, { level: 1 })
+      out = compress(job.codec, input)
     } else {
       const opts = { maxOutputLength: Math.max(job.rawLength, 1) }
       out = job.codec === 2 ? zlib.brotliDecompressSync(input, opts) : zlib.inflateRawSync(input, opts)
@@ -37,8 +54,18 @@ parentPort.on("message", (job) => {
 })
 `
 
+/** A batch of small blobs is sent once it holds this many bytes, or at the end of the tick. */
+const BATCH_BYTES = 256 * 1024
+
+interface Batch {
+  parts: Uint8Array[]
+  bytes: number
+  waiters: Array<{ resolve: (out: Uint8Array) => void; reject: (err: unknown) => void }>
+}
+
 export class CodecPool {
   private readonly pool: WorkerPool
+  private readonly batches = new Map<number, Batch>()
 
   constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {
     this.pool = new WorkerPool(WORKER_SOURCE, size)
@@ -46,6 +73,55 @@ export class CodecPool {
 
   encode(codec: number, data: Uint8Array): Promise<Uint8Array> {
     return this.run({ op: "encode", codec }, data)
+  }
+
+  /**
+   * Compresses a small blob in a worker, batched with the other small blobs
+   * of this tick: one message carries them all, so the main thread spends a
+   * few microseconds per blob instead of a round trip (or the compression
+   * itself, which is what a small blob cost when it was compressed inline).
+   */
+  encodeSmall(codec: number, data: Uint8Array): Promise<Uint8Array> {
+    let batch = this.batches.get(codec)
+    if (!batch) {
+      batch = { parts: [], bytes: 0, waiters: [] }
+      this.batches.set(codec, batch)
+      setImmediate(() => this.sendBatch(codec))
+    }
+    batch.parts.push(data)
+    batch.bytes += data.length
+    const reply = new Promise<Uint8Array>((resolve, reject) => batch!.waiters.push({ resolve, reject }))
+    if (batch.bytes >= BATCH_BYTES) this.sendBatch(codec)
+    return reply
+  }
+
+  private sendBatch(codec: number): void {
+    const batch = this.batches.get(codec)
+    if (!batch) return
+    this.batches.delete(codec)
+    const packed = new Uint8Array(batch.bytes)
+    const offsets: number[] = []
+    const lengths: number[] = []
+    let at = 0
+    for (const part of batch.parts) {
+      packed.set(part, at)
+      offsets.push(at)
+      lengths.push(part.length)
+      at += part.length
+    }
+    this.pool.run<{ buffer: ArrayBuffer; lengths: number[] }>({ op: "encodeMany", codec, buffer: packed.buffer, offsets, lengths }, [packed.buffer]).then(
+      (reply) => {
+        const all = Buffer.from(reply.buffer)
+        let from = 0
+        reply.lengths.forEach((len, i) => {
+          batch.waiters[i]!.resolve(all.subarray(from, from + len))
+          from += len
+        })
+      },
+      (err: unknown) => {
+        for (const w of batch.waiters) w.reject(err)
+      },
+    )
   }
 
   decode(codec: number, data: Uint8Array, rawLength: number): Promise<Uint8Array> {

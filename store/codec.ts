@@ -32,11 +32,12 @@ export function codecFromName(name: string): Codec {
 }
 
 /**
- * Blobs up to this size are (de)compressed synchronously on the calling
- * thread: for small inputs the cost of a round trip to a worker exceeds the
- * work itself. Larger blobs go to the worker pool, so both cores work.
+ * Small blobs: compressed in the worker pool in batches (one message per
+ * tick for all of them: a round trip each would cost the main thread more
+ * than the compression), and decompressed (up to 4x this) synchronously on
+ * the calling thread. Larger blobs go to the pool one by one.
  */
-const SYNC_LIMIT = 16 * 1024
+export const SMALL_BLOB = 16 * 1024
 
 
 /** Blobs smaller than this are never worth a compressor call. */
@@ -86,30 +87,15 @@ export interface Encoded {
 
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
-  const sync = data.length <= SYNC_LIMIT
-  const out = !sync
-    ? await codecPool().encode(preferred, data)
-    : preferred === CODEC_BROTLI
-      ? zlib.brotliCompressSync(data, brotliOptions(data.length))
-      : zlib.deflateRawSync(data, { level: 1 })
+  const out = data.length <= SMALL_BLOB ? await codecPool().encodeSmall(preferred, data) : await codecPool().encode(preferred, data)
   if (out.length >= data.length * 0.98) return { codec: CODEC_NONE, bytes: data }
   return { codec: preferred, bytes: out }
-}
-
-function brotliOptions(size: number): zlib.BrotliOptions {
-  return {
-    params: {
-      [zlib.constants.BROTLI_PARAM_QUALITY]: 1,
-      [zlib.constants.BROTLI_PARAM_LGWIN]: 18,
-      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: size,
-    },
-  }
 }
 
 /** Decodes stored bytes; throws a plain Error on malformed input (callers add context). */
 export async function decode(codec: number, bytes: Uint8Array, rawLength: number): Promise<Uint8Array> {
   const opts = { maxOutputLength: Math.max(rawLength, 1) }
-  const sync = rawLength <= SYNC_LIMIT * 4
+  const sync = rawLength <= SMALL_BLOB * 4
   switch (codec) {
     case CODEC_NONE:
       return bytes

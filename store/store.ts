@@ -20,7 +20,7 @@
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import type { ObjectStore } from "./backend.js"
-import { codecFromName, decode, encode, type Codec, type CodecName } from "./codec.js"
+import { SMALL_BLOB, codecFromName, decode, encode, type Codec, type CodecName } from "./codec.js"
 import {
   BadInputError,
   CairnError,
@@ -97,7 +97,9 @@ export class Store {
   private packWrites = new Set<Promise<void>>()
   private writeError: unknown
   private readonly codec: Codec
+  /** Compressions in flight: few large blobs (memory), many small ones (they go to the workers in batches; see codec-pool.ts). */
   private readonly encodeSlots = new Semaphore(8)
+  private readonly smallEncodeSlots = new Semaphore(64)
   private closed = false
   private lastSync = 0
   /** Index files that failed to decode: skipped (their blobs look absent) until rebuild-index replaces them. */
@@ -389,7 +391,7 @@ export class Store {
   }
 
   private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
-    const release = await this.encodeSlots.acquire()
+    const release = await (data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots).acquire()
     let encoded
     try {
       encoded = await encode(data, this.codec)
