@@ -2,7 +2,11 @@
 //
 // It is a cache of the repository's index files, kept in LevelDB under the
 // host's cache directory ("b" + id -> location, "f" + index file name -> 1 for
-// every index file already loaded). LevelDB admits one process at a time; a
+// every index file already loaded). Loading a large index file takes several
+// batches; an "l" + name key marks it from the first batch to the last, so
+// that a cache left by a process killed part-way is noticed when opened (its
+// entries have no file record, and a gc elsewhere could delete their packs
+// unseen) and rebuilt. LevelDB admits one process at a time; a
 // second process that finds it locked falls back to an in-memory index built
 // from the index files, so two processes on one repository both work. Lookups
 // go through getMany: one awaited get per chunk would cap out near 22k/s,
@@ -130,6 +134,9 @@ export class LevelIndex implements BlobIndex {
       throw err
     }
     await privateFiles(dir)
+    for await (const _ of db.keys({ gte: "l", lt: "m", limit: 1 })) {
+      await db.clear() // a load was interrupted: start over from the index files
+    }
     return new LevelIndex(db, dir)
   }
 
@@ -141,7 +148,10 @@ export class LevelIndex implements BlobIndex {
 
   async add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void> {
     const ops: BatchOp[] = entries.map(([id, loc]) => ({ type: "put", key: `b${id}`, value: encodeLoc(loc) }))
-    if (indexFile) ops.push({ type: "put", key: `f${indexFile}`, value: FILE_LOADED })
+    if (indexFile) {
+      ops.unshift({ type: "put", key: `l${indexFile}`, value: FILE_LOADED })
+      ops.push({ type: "del", key: `l${indexFile}` }, { type: "put", key: `f${indexFile}`, value: FILE_LOADED })
+    }
     await this.batches(ops)
   }
 

@@ -1,11 +1,13 @@
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
+import { Level } from "level"
 import { describe, expect, it } from "vitest"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
-import { hashBytes } from "../../store/ids.js"
+import { hashBytes, type BlobId } from "../../store/ids.js"
+import { LevelIndex } from "../../store/local-index.js"
 import { BLOB_DATA, BLOB_TREE, packKey, parsePack } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
@@ -158,6 +160,26 @@ describe("Store", () => {
     expect(second.index.kind).toBe("memory")
     expect(await second.hasMany([id])).toEqual([true])
     await Promise.all([first.close(), second.close()])
+  })
+
+  it("a local index whose loading was interrupted is rebuilt when opened", async () => {
+    const cacheDir = await tempDir()
+    const ghost = "ab".repeat(32)
+    // what a process killed between two batches of a large load leaves: entries and the marker, no file record
+    const db = new Level<string, Uint8Array>(path.join(cacheDir, "index"), { keyEncoding: "utf8", valueEncoding: "view" })
+    await db.batch([
+      { type: "put", key: "lindex-file-being-loaded", value: new Uint8Array([1]) },
+      { type: "put", key: `b${ghost}`, value: new Uint8Array(46) },
+    ])
+    await db.close()
+    const index = (await LevelIndex.open(path.join(cacheDir, "index")))!
+    expect(await index.getMany([ghost as BlobId])).toEqual([undefined])
+    await index.add([[ghost as BlobId, { pack: "cd".repeat(32), kind: 0, codec: 0, offset: 0, length: 1, rawLength: 1 }]], "file-1")
+    await index.close()
+    const reopened = (await LevelIndex.open(path.join(cacheDir, "index")))!
+    expect(await reopened.loadedFiles()).toEqual(new Set(["file-1"])) // a completed load is kept
+    expect((await reopened.getMany([ghost as BlobId]))[0]?.pack).toBe("cd".repeat(32))
+    await reopened.close()
   })
 
   it("keeps blob ids and pack bytes stable (golden)", async () => {
