@@ -17,13 +17,13 @@ import { FsObjectStore } from "../store/backends/fs.js"
 import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import { Store } from "../store/store.js"
-import { diskUsage, repositoryStats, uniqueBytes, type DuRow, type RepositoryStats } from "./accounting.js"
-import { diffLive, diffTrees, type DiffResult } from "./diff.js"
+import type { DuRow, RepositoryStats } from "./accounting.js"
+import type { DiffResult } from "./diff.js"
 import { forgetSnapshots, type ForgetPlan, type KeepPolicy } from "./forget.js"
-import { collectGarbage, type GcOptions, type GcReport } from "./gc.js"
-import { verifyRepository, type VerifyOptions, type VerifyReport } from "./verify.js"
-import { exportTar, importTar } from "./tar.js"
-import { restoreSnapshot, type RestoreOptions, type RestoreResult } from "./restore.js"
+import type { GcOptions, GcReport } from "./gc.js"
+import type { VerifyOptions, VerifyReport } from "./verify.js"
+import type { importTar } from "./tar.js"
+import type { RestoreOptions, RestoreResult } from "./restore.js"
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
@@ -144,6 +144,8 @@ export class Repository {
   }
 
   // ---- maintenance (implemented in their own modules) -----------------
+  // Modules a command may not need are imported when first used: each module
+  // loaded costs every cairn process startup time (tar-stream alone ~20 ms).
 
   async rebuildIndex() {
     return this.store.withLock(true, "rebuild-index", () => this.store.rebuildIndex())
@@ -151,12 +153,12 @@ export class Repository {
 
   /** Checks that every snapshot can be restored; see engine/verify.ts. */
   verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
-    return verifyRepository(this.store, opts)
+    return import("./verify.js").then(({ verifyRepository }) => verifyRepository(this.store, opts))
   }
 
   /** Snapshots, logical and physical bytes, dedup ratio. */
   stats(): Promise<RepositoryStats> {
-    return this.store.withLock(false, "stats", () => repositoryStats(this.store))
+    return this.store.withLock(false, "stats", async () => (await import("./accounting.js")).repositoryStats(this.store))
   }
 
   /** Applies a keep policy: removes the records of snapshots no rule keeps (gc reclaims their data). */
@@ -169,7 +171,7 @@ export class Repository {
     if (opts.repackThreshold !== undefined && !(opts.repackThreshold >= 0 && opts.repackThreshold <= 1)) {
       throw new BadInputError(`repackThreshold must be between 0 and 1, not ${opts.repackThreshold}`)
     }
-    return collectGarbage(this.store, opts)
+    return import("./gc.js").then(({ collectGarbage }) => collectGarbage(this.store, opts))
   }
 }
 
@@ -229,6 +231,7 @@ class SnapshotApi {
 
   async restore(idOrName: string, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
     const snapshot = await this.get(idOrName)
+    const { restoreSnapshot } = await import("./restore.js")
     return restoreSnapshot(this.store, snapshot, dest, opts)
   }
 
@@ -284,6 +287,7 @@ class SnapshotApi {
   /** Added, removed and modified paths between snapshot a and snapshot b, or a live directory b (live: true). */
   async diff(a: string, b: string, opts: { live?: boolean } = {}): Promise<DiffResult> {
     const left = await this.get(a)
+    const { diffLive, diffTrees } = await import("./diff.js")
     if (opts.live) return this.store.withLock(false, "diff", () => diffLive(this.store, left.tree, b, { exclude: left.exclude }))
     const right = await this.get(b)
     return this.store.withLock(false, "diff", () => diffTrees(this.store, left.tree, right.tree))
@@ -292,23 +296,26 @@ class SnapshotApi {
   /** Per-directory logical, stored and unique bytes of one snapshot. */
   async du(idOrName: string, opts: { maxDepth?: number } = {}): Promise<DuRow[]> {
     const snapshot = await this.get(idOrName)
+    const { diskUsage } = await import("./accounting.js")
     return this.store.withLock(false, "du", () => diskUsage(this.store, snapshot, opts))
   }
 
   /** What deleting each snapshot would free now (stored bytes only it references). */
   async uniqueBytes(ids: string[]): Promise<Map<string, number>> {
     const records = await Promise.all(ids.map((id) => this.get(id)))
+    const { uniqueBytes } = await import("./accounting.js")
     return this.store.withLock(false, "accounting", () => uniqueBytes(this.store, records.map((r) => r.id)))
   }
 
   /** Writes a snapshot (or a sub-path) as a tar stream. */
   async exportTar(idOrName: string, out: NodeJS.WritableStream, opts: { subPath?: string; signal?: AbortSignal } = {}) {
+    const { exportTar } = await import("./tar.js")
     return exportTar(this.store, await this.get(idOrName), out, opts)
   }
 
   /** Makes a snapshot straight from a tar stream; hostile entries are refused (BAD_INPUT). */
   async importTar(input: NodeJS.ReadableStream, opts: Parameters<typeof importTar>[2] = {}) {
-    return importTar(this.store, input, opts)
+    return (await import("./tar.js")).importTar(this.store, input, opts)
   }
 
   /** Reads one file of a snapshot as a stream, each chunk hash-checked. */
