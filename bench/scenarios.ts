@@ -9,7 +9,10 @@
 //   restore      full restore of the first snapshot into an empty directory,
 //                verified against the corpus (first repetition)
 //   fanout-4     4 restores of that snapshot at once (4 processes); tools may
-//                add variants (cairn: box create x4, Promise.all in one process)
+//                add variants (cairn: box create x4, Promise.all in one process),
+//                which run in the first repetition only
+// Tools without incremental snapshots (cp, tar) skip nochange and change:
+// those would repeat first.
 // Then, in another fresh repository:
 //   history-N    N snapshots with a different change between each (the
 //                changes accumulate); repo size and dedup ratio at the end
@@ -150,7 +153,8 @@ async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Colle
       await removeRepo(repo)
       return
     }
-    if (wants(opts, "nochange")) {
+    const incremental = tool.incremental !== false
+    if (incremental && wants(opts, "nochange")) {
       await guarded(c, "nochange", logical, async () => {
         const m = new Meter()
         await tool.snapshot(repo, corpus.dir, "nochange", m)
@@ -158,7 +162,7 @@ async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Colle
         if (rep === 0) await c.repoSizeInto(r, repo)
       }, opts.log)
     }
-    if (wants(opts, "change")) {
+    if (incremental && wants(opts, "change")) {
       await guarded(c, "change", logical, async () => {
         const undo = applyChange(corpus, 1000 + rep)
         try {
@@ -185,7 +189,7 @@ async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Colle
     if (wants(opts, "fanout-4")) {
       const variants: Record<string, (repo: Repo, id: string, dests: string[], m: Meter) => Promise<void>> = {
         "fanout-4": (rp, id, dests, m) => m.parallel(dests.map((d) => (mm: Meter) => tool.restore(rp, id, d, mm))),
-        ...Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).map(([k, v]) => [`fanout-4:${k}`, v])),
+        ...(rep === 0 ? Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).map(([k, v]) => [`fanout-4:${k}`, v])) : {}),
       }
       for (const [name, runFanout] of Object.entries(variants)) {
         await guarded(c, name, logical * 4, async () => {

@@ -39,6 +39,11 @@ export interface Tool {
   repoSize(repo: Repo): Promise<DirSize>
   /** Extra fan-out variants (name -> runner) beyond N parallel `restore`s. */
   fanoutVariants?: Record<string, (repo: Repo, id: string, dests: string[], m: Meter) => Promise<void>>
+  /**
+   * false for tools with no notion of an earlier snapshot (cp, tar): their
+   * nochange and change runs would only repeat first, so they are not run.
+   */
+  incremental?: boolean
   /** Semantics the tool does not keep, so that verification can skip them. */
   ignores?: { dirMtimes?: boolean }
 }
@@ -279,6 +284,7 @@ function cp(): Tool {
   return {
     name: "cp",
     kind: "baseline",
+    incremental: false,
     available: () => version("cp", ["--version"]),
     async init(repo) {
       await mkdir(repo.path, { recursive: true })
@@ -306,6 +312,7 @@ function tar(): Tool {
   return {
     name: "tar",
     kind: "baseline",
+    incremental: false,
     available: () => version("tar", ["--version"]),
     async init(repo) {
       await mkdir(repo.path, { recursive: true })
