@@ -69,7 +69,7 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "../store/ind
 import type { BlobLocation } from "../store/local-index.js"
 import { ENTRY_BYTES, TRAILER_BYTES, packKey, parsePack, type PackEntry } from "../store/pack.js"
 import type { Store } from "../store/store.js"
-import { TREE_VERSION } from "./tree.js"
+import { treeReferences } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 import { listSnapshots } from "./records.js"
 
@@ -293,7 +293,14 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
       await Promise.all(
         read.trees.map(async ({ id, loc }) => {
           const stored = bytes.subarray(loc.offset - read.start, loc.offset - read.start + loc.length)
-          const refs = treeReferences(await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack), id)
+          const raw = await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack)
+          let refs: { trees: BlobId[]; chunks: BlobId[] }
+          try {
+            refs = treeReferences(raw, id)
+          } catch (err) {
+            if (err instanceof IntegrityError) throw new IntegrityError(`${err.message}; gc stopped without changing anything`, { tree: id })
+            throw err
+          }
           for (const sub of refs.trees) {
             if (live.has(sub)) continue
             live.add(sub)
@@ -316,48 +323,6 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
     )
   }
   return live
-}
-
-/**
- * The subtrees and chunks a tree references (the format is in tree.ts).
- * decodeTree checks every name and field for restore's sake and costs three
- * times the JSON parse; gc needs only the references, so it checks only what
- * could make it miss one: an entry type it does not know, or a reference that
- * is not a string, stops gc. (A string that is no blob id is found in no
- * pack, which stops gc too.) It may keep more than restore would use (chunks
- * next to a hardlink), never less.
- */
-function treeReferences(raw: Uint8Array, id: BlobId): { trees: BlobId[]; chunks: BlobId[] } {
-  const bad = (why: string) =>
-    new IntegrityError(`tree ${id} is malformed (${why}); gc stopped without changing anything`, { tree: id })
-  let doc: { v?: unknown; entries?: unknown }
-  try {
-    doc = JSON.parse(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString("utf8"))
-  } catch {
-    throw bad("not JSON")
-  }
-  if (typeof doc !== "object" || doc === null || doc.v !== TREE_VERSION) throw bad("unknown version")
-  if (!Array.isArray(doc.entries)) throw bad("no entries")
-  const trees: BlobId[] = []
-  const chunks: BlobId[] = []
-  for (const e of doc.entries as Array<{ type?: unknown; tree?: unknown; chunks?: unknown } | null>) {
-    switch (e?.type) {
-      case "dir":
-        if (typeof e.tree !== "string") throw bad("a subtree is not an id")
-        trees.push(e.tree as BlobId)
-        break
-      case "file":
-        if (e.chunks === undefined) break
-        if (!Array.isArray(e.chunks) || !e.chunks.every((c) => typeof c === "string")) throw bad("a chunk list is not a list of ids")
-        for (const c of e.chunks) chunks.push(c as BlobId)
-        break
-      case "symlink":
-        break
-      default:
-        throw bad(`unknown entry type ${JSON.stringify(e?.type)}`)
-    }
-  }
-  return { trees, chunks }
 }
 
 interface LocatedTree {
