@@ -88,7 +88,7 @@ function checkGear(gear: Uint32Array): void {
 }
 
 /** Params resolved once: masks over the high bits, and the gear table viewed as int32 (keeps the hot loop in int32 arithmetic). */
-interface Resolved {
+export interface Resolved {
   min: number
   avg: number
   max: number
@@ -101,7 +101,7 @@ function highMask(bits: number): number {
   return (~0 << (32 - bits)) | 0
 }
 
-function resolve(params: ChunkerParams, gear: Uint32Array): Resolved {
+export function resolve(params: ChunkerParams, gear: Uint32Array): Resolved {
   checkParams(params)
   checkGear(gear)
   const bits = Math.round(Math.log2(params.avgSize))
@@ -151,6 +151,12 @@ function cut(buf: Uint8Array, start: number, end: number, r: Resolved): number {
   }
   return n
 }
+
+/**
+ * The hot loop's source, for worker threads that chunk (chunk-reader.ts): it
+ * refers to nothing but its arguments, so it can be evaluated on its own.
+ */
+export const CUT_SOURCE = cut.toString()
 
 /** Returns the length of the next chunk starting at buf[start], looking at most at buf[start..end). If end-start <= minSize return end-start. Never more than maxSize. */
 export function cutPoint(buf: Uint8Array, start: number, end: number, params: ChunkerParams, gear: Uint32Array): number {

@@ -14,6 +14,7 @@ import type { BlobLocation } from "../store/local-index.js"
 import { BLOB_DATA, BLOB_TREE } from "../store/pack.js"
 import type { Store } from "../store/store.js"
 import { throwIfAborted } from "../store/errors.js"
+import type { ChunkBatch, FileStat } from "./chunk-reader.js"
 import { Chunker, chunkLengths, gearTable, type ChunkerParams } from "./fastcdc.js"
 import { encodeTree, type TreeEntry } from "./tree.js"
 
@@ -63,8 +64,8 @@ export class Ingestor {
   private readonly distinct = new Map<BlobId, number>()
   private started: Promise<void>[] = []
   private readonly batcher: LookupBatcher
-  private readonly gear: Uint32Array
-  private readonly params: ChunkerParams
+  readonly gear: Uint32Array
+  readonly params: ChunkerParams
   addedBytes = 0
   addedBlobs = 0
 
@@ -111,6 +112,45 @@ export class Ingestor {
     }
     await Promise.all(window)
     return { chunks, size }
+  }
+
+  /**
+   * Stores a file a chunk reader cut and hashed (chunk-reader.ts). Returns
+   * its chunks, its size, the file's stat after the last batch, and whether
+   * every batch saw the same file (same inode, size, mtime and ctime).
+   */
+  async ingestBatches(
+    batches: AsyncIterable<ChunkBatch>,
+    onBytes?: (n: number) => void,
+  ): Promise<{ chunks: BlobId[]; size: number; stat: FileStat | undefined; steady: boolean }> {
+    const chunks: BlobId[] = []
+    const window: Promise<void>[] = []
+    let size = 0
+    let first: FileStat | undefined
+    let last: FileStat | undefined
+    let steady = true
+    try {
+      for await (const batch of batches) {
+        throwIfAborted(this.signal)
+        first ??= batch.stat
+        last = batch.stat
+        if (last.ino !== first.ino || last.size !== first.size || last.mtimeNs !== first.mtimeNs || last.ctimeNs !== first.ctimeNs) steady = false
+        let at = 0
+        for (const [k, len] of batch.lengths.entries()) {
+          const id = batch.ids[k]!
+          chunks.push(id)
+          window.push(this.putChunk(BLOB_DATA, id, batch.data.subarray(at, at + len)))
+          at += len
+          if (window.length >= WINDOW) await window.shift()
+        }
+        size += at
+        onBytes?.(at)
+      }
+    } finally {
+      await Promise.allSettled(window)
+    }
+    await Promise.all(window)
+    return { chunks, size, stat: last, steady }
   }
 
   /** Stores one whole in-memory file (small files take this path). */

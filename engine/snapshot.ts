@@ -22,6 +22,7 @@ import { BadInputError, throwIfAborted } from "../store/errors.js"
 import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
+import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache } from "./statcache.js"
@@ -160,6 +161,16 @@ function readSmallFileSync(abs: string, expected: number): { data: Buffer; after
   }
 }
 
+/** What reading a file gave: its chunks, the bytes read, the file as seen after reading (undefined: gone), and whether it looked the same throughout. */
+interface FileRead {
+  chunks: BlobId[]
+  size: number
+  after: FileStat | undefined
+  steady: boolean
+}
+
+const seen = (st: fs.BigIntStats): FileStat => ({ size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, mode: Number(st.mode), isFile: st.isFile() })
+
 class SnapshotRun {
   readonly ingest: Ingestor
   readonly warnings: Warning[] = []
@@ -272,7 +283,7 @@ class SnapshotRun {
     // O_NOFOLLOW: a file swapped for a symlink between scan and read is not followed
     const abs = path.join(this.root, node.rel)
     for (let attempt = 0; ; attempt++) {
-      let read: { chunks: BlobId[]; size: number; after: fs.BigIntStats | undefined }
+      let read: FileRead
       try {
         read = await this.readFile(abs, node.size)
       } catch (err) {
@@ -286,9 +297,9 @@ class SnapshotRun {
         throw err
       }
       const { chunks, size, after } = read
-      const changed = !after || after.ino !== node.ino || after.mtimeNs !== node.mtimeNs || Number(after.size) !== size || size !== node.size
-      if (changed && attempt === 0 && after?.isFile()) {
-        Object.assign(node, { size: Number(after.size), mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, ino: after.ino, mode: Number(after.mode & 0o7777n) })
+      const changed = !read.steady || !after || after.ino !== node.ino || after.mtimeNs !== node.mtimeNs || Number(after.size) !== size || size !== node.size
+      if (changed && attempt === 0 && after?.isFile) {
+        Object.assign(node, { size: Number(after.size), mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, ino: after.ino, mode: after.mode & 0o7777 })
         continue
       }
       if (changed) {
@@ -301,8 +312,12 @@ class SnapshotRun {
     }
   }
 
-  /** Chunks and stores a file; returns its chunks, the bytes read and the file's stat after the read (undefined: gone). */
-  private async readFile(abs: string, expected: number): Promise<{ chunks: BlobId[]; size: number; after: fs.BigIntStats | undefined }> {
+  /**
+   * Chunks and stores a file. Small files are read inline; large ones by a
+   * chunk reader thread (chunk-reader.ts) while this thread stores their
+   * chunks; files in between with one read on the thread pool.
+   */
+  private async readFile(abs: string, expected: number): Promise<FileRead> {
     const onBytes = (n: number) => {
       this.readBytes += n
       this.progress(n)
@@ -310,23 +325,23 @@ class SnapshotRun {
     if (expected <= SYNC_READ) {
       const { data, after } = readSmallFileSync(abs, expected)
       onBytes(data.length)
-      return { chunks: await this.ingest.ingestBuffer(data), size: data.length, after }
+      return { chunks: await this.ingest.ingestBuffer(data), size: data.length, after: seen(after), steady: true }
+    }
+    if (expected > SMALL_FILE) {
+      const { chunks, size, stat, steady } = await this.ingest.ingestBatches(chunkFile(abs, this.ingest.params, this.ingest.gear), onBytes)
+      return { chunks, size, after: stat, steady }
     }
     const handle = await fsp.open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
-    let stored: { chunks: BlobId[]; size: number }
+    let data: Buffer
     try {
-      if (expected <= SMALL_FILE) {
-        const data = await handle.readFile()
-        onBytes(data.length)
-        stored = { chunks: await this.ingest.ingestBuffer(data), size: data.length }
-      } else {
-        const stream = handle.createReadStream({ highWaterMark: 1 << 20, autoClose: false })
-        stored = await this.ingest.ingestStream(stream as AsyncIterable<Buffer>, onBytes)
-      }
+      data = await handle.readFile()
     } finally {
       await handle.close()
     }
-    return { ...stored, after: await fsp.lstat(abs, { bigint: true }).catch(() => undefined) }
+    onBytes(data.length)
+    const chunks = await this.ingest.ingestBuffer(data)
+    const after = await fsp.lstat(abs, { bigint: true }).catch(() => undefined)
+    return { chunks, size: data.length, after: after && seen(after), steady: true }
   }
 
   private record(node: ScanNode, chunks: BlobId[]): void {

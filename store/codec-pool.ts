@@ -68,7 +68,8 @@ export class CodecPool {
   private readonly batches = new Map<number, Batch>()
 
   constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {
-    this.pool = new WorkerPool(WORKER_SOURCE, size)
+    // a small young generation: the workers allocate little besides the buffers they hand back
+    this.pool = new WorkerPool(WORKER_SOURCE, size, { maxYoungGenerationSizeMb: 4 })
   }
 
   encode(codec: number, data: Uint8Array): Promise<Uint8Array> {

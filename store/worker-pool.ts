@@ -2,7 +2,7 @@
 // machinery under the codec pool and restore's file writers.
 //
 // A job is a message with an id; the worker answers { id, ...result } or
-// { id, error }. Jobs go to the least busy worker; a new worker is spawned
+// { id, error, code? } (code: a Node error code such as ENOENT, kept on the Error). Jobs go to the least busy worker; a new worker is spawned
 // only while every existing one is busy and the pool is below its size.
 // Workers are ref'd only while they have jobs in flight, so an idle pool
 // never keeps a process alive. A worker that crashes fails its jobs and is
@@ -62,7 +62,7 @@ export class WorkerPool {
       if (!p) return
       this.pending.delete(msg.id)
       if (--slot.inflight === 0) worker.unref()
-      if (msg.error !== undefined) p.reject(new Error(msg.error))
+      if (msg.error !== undefined) p.reject(Object.assign(new Error(msg.error), typeof msg.code === "string" ? { code: msg.code } : {}))
       else p.resolve(msg)
     })
     worker.on("error", (err) => {
