@@ -10,6 +10,10 @@
 // becomes, and does all of it with synchronous calls in its own thread, so
 // two writers and the main thread overlap.
 //
+// Chunks of larger files are written the same way, each at its offset into a
+// temporary file the main thread created; the main thread renames it when
+// every chunk is in.
+//
 // The contract is restore's: each file is written under a temporary name in
 // its (already created) directory and renamed into place only after its
 // blob decoded to exactly its raw length and hashed to its id; a file that
@@ -21,7 +25,8 @@ import os from "node:os"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
 import { WorkerPool } from "../store/worker-pool.js"
 
-export interface WriteFile {
+/** A whole file: the blob is all of it. */
+export interface WholeFile {
   temp: string
   final: string
   mode: number
@@ -30,6 +35,14 @@ export interface WriteFile {
   /** set only when ownership must be restored */
   owner?: { uid: number; gid: number }
 }
+
+/** One chunk of a larger file: written at offset into a temp file the main thread created (and finishes). */
+export interface FilePart {
+  part: string
+  offset: number
+}
+
+export type WriteFile = WholeFile | FilePart
 
 export interface WriteBlob {
   id: string
@@ -64,7 +77,18 @@ function decode(codec, bytes, rawLength) {
   throw new Error("unknown codec " + codec)
 }
 
+function writePart(f, raw) {
+  const fd = fs.openSync(f.part, "r+")
+  try {
+    let done = 0
+    while (done < raw.length) done += fs.writeSync(fd, raw, done, raw.length - done, f.offset + done)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 function writeFile(f, raw) {
+  if (f.part !== undefined) return writePart(f, raw)
   const fd = fs.openSync(f.temp, "wx", 0o600)
   try {
     let done = 0
@@ -103,7 +127,7 @@ function writeAll(job) {
       try {
         writeFile(f, raw)
       } catch (err) {
-        try { fs.rmSync(f.temp, { force: true }) } catch {}
+        if (f.part === undefined) try { fs.rmSync(f.temp, { force: true }) } catch {}
         ;(failed ??= {})[i] = [String(err && err.code || "IO"), String(err && err.message || err)]
       }
     })

@@ -29,7 +29,7 @@ import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
 import { gearTable, type ChunkerParams } from "./fastcdc.js"
-import { fileWriterPool, type BlobOutcome, type FileWriterPool, type WriteBlob } from "./file-writer.js"
+import { fileWriterPool, type BlobOutcome, type FileWriterPool, type WriteBlob, type WriteFile } from "./file-writer.js"
 import { MaterializationCache, MIN_SIZE, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
@@ -411,6 +411,10 @@ class Restorer {
         for (const r of group) for (const t of r.targets) await this.fail(t.job, describe(err), codeOf(err))
         continue
       }
+      if (this.writers) {
+        // chunks of larger files go to the writers too, into temp files created here
+        for (const r of group) for (const t of r.targets) if (t.job.entry.chunks!.length > 1 && !t.job.failed) await this.openTemp(t.job).catch((err: unknown) => this.fail(t.job, describe(err), codeOf(err)))
+      }
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
       const offloaded = toWriters.length > 0 ? this.writeInWorkers(pack, segment, start, toWriters) : undefined
@@ -439,9 +443,14 @@ class Restorer {
     await Promise.all(this.inWriters)
   }
 
-  /** A file the writers can finish alone: one chunk, nothing in the way, nothing failed yet. */
+  /**
+   * A file the writers can take: one chunk with nothing in the way (they
+   * finish it alone), or a chunk of a larger file whose temp file exists
+   * (this thread finishes it); nothing failed yet.
+   */
   private offloadable(job: FileJob): boolean {
-    return job.entry.chunks!.length === 1 && !job.failed && !this.opts.overwrite
+    if (job.failed) return false
+    return job.entry.chunks!.length === 1 ? !this.opts.overwrite : job.handle !== undefined
   }
 
   /** Hands single-chunk files to the writer threads (file-writer.ts); settles their jobs from the outcomes. */
@@ -452,7 +461,8 @@ class Restorer {
       offset: r.loc.offset - start,
       length: r.loc.length,
       rawLength: r.loc.rawLength,
-      files: r.targets.map((t) => {
+      files: r.targets.map((t): WriteFile => {
+        if (t.job.entry.chunks!.length > 1) return { part: t.job.temp!, offset: t.offset }
         const final = this.abs(t.job.rel)
         t.job.temp = tempName(final)
         const e = t.job.entry
@@ -472,7 +482,10 @@ class Restorer {
         const failed = o?.integrity !== undefined ? undefined : o?.failed?.[k]
         if (o?.integrity !== undefined) await this.fail(t.job, `blob ${r.id} in pack ${pack} ${o.integrity}`, "INTEGRITY")
         else if (failed) await this.fail(t.job, failed[1], "IO")
-        else {
+        else if (t.job.entry.chunks!.length > 1) {
+          this.bytesDone += r.loc.rawLength
+          if (--t.job.remaining === 0) await this.finishFile(t.job).catch((err: unknown) => this.fail(t.job, describe(err), codeOf(err)))
+        } else {
           t.job.remaining = 0
           this.bytesDone += t.job.entry.size
           this.fileDone(t.job)

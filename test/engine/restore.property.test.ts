@@ -8,6 +8,8 @@ import { hashBytes, type BlobId } from "../../store/ids.js"
 import { BLOB_TREE } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { restoreSnapshot } from "../../engine/restore.js"
+import type { FileEntry } from "../../engine/tree.js"
+import { loadTree } from "../../engine/walk.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import type { SnapshotRecord } from "../../engine/types.js"
 import { buildTree, describeTree, type DirSpec, type Spec } from "../fixtures.js"
@@ -126,16 +128,21 @@ describe("fan-out", () => {
 
 describe("damage", () => {
   it.each([
-    ["writer threads", true],
-    ["inline writes", false],
-  ] as const)("a flipped byte fails only the affected file, with an integrity error, and leaves no partial file (%s)", async (_label, writers) => {
+    ["one chunk, writer threads", 10_000, true],
+    ["one chunk, inline writes", 10_000, false],
+    ["many chunks, writer threads", 700_000, true],
+    ["many chunks, inline writes", 700_000, false],
+  ] as const)("a flipped byte fails only the affected file, with an integrity error, and leaves no partial file (%s)", async (_label, size, writers) => {
     const backend = new MemoryObjectStore()
     const store = await newStore(backend)
     const src = await tempDir()
-    const victim = seededBytes("victim", 10_000) // below minSize: one chunk
-    await buildTree(src, { "victim.bin": { file: victim }, "ok.txt": { file: "fine" }, sub: { dir: { "also-ok": { file: "yes" } } } })
+    const victim = seededBytes("victim", size)
+    const big = seededBytes("big and fine", 900_000)
+    await buildTree(src, { "victim.bin": { file: victim }, "big.bin": { file: big }, "ok.txt": { file: "fine" }, sub: { dir: { "also-ok": { file: "yes" } } } })
     const { snapshot } = await createSnapshot(store, src)
-    const [loc] = await store.locateMany([hashBytes(victim)])
+    const entry = (await loadTree(store, snapshot.tree)).entries.find((e) => e.name === "victim.bin") as FileEntry
+    const chunk = entry.chunks![Math.floor(entry.chunks!.length / 2)]!
+    const [loc] = await store.locateMany([chunk])
     if (!loc || loc === "pending") throw new Error("victim not indexed")
     backend.tamper(`data/${loc.pack.slice(0, 2)}/${loc.pack}`, (b) => {
       const c = Uint8Array.from(b)
@@ -147,7 +154,8 @@ describe("damage", () => {
     expect(err.code).toBe("INTEGRITY")
     expect(err.data.failed.map((f: { path: string }) => f.path)).toEqual(["victim.bin"])
     const names = await fsp.readdir(dest)
-    expect(names.sort()).toEqual(["ok.txt", "sub"])
+    expect(names.sort()).toEqual(["big.bin", "ok.txt", "sub"])
+    expect((await fsp.readFile(path.join(dest, "big.bin"))).equals(big)).toBe(true)
     expect(await fsp.readFile(path.join(dest, "sub", "also-ok"), "utf8")).toBe("yes")
     await store.close()
   })
