@@ -10,8 +10,8 @@
 
 import { spawn } from "node:child_process"
 import { createHash } from "node:crypto"
-import { createReadStream } from "node:fs"
-import { lstat, mkdtemp, readFile, readdir, readlink, rm } from "node:fs/promises"
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs"
+import { lstat, mkdtemp, readFile, readdir, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 
@@ -66,6 +66,11 @@ export async function runTimed(cmd: string, args: string[], opts: RunOptions = {
   } finally {
     await rm(dir, { recursive: true, force: true })
   }
+}
+
+/** Deletes a tree with rm(1): fs.rm walks 100,000 files with a promise each, several times slower. */
+export async function removeTree(path: string): Promise<void> {
+  await run("rm", ["-rf", "--", path])
 }
 
 /** Runs a command without timing it; throws CommandError on failure. */
@@ -241,42 +246,49 @@ export interface Verification {
   examples: string[]
 }
 
-async function hashFile(path: string): Promise<string> {
+const HASH_BLOCK = 1 << 20
+const hashBuffer = Buffer.allocUnsafe(HASH_BLOCK)
+
+function hashFile(path: string): string {
   const h = createHash("sha256")
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
+  const fd = openSync(path, "r")
+  try {
+    for (let n; (n = readSync(fd, hashBuffer, 0, HASH_BLOCK, null)) > 0; ) h.update(hashBuffer.subarray(0, n))
+  } finally {
+    closeSync(fd)
+  }
   return h.digest("hex")
 }
 
-/** Walks a tree into a manifest: kind, permission bits, mtime (µs), content hash, symlink target. */
+/**
+ * Walks a tree into a manifest: kind, permission bits, mtime (µs), content
+ * hash, symlink target. Synchronous calls: a verification of 100,000 small
+ * files took ~40 s through streams and promises, a tenth of that inline (the
+ * benchmark does nothing else meanwhile).
+ */
 export async function manifest(root: string): Promise<Manifest> {
   const m: Manifest = new Map()
-  async function walk(dir: string, rel: string): Promise<void> {
-    const entries = await readdir(dir, { withFileTypes: true })
+  const walk = (dir: string, rel: string): void => {
     const subdirs: Array<[string, string]> = []
-    // Bounded fan-out: hash up to 16 files at once.
-    for (let i = 0; i < entries.length; i += 16) {
-      await Promise.all(
-        entries.slice(i, i + 16).map(async (e) => {
-          const p = join(dir, e.name)
-          const r = rel ? `${rel}/${e.name}` : e.name
-          const st = await lstat(p, { bigint: true })
-          const base = { mode: Number(st.mode & 0o7777n), mtimeUs: st.mtimeNs / 1000n, size: Number(st.size) }
-          if (st.isDirectory()) {
-            m.set(r, { kind: "dir", ...base, size: 0 })
-            subdirs.push([p, r])
-          } else if (st.isSymbolicLink()) {
-            m.set(r, { kind: "symlink", ...base, target: await readlink(p) })
-          } else if (st.isFile()) {
-            m.set(r, { kind: "file", ...base, hash: await hashFile(p) })
-          } else {
-            m.set(r, { kind: "other", ...base })
-          }
-        }),
-      )
+    for (const name of readdirSync(dir)) {
+      const p = join(dir, name)
+      const r = rel ? `${rel}/${name}` : name
+      const st = lstatSync(p, { bigint: true })
+      const base = { mode: Number(st.mode & 0o7777n), mtimeUs: st.mtimeNs / 1000n, size: Number(st.size) }
+      if (st.isDirectory()) {
+        m.set(r, { kind: "dir", ...base, size: 0 })
+        subdirs.push([p, r])
+      } else if (st.isSymbolicLink()) {
+        m.set(r, { kind: "symlink", ...base, target: readlinkSync(p) })
+      } else if (st.isFile()) {
+        m.set(r, { kind: "file", ...base, hash: hashFile(p) })
+      } else {
+        m.set(r, { kind: "other", ...base })
+      }
     }
-    for (const [p, r] of subdirs) await walk(p, r)
+    for (const [p, r] of subdirs) walk(p, r)
   }
-  await walk(root, "")
+  walk(root, "")
   return m
 }
 

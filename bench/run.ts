@@ -88,17 +88,19 @@ function parseArgs(argv: string[]): Args {
 /**
  * What each mode runs. Quick aims at ~3 minutes: the 10k small-files corpus,
  * one repetition, a 3-snapshot history. Full aims at under 20 minutes on the
- * 2-vCPU VM of bench/results/ while keeping what the comparison needs:
+ * 2-vCPU VM of bench/results/ while keeping the comparisons the issues ask for:
  *  - workspace: every scenario, 3 repetitions for cairn and the peers
  *    (restic, borg, casync); the baselines (cp, tar, git), which show the
- *    machine's limits rather than compete, once;
- *  - the 20-snapshot history and gc: cairn and the peers (for cp and tar a
- *    history is N full copies by construction);
- *  - the scaling corpora (100k small files, 1 GiB file): once, the snapshot
- *    scenarios and the restore, no fan-out; git skips the 1 GiB file (it
- *    zlib-compresses it whole on every commit: 2.5 min that show nothing new).
+ *    machine's limits rather than compete, once; of cairn's extra fan-out
+ *    variants only the library's (Promise.all in one process);
+ *  - the 20-snapshot history and gc: cairn, restic and borg, the tools with
+ *    retention and pruning (casync's history alone took 95 s; for cp and tar
+ *    a history is N full copies by construction);
+ *  - the scaling corpora (100k small files, 1 GiB file): once, cairn, restic,
+ *    borg and tar, the snapshot scenarios and the restore (no fan-out).
  * `--reps N` overrides the repetitions everywhere; `--corpus` picks corpora
- * (quick: large on request); `--scenario` overrides the scenario sets.
+ * (quick: large on request); `--scenario` and `--only` override the
+ * scenario and tool choices.
  */
 type Kind = "cairn" | "peer" | "baseline"
 interface Plan {
@@ -108,21 +110,24 @@ interface Plan {
   smallFiles: number
   large: number
   defaultCorpora: string[]
-  /** corpus kind -> tool kinds that run the history there */
-  historyOn: Record<string, Kind[]>
+  /** corpus kind -> tools that run the history there */
+  historyOn: Record<string, string[]>
   /** corpus kind -> scenarios (default: all) */
   scenarios: Record<string, string[]>
-  /** corpus kind -> tools skipped there */
-  skip: Record<string, string[]>
+  /** corpus kind -> the tools that run there (default: all) */
+  tools: Record<string, string[]>
+  /** extra fan-out variants (default: all) */
+  variants?: string[]
   verifyFanout: boolean
 }
 
 const ONCE: Record<Kind, number> = { cairn: 1, peer: 1, baseline: 1 }
 const SCALING = ["first", "nochange", "change", "restore"]
+const EVERY_TOOL = [...ALL_TOOLS]
 
 function plan(quick: boolean): Plan {
   return quick
-    ? { reps: { workspace: ONCE, "small-files": ONCE, large: ONCE }, historyLength: 3, historyReps: 1, smallFiles: 10_000, large: 256 << 20, defaultCorpora: ["small-files"], historyOn: { "small-files": ["cairn", "peer", "baseline"], workspace: ["cairn", "peer", "baseline"] }, scenarios: {}, skip: {}, verifyFanout: false }
+    ? { reps: { workspace: ONCE, "small-files": ONCE, large: ONCE }, historyLength: 3, historyReps: 1, smallFiles: 10_000, large: 256 << 20, defaultCorpora: ["small-files"], historyOn: { "small-files": EVERY_TOOL, workspace: EVERY_TOOL }, scenarios: {}, tools: {}, verifyFanout: false }
     : {
         reps: { workspace: { cairn: 3, peer: 3, baseline: 1 }, "small-files": ONCE, large: ONCE },
         historyLength: 20,
@@ -130,9 +135,10 @@ function plan(quick: boolean): Plan {
         smallFiles: 100_000,
         large: 1 << 30,
         defaultCorpora: ["workspace", "small-files", "large"],
-        historyOn: { workspace: ["cairn", "peer"] },
+        historyOn: { workspace: ["cairn", "restic", "borg"] },
         scenarios: { "small-files": SCALING, large: SCALING },
-        skip: { large: ["git"] },
+        tools: { "small-files": ["cairn", "restic", "borg", "tar"], large: ["cairn", "restic", "borg", "tar"] },
+        variants: ["promise-all-4"],
         verifyFanout: true,
       }
 }
@@ -172,6 +178,7 @@ async function main(): Promise<void> {
     verifyFanout: p.verifyFanout,
     historyLength: args.history ?? p.historyLength,
     historyReps: p.historyReps,
+    ...(p.variants ? { variants: new Set(p.variants) } : {}),
     workDir,
     log,
   }
@@ -179,14 +186,15 @@ async function main(): Promise<void> {
     for (const corpus of corpora) {
       const kind = kindOf(corpus.name)
       for (const a of availability.filter((x) => x.ok)) {
-        if (!args.only?.has(a.tool.name) && p.skip[kind]?.includes(a.tool.name)) {
+        if (!args.only?.has(a.tool.name) && p.tools[kind] && !p.tools[kind].includes(a.tool.name)) {
           notes.push(`${a.tool.name} was not run on ${corpus.name} in this mode (see bench/run.ts plan()).`)
           continue
         }
         log(`${a.tool.name} on ${corpus.name} ...`)
         const only = args.scenarios ?? (p.scenarios[kind] ? new Set(p.scenarios[kind]) : undefined)
         const opts = { ...baseOpts, reps: repsFor(corpus.name, a.tool.kind), ...(only ? { only } : {}) }
-        const rs = await runScenarios(a.tool, corpus, opts, p.historyOn[kind]?.includes(a.tool.kind) ?? false)
+        const historyAsked = args.scenarios?.has("history") || args.scenarios?.has("gc-half")
+        const rs = await runScenarios(a.tool, corpus, opts, historyAsked || (p.historyOn[kind]?.includes(a.tool.name) ?? false))
         for (const r of rs) {
           const med = r.samples.length ? [...r.samples].sort((x, y) => x.wallMs - y.wallMs)[r.samples.length >> 1]!.wallMs : NaN
           log(`  ${r.scenario.padEnd(26)} ${(med / 1000).toFixed(2).padStart(8)} s${r.verification ? `  verify: ${r.verification.ok ? "ok" : "FAILED"}` : ""}${r.error ? "  ERROR" : ""}`)

@@ -21,10 +21,10 @@
 // Throughput is logical bytes (the corpus's file bytes, times the number of
 // trees handled) per second of wall time.
 
-import { mkdir, rm } from "node:fs/promises"
+import { mkdir } from "node:fs/promises"
 import { join } from "node:path"
 import { applyChange, markClean, type Corpus, type Undo } from "./corpora.js"
-import { Meter, manifest, verifyTree, type Manifest, type Verification } from "./harness.js"
+import { Meter, manifest, removeTree, verifyTree, type Manifest, type Verification } from "./harness.js"
 import { removeRepo, type Repo, type Tool } from "./tools.js"
 
 export const SCENARIOS = ["first", "nochange", "change", "restore", "fanout-4", "history", "gc-half"] as const
@@ -53,6 +53,8 @@ export interface ScenarioOptions {
   reps: number
   historyLength: number
   historyReps: number
+  /** Extra fan-out variants to run (default: every one the tool has). */
+  variants?: Set<string>
   /** Verify one fan-out destination too (first repetition). */
   verifyFanout: boolean
   workDir: string
@@ -109,7 +111,7 @@ async function freshRepo(base: string): Promise<Repo> {
 }
 
 async function emptyDir(path: string): Promise<string> {
-  await rm(path, { recursive: true, force: true })
+  await removeTree(path)
   await mkdir(path, { recursive: true })
   return path
 }
@@ -183,13 +185,15 @@ async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Colle
         await tool.restore(repo, firstId, dest, m)
         const r = c.add("restore", logical, m)
         if (rep === 0) r.verification = await verifyTree(expected, dest, { dirMtimes: !tool.ignores?.dirMtimes })
-        await rm(dest, { recursive: true, force: true })
+        await removeTree(dest)
       }, opts.log)
     }
     if (wants(opts, "fanout-4")) {
       const variants: Record<string, (repo: Repo, id: string, dests: string[], m: Meter) => Promise<void>> = {
         "fanout-4": (rp, id, dests, m) => m.parallel(dests.map((d) => (mm: Meter) => tool.restore(rp, id, d, mm))),
-        ...(rep === 0 ? Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).map(([k, v]) => [`fanout-4:${k}`, v])) : {}),
+        ...(rep === 0
+          ? Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).filter(([k]) => !opts.variants || opts.variants.has(k)).map(([k, v]) => [`fanout-4:${k}`, v]))
+          : {}),
       }
       for (const [name, runFanout] of Object.entries(variants)) {
         await guarded(c, name, logical * 4, async () => {
@@ -200,7 +204,7 @@ async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Colle
             const r = c.add(name, logical * 4, m)
             if (rep === 0 && name === "fanout-4" && opts.verifyFanout) r.verification = await verifyTree(expected, dests[3]!, { dirMtimes: !tool.ignores?.dirMtimes })
           } finally {
-            await Promise.all(dests.map((d) => rm(d, { recursive: true, force: true })))
+            await Promise.all(dests.map((d) => removeTree(d)))
           }
         }, opts.log)
       }

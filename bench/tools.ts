@@ -8,10 +8,10 @@
 // restore or delete that snapshot (restic id, borg archive name, ...).
 
 import { existsSync } from "node:fs"
-import { mkdir, readdir, rm, rmdir } from "node:fs/promises"
+import { mkdir, readdir, rmdir } from "node:fs/promises"
 import { join } from "node:path"
 import { PROJECT_ROOT } from "./corpora.js"
-import { CommandError, Meter, dirSize, onPath, run, type DirSize } from "./harness.js"
+import { CommandError, Meter, dirSize, onPath, removeTree, run, type DirSize } from "./harness.js"
 
 export interface Repo {
   path: string
@@ -394,6 +394,6 @@ export function makeTools(): Tool[] {
 
 /** Removes a repository and its aux directory. */
 export async function removeRepo(repo: Repo): Promise<void> {
-  await rm(repo.path, { recursive: true, force: true })
-  await rm(repo.aux, { recursive: true, force: true })
+  await removeTree(repo.path)
+  await removeTree(repo.aux)
 }
