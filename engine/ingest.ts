@@ -52,6 +52,11 @@ export class LookupBatcher {
 
 const WINDOW = 16
 
+function treeBlob(entries: readonly TreeEntry[]): { id: BlobId; bytes: Buffer } {
+  const bytes = encodeTree(entries)
+  return { id: hashBytes(bytes), bytes }
+}
+
 export interface IngestTotals {
   /** stored bytes of every distinct blob referenced so far */
   storedBytes: number
@@ -89,17 +94,15 @@ export class Ingestor {
   async ingestStream(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, onBytes?: (n: number) => void): Promise<{ chunks: BlobId[]; size: number }> {
     const chunker = new Chunker(this.params, this.gear)
     const chunks: BlobId[] = []
-    const window: Promise<void>[] = []
     let size = 0
-    const take = async (pieces: Uint8Array[]) => {
-      for (const piece of pieces) {
-        const id = hashBytes(piece)
-        chunks.push(id)
-        window.push(this.putChunk(BLOB_DATA, id, piece))
-        if (window.length >= WINDOW) await window.shift()
+    await this.storeInOrder(async (put) => {
+      const take = async (pieces: Uint8Array[]) => {
+        for (const piece of pieces) {
+          const id = hashBytes(piece)
+          chunks.push(id)
+          await put(id, piece)
+        }
       }
-    }
-    try {
       for await (const block of source) {
         throwIfAborted(this.signal)
         size += block.length
@@ -107,10 +110,7 @@ export class Ingestor {
         await take(chunker.push(block))
       }
       await take(chunker.finish())
-    } finally {
-      await Promise.allSettled(window)
-    }
-    await Promise.all(window)
+    })
     return { chunks, size }
   }
 
@@ -124,12 +124,11 @@ export class Ingestor {
     onBytes?: (n: number) => void,
   ): Promise<{ chunks: BlobId[]; size: number; stat: FileStat | undefined; steady: boolean }> {
     const chunks: BlobId[] = []
-    const window: Promise<void>[] = []
     let size = 0
     let first: FileStat | undefined
     let last: FileStat | undefined
     let steady = true
-    try {
+    await this.storeInOrder(async (put) => {
       for await (const batch of batches) {
         throwIfAborted(this.signal)
         first ??= batch.stat
@@ -139,18 +138,33 @@ export class Ingestor {
         for (const [k, len] of batch.lengths.entries()) {
           const id = batch.ids[k]!
           chunks.push(id)
-          window.push(this.putChunk(BLOB_DATA, id, batch.data.subarray(at, at + len)))
+          await put(id, batch.data.subarray(at, at + len))
           at += len
-          if (window.length >= WINDOW) await window.shift()
         }
         size += at
         onBytes?.(at)
       }
+    })
+    return { chunks, size, stat: last, steady }
+  }
+
+  /**
+   * Runs produce, which hands chunks to put in file order; at most WINDOW of
+   * them are being stored at once (put waits for the oldest beyond that), and
+   * every store settles before an error propagates.
+   */
+  private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array) => Promise<void>) => Promise<void>): Promise<void> {
+    const window: Promise<void>[] = []
+    const put = async (id: BlobId, piece: Uint8Array) => {
+      window.push(this.putChunk(BLOB_DATA, id, piece))
+      if (window.length >= WINDOW) await window.shift()
+    }
+    try {
+      await produce(put)
     } finally {
       await Promise.allSettled(window)
     }
     await Promise.all(window)
-    return { chunks, size, stat: last, steady }
   }
 
   /** Stores one whole in-memory file (small files take this path). */
@@ -180,8 +194,7 @@ export class Ingestor {
   }
 
   async putTree(entries: readonly TreeEntry[]): Promise<BlobId> {
-    const bytes = encodeTree(entries)
-    const id = hashBytes(bytes)
+    const { id, bytes } = treeBlob(entries)
     await this.putChunk(BLOB_TREE, id, bytes)
     return id
   }
@@ -191,8 +204,7 @@ export class Ingestor {
    * parent can be encoded without waiting. drain() waits for every tree started.
    */
   startTree(entries: readonly TreeEntry[]): BlobId {
-    const bytes = encodeTree(entries)
-    const id = hashBytes(bytes)
+    const { id, bytes } = treeBlob(entries)
     const put = this.putChunk(BLOB_TREE, id, bytes)
     put.catch(() => {}) // observed by drain(); not an unhandled rejection meanwhile
     this.started.push(put)

@@ -277,10 +277,8 @@ class Restorer {
     /** dirs (by rel) with an entry below them not as its tree says; "" is the destination */
     const inexact = new Set<string>()
     const children = new Map<string, number>()
-    const stats = new Map<string, fs.BigIntStats>()
-    await mapLimit(placed, 32, async (p) => {
-      stats.set(p.rel, await fsp.lstat(this.abs(p.rel), { bigint: true }))
-    })
+    // inline: an lstat from the inode cache is microseconds, a thread-pool round trip tens of them
+    const stats = new Map(placed.map((p) => [p.rel, fs.lstatSync(this.abs(p.rel), { bigint: true })]))
     for (const p of placed) {
       const e = p.entry
       const st = stats.get(p.rel)!
@@ -413,7 +411,8 @@ class Restorer {
       }
       if (this.writers) {
         // chunks of larger files go to the writers too, into temp files created here
-        for (const r of group) for (const t of r.targets) if (t.job.entry.chunks!.length > 1 && !t.job.failed) await this.openTemp(t.job).catch((err: unknown) => this.fail(t.job, describe(err), codeOf(err)))
+        const parts = group.flatMap((r) => r.targets.filter((t) => t.job.entry.chunks!.length > 1 && !t.job.failed && !t.job.handle))
+        await Promise.all(parts.map((t) => this.openTemp(t.job).catch((err: unknown) => this.fail(t.job, describe(err), codeOf(err)))))
       }
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
