@@ -10,6 +10,7 @@ import { cpus, loadavg, totalmem } from "node:os"
 import { mkdir, rm, writeFile } from "node:fs/promises"
 import { join, resolve } from "node:path"
 import { PROJECT_ROOT, largeCorpus, smallFilesCorpus, workspaceCorpus, type Corpus } from "./corpora.js"
+import { emptyTrash, trashRoom, useTrash } from "./harness.js"
 import { runMicro } from "./micro.js"
 import { renderChart, renderMarkdown, type Report } from "./report.js"
 import { SCENARIOS, runScenarios, type ScenarioOptions, type ScenarioResult } from "./scenarios.js"
@@ -145,6 +146,9 @@ function plan(quick: boolean): Plan {
 
 const kindOf = (name: string): string => name.replace(/-\d+[kmg]?$/, "")
 
+/** Below this much free space, the trash of deleted trees is emptied before the next tool runs. */
+const TRASH_FREE_BYTES = 16 * 2 ** 30
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2))
   const p = plan(args.quick)
@@ -155,6 +159,7 @@ async function main(): Promise<void> {
   const workDir = join(args.out, "work")
   await rm(workDir, { recursive: true, force: true })
   await mkdir(workDir, { recursive: true })
+  await useTrash(join(workDir, "trash"))
   const notes: string[] = []
   const load0 = loadavg()[0]!
 
@@ -190,6 +195,7 @@ async function main(): Promise<void> {
           notes.push(`${a.tool.name} was not run on ${corpus.name} in this mode (see bench/run.ts plan()).`)
           continue
         }
+        if (trashRoom() < TRASH_FREE_BYTES) await emptyTrash(log)
         log(`${a.tool.name} on ${corpus.name} ...`)
         const only = args.scenarios ?? (p.scenarios[kind] ? new Set(p.scenarios[kind]) : undefined)
         const opts = { ...baseOpts, reps: repsFor(corpus.name, a.tool.kind), ...(only ? { only } : {}) }
@@ -201,6 +207,7 @@ async function main(): Promise<void> {
         }
         results.push(...rs)
       }
+      await emptyTrash(log)
     }
   }
 
@@ -212,6 +219,7 @@ async function main(): Promise<void> {
   }
   notes.push("cp and tar have no incremental snapshots: their nochange and change rows are not run (they would repeat first).")
   notes.push(`Load average (1 min) at start ${load0.toFixed(1)}, at end ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores: above ~0.5 other work was competing and times are inflated.`)
+  notes.push("Deleted trees (restores, repositories) are moved to a trash directory, emptied after each corpus (or when free space falls below 16 GiB) and followed by a wait of the kernel's dirty-expiry window: on ext4 without a journal, files created within ~35 s of a deletion skip the freed inodes one by one, which otherwise inflated whichever run came next.")
   notes.push("Page cache is warm: corpora and repositories are read from memory after the first pass; no cache is dropped between runs.")
   notes.push("Fan-out rows: wall time of all 4 restores together; peak RSS is the sum of the 4 processes' peaks.")
   notes.push("git keeps no mtimes and only 644/755 modes, so its verification reports mtime (and mode) mismatches by design; its directory mtimes are not compared.")
