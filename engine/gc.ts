@@ -70,6 +70,7 @@ import type { BlobLocation } from "../store/local-index.js"
 import { ENTRY_BYTES, TRAILER_BYTES, packKey, parsePack, type PackEntry } from "../store/pack.js"
 import type { Store } from "../store/store.js"
 import { treeReferences } from "./tree.js"
+import { readTreeBlobs, type LocatedTree } from "./walk.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 import { listSnapshots } from "./records.js"
 
@@ -286,32 +287,28 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
   let treesDone = 0
   while (frontier.length > 0) {
     const next: BlobId[] = []
-    const reads = treeReads(await locateTrees(view, frontier))
-    await mapLimit(reads, 4, async (read) => {
-      throwIfAborted(opts.signal)
-      const bytes = await store.readPackRange(read.pack, read.start, read.end - read.start)
-      await Promise.all(
-        read.trees.map(async ({ id, loc }) => {
-          const stored = bytes.subarray(loc.offset - read.start, loc.offset - read.start + loc.length)
-          const raw = await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack)
-          let refs: { trees: BlobId[]; chunks: BlobId[] }
-          try {
-            refs = treeReferences(raw, id)
-          } catch (err) {
-            if (err instanceof IntegrityError) throw new IntegrityError(`${err.message}; gc stopped without changing anything`, { tree: id })
-            throw err
-          }
-          for (const sub of refs.trees) {
-            if (live.has(sub)) continue
-            live.add(sub)
-            next.push(sub)
-          }
-          for (const c of refs.chunks) live.add(c)
-          treesDone++
-          opts.onProgress?.({ phase: "gc", filesDone: treesDone, filesTotal: treesDone + next.length, bytesDone: 0, bytesTotal: 0 })
-        }),
-      )
-    })
+    await readTreeBlobs(
+      store,
+      await locateTrees(view, frontier),
+      (id, raw) => {
+        let refs: { trees: BlobId[]; chunks: BlobId[] }
+        try {
+          refs = treeReferences(raw, id)
+        } catch (err) {
+          if (err instanceof IntegrityError) throw new IntegrityError(`${err.message}; gc stopped without changing anything`, { tree: id })
+          throw err
+        }
+        for (const sub of refs.trees) {
+          if (live.has(sub)) continue
+          live.add(sub)
+          next.push(sub)
+        }
+        for (const c of refs.chunks) live.add(c)
+        treesDone++
+        opts.onProgress?.({ phase: "gc", filesDone: treesDone, filesTotal: treesDone + next.length, bytesDone: 0, bytesTotal: 0 })
+      },
+      opts.signal,
+    )
     frontier = next
   }
   if ([...live].some((id) => !view.where.has(id))) await view.readOrphans()
@@ -325,11 +322,6 @@ async function markLive(store: Store, view: RepoView, snapshots: SnapshotRecord[
   return live
 }
 
-interface LocatedTree {
-  id: BlobId
-  loc: BlobLocation
-}
-
 /** Where each tree is; reads the orphans' headers if one is in no indexed pack. */
 async function locateTrees(view: RepoView, ids: readonly BlobId[]): Promise<LocatedTree[]> {
   if (ids.some((id) => !view.where.has(id))) await view.readOrphans()
@@ -338,40 +330,6 @@ async function locateTrees(view: RepoView, ids: readonly BlobId[]): Promise<Loca
     if (!loc) throw new IntegrityError(`tree ${id} is missing from the repository; gc stopped without changing anything`, { tree: id })
     return { id, loc }
   })
-}
-
-/**
- * Reads that never span more than this, nor skip more than TREE_READ_GAP
- * bytes between two trees: a snapshot writes its trees next to each other,
- * so one read fetches many of them (one syscall or one ranged GET instead of
- * one per tree) while the bytes of unrelated blobs read along stay few.
- */
-const TREE_READ_SPAN = 16 << 20
-const TREE_READ_GAP = 256 << 10
-
-interface TreeRead {
-  pack: string
-  start: number
-  end: number
-  trees: LocatedTree[]
-}
-
-/** Groups trees into ranged reads, per pack, in offset order. */
-function treeReads(trees: LocatedTree[]): TreeRead[] {
-  const sorted = [...trees].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset))
-  const reads: TreeRead[] = []
-  let read: TreeRead | undefined
-  for (const t of sorted) {
-    const end = t.loc.offset + t.loc.length
-    if (read && read.pack === t.loc.pack && t.loc.offset - read.end <= TREE_READ_GAP && end - read.start <= TREE_READ_SPAN) {
-      read.end = Math.max(read.end, end)
-      read.trees.push(t)
-    } else {
-      read = { pack: t.loc.pack, start: t.loc.offset, end, trees: [t] }
-      reads.push(read)
-    }
-  }
-  return reads
 }
 
 /** Homes every live blob in one pack and decides each pack's fate. */

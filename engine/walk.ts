@@ -1,9 +1,10 @@
 // Reading trees back: load a snapshot's tree objects into a flat, validated
 // list of entries with their paths, resolving sub-paths on the way.
 
-import { Semaphore } from "../store/concurrency.js"
-import { BadInputError, IntegrityError, NotFoundError } from "../store/errors.js"
+import { mapLimit, Semaphore } from "../store/concurrency.js"
+import { BadInputError, IntegrityError, NotFoundError, throwIfAborted } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
+import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
 import { decodeTree, isSafeName, type DirEntry, type Tree, type TreeEntry } from "./tree.js"
 
@@ -54,28 +55,111 @@ export async function resolvePath(store: Store, rootTree: BlobId, p: string): Pr
   return entry
 }
 
+export interface LocatedTree {
+  id: BlobId
+  loc: BlobLocation
+}
+
 /**
- * Every entry below a directory tree, parents before children. Trees are
- * loaded with bounded concurrency; a tree already seen (shared subtrees) is
- * decoded once.
+ * Reads that never span more than this, nor skip more than TREE_READ_GAP
+ * bytes between two trees: a snapshot writes its trees next to each other,
+ * so one read fetches many of them (one syscall or one ranged GET instead of
+ * one per tree) while the bytes of unrelated blobs read along stay few.
+ */
+const TREE_READ_SPAN = 16 << 20
+const TREE_READ_GAP = 256 << 10
+
+interface TreeRead {
+  pack: string
+  start: number
+  end: number
+  trees: LocatedTree[]
+}
+
+/** Groups trees into ranged reads, per pack, in offset order. */
+function treeReads(trees: readonly LocatedTree[]): TreeRead[] {
+  const sorted = [...trees].sort((a, b) => (a.loc.pack < b.loc.pack ? -1 : a.loc.pack > b.loc.pack ? 1 : a.loc.offset - b.loc.offset))
+  const reads: TreeRead[] = []
+  let read: TreeRead | undefined
+  for (const t of sorted) {
+    const end = t.loc.offset + t.loc.length
+    if (read && read.pack === t.loc.pack && t.loc.offset - read.end <= TREE_READ_GAP && end - read.start <= TREE_READ_SPAN) {
+      read.end = Math.max(read.end, end)
+      read.trees.push(t)
+    } else {
+      read = { pack: t.loc.pack, start: t.loc.offset, end, trees: [t] }
+      reads.push(read)
+    }
+  }
+  return reads
+}
+
+/**
+ * Reads located tree blobs with a few ranged reads per pack (neighbours
+ * together, in offset order) and hands each one's checked raw bytes to
+ * `each`. Damage is an IntegrityError, as for one blob.
+ */
+export async function readTreeBlobs(
+  store: Store,
+  trees: readonly LocatedTree[],
+  each: (id: BlobId, raw: Uint8Array) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  await mapLimit(treeReads(trees), 4, async (read) => {
+    throwIfAborted(signal)
+    const bytes = await store.readPackRange(read.pack, read.start, read.end - read.start)
+    await Promise.all(
+      read.trees.map(async ({ id, loc }) => {
+        const stored = bytes.subarray(loc.offset - read.start, loc.offset - read.start + loc.length)
+        each(id, await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack))
+      }),
+    )
+  })
+}
+
+/**
+ * Every entry below a directory tree, parents before children (a
+ * directory's entries, then each subdirectory's, depth first). Trees are
+ * read level by level: on a local repository each level is located with one
+ * batched index lookup and read with a few ranged reads per pack; a remote
+ * one goes through the store's tree cache one tree at a time. A tree shared
+ * by several directories is read once.
  */
 export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedEntry[]> {
+  const trees = new Map<BlobId, Tree>()
+  let frontier = [treeId]
+  for (let depth = 0; frontier.length > 0; depth++) {
+    if (depth > 1024) throw new IntegrityError(`tree ${frontier[0]} nests deeper than 1024 levels`, { tree: frontier[0] })
+    await loadLevel(store, frontier, trees)
+    const next = new Set<BlobId>()
+    for (const id of frontier) for (const e of trees.get(id)!.entries) if (e.type === "dir" && !trees.has(e.tree)) next.add(e.tree)
+    frontier = [...next]
+  }
   const out: PlacedEntry[] = []
-  const seen = new Map<BlobId, Promise<Tree>>()
-  const load = (id: BlobId) => {
-    let p = seen.get(id)
-    if (!p) seen.set(id, (p = loadTree(store, id)))
-    return p
-  }
-  const visit = async (id: BlobId, prefix: string, depth: number): Promise<PlacedEntry[][]> => {
+  // a path can be longer than the levels are many (shared subtrees), so depth is checked again here
+  const visit = (id: BlobId, prefix: string, depth: number): void => {
     if (depth > 1024) throw new IntegrityError(`tree ${id} nests deeper than 1024 levels`, { tree: id })
-    const tree = await load(id)
-    const mine: PlacedEntry[] = tree.entries.map((entry) => ({ rel: prefix ? `${prefix}/${entry.name}` : entry.name, entry }))
-    const below = await Promise.all(
-      mine.filter((p) => p.entry.type === "dir").map((p) => visit((p.entry as DirEntry).tree, p.rel, depth + 1)),
-    )
-    return [mine, ...below.flat()]
+    const mine = trees.get(id)!.entries.map((entry) => ({ rel: prefix ? `${prefix}/${entry.name}` : entry.name, entry }))
+    out.push(...mine)
+    for (const p of mine) if (p.entry.type === "dir") visit(p.entry.tree, p.rel, depth + 1)
   }
-  for (const group of await visit(treeId, "", 0)) out.push(...group)
+  visit(treeId, "", 0)
   return out
+}
+
+async function loadLevel(store: Store, ids: BlobId[], into: Map<BlobId, Tree>): Promise<void> {
+  const located: LocatedTree[] = []
+  const one: BlobId[] = []
+  if (store.backend.remote) one.push(...ids)
+  else {
+    const found = await store.locateForRead(ids)
+    ids.forEach((id, k) => {
+      const loc = found[k]
+      // missing ones fail with loadTree's error; pending ones are read from memory
+      if (loc && loc !== "pending") located.push({ id, loc })
+      else one.push(id)
+    })
+  }
+  await readTreeBlobs(store, located, (id, raw) => into.set(id, decodeTree(raw, id)))
+  await Promise.all(one.map(async (id) => into.set(id, await loadTree(store, id))))
 }

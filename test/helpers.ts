@@ -1,8 +1,9 @@
-// Shared test helpers: temp directories and seeded bytes.
+// Shared test helpers: temp directories, seeded bytes, counted backend reads.
 import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
+import type { ObjectStore } from "../store/backend.js"
 
 export async function tempDir(prefix = "cairn-test-"): Promise<string> {
   return fsp.mkdtemp(path.join(os.tmpdir(), prefix))
@@ -32,4 +33,20 @@ export function textBytes(seed: string, length: number): Buffer {
     size += w.length + 1
   }
   return Buffer.from(parts.join("")).subarray(0, length)
+}
+
+/** A view of backend that records the key of every get of a pack (data/...). */
+export function countingPackReads(backend: ObjectStore): { backend: ObjectStore; packReads: string[] } {
+  const packReads: string[] = []
+  const counting = new Proxy(backend, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver)
+      if (prop !== "get") return typeof v === "function" ? v.bind(target) : v
+      return (key: string, range?: { offset: number; length: number }) => {
+        if (key.startsWith("data/")) packReads.push(key)
+        return target.get(key, range)
+      }
+    },
+  }) as ObjectStore
+  return { backend: counting, packReads }
 }

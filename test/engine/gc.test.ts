@@ -18,7 +18,7 @@ import { decodeIndexFile } from "../../store/index-file.js"
 import { BLOB_TREE, ENTRY_BYTES, TRAILER_BYTES } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { buildTree, describeTree, type DirSpec } from "../fixtures.js"
-import { seededBytes, tempDir } from "../helpers.js"
+import { countingPackReads, seededBytes, tempDir } from "../helpers.js"
 
 const PACK = 16 * 1024
 
@@ -152,17 +152,7 @@ describe("gc", () => {
     for (let d = 0; d < 40; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` } } }
     await buildTree(src, spec)
     await createSnapshot(store, src)
-    const packReads: string[] = []
-    const counting = new Proxy(backend, {
-      get(target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver)
-        if (prop !== "get") return typeof v === "function" ? v.bind(target) : v
-        return (key: string, range?: { offset: number; length: number }) => {
-          if (key.startsWith("data/")) packReads.push(key)
-          return target.get(key, range)
-        }
-      },
-    }) as ObjectStore
+    const { backend: counting, packReads } = countingPackReads(backend)
     const reader = await open(counting)
     const report = await collectGarbage(reader, { dryRun: true })
     expect(report.liveBlobs).toBe(41 + 40) // 41 trees, 40 chunks

@@ -3,17 +3,18 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
+import type { ObjectStore } from "../../store/backend.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { BLOB_TREE } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import type { FileEntry } from "../../engine/tree.js"
-import { loadTree } from "../../engine/walk.js"
+import { flattenTree, loadTree } from "../../engine/walk.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import type { SnapshotRecord } from "../../engine/types.js"
 import { buildTree, describeTree, type DirSpec, type Spec } from "../fixtures.js"
-import { seededBytes, tempDir } from "../helpers.js"
+import { countingPackReads, seededBytes, tempDir } from "../helpers.js"
 
 async function newStore(backend = new MemoryObjectStore()) {
   return Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
@@ -212,6 +213,27 @@ describe("hostile trees", () => {
     })
   }
 
+  it("rejects a path deeper than 1024 levels made of shared subtrees (two levels breadth first)", async () => {
+    const store = await newStore()
+    const dirMeta = { mode: 0o755, mtime: "0", uid: 0, gid: 0, size: 0 }
+    // x[i] holds x[i+1]; the root holds every x[i]: each tree is one level below the root,
+    // but the path through all of them is 1100 deep
+    let below = (await store.putBlob(BLOB_TREE, Buffer.from(JSON.stringify({ v: 1, entries: [] })))).id
+    const chain: BlobId[] = []
+    for (let i = 0; i < 1100; i++) {
+      below = (await store.putBlob(BLOB_TREE, Buffer.from(JSON.stringify({ v: 1, entries: [{ name: "x", type: "dir", ...dirMeta, tree: below }] })))).id
+      chain.push(below)
+    }
+    const entries = chain.reverse().map((tree, i) => ({ name: `d${String(i).padStart(4, "0")}`, type: "dir", ...dirMeta, tree }))
+    const snapshot = await snapshotOfTree(store, entries)
+    const dest = path.join(await tempDir(), "dest")
+    const err = await restoreSnapshot(store, snapshot, dest).catch((e) => e)
+    expect(err?.code).toBe("INTEGRITY")
+    expect(String(err?.message)).toMatch(/deeper than 1024/)
+    expect(await fsp.readdir(dest).catch(() => [])).toEqual([])
+    await store.close()
+  })
+
   it("a symlink in the tree is never followed by a later write", async () => {
     // the only way to name a path twice is a duplicate, which decodeTree refuses; here the
     // symlink points outside and a sibling file is restored next to it: nothing lands outside
@@ -225,5 +247,34 @@ describe("hostile trees", () => {
     expect(await fsp.readdir(outside)).toEqual([])
     expect(await fsp.readlink(path.join(dest, "a"))).toBe(outside)
     await store.close()
+  })
+})
+
+describe("reading a snapshot's trees", () => {
+  it("reads them with a few ranged reads per level, parents before children", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await newStore(backend)
+    const src = await tempDir()
+    const spec: DirSpec = {}
+    for (let d = 0; d < 30; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: { "g.txt": { file: `g ${d}` } } } } }
+    await buildTree(src, spec)
+    const { snapshot } = await createSnapshot(store, src)
+    await store.close()
+    const { backend: counting, packReads } = countingPackReads(backend)
+    const reader = await Store.open({ backend: counting, cacheDir: await tempDir() })
+    const placed = await flattenTree(reader, snapshot.tree)
+    // 61 trees on 3 levels; the packs are small (64 KiB), so a level may span a few of them
+    expect(packReads.length).toBeLessThanOrEqual(8)
+    expect(placed.length).toBe(30 * 4)
+    const seen = new Set<string>()
+    for (const p of placed) {
+      const parent = p.rel.includes("/") ? p.rel.slice(0, p.rel.lastIndexOf("/")) : ""
+      if (parent) expect(seen.has(parent)).toBe(true)
+      seen.add(p.rel)
+    }
+    // depth first: a directory's subdirectory's entries come before the next sibling directory's
+    const rels = placed.map((p) => p.rel)
+    expect(rels.indexOf("d0/sub/g.txt")).toBeLessThan(rels.indexOf("d1/f.txt"))
+    await reader.close()
   })
 })
