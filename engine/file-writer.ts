@@ -12,7 +12,9 @@
 //
 // Chunks of larger files are written the same way, each at its offset into a
 // temporary file the main thread created; the main thread renames it when
-// every chunk is in.
+// every chunk is in. Large files the materialization cache holds are copied
+// out of it, checked chunk by chunk and renamed into place here as well
+// (place), so that the copying and hashing overlap with the rest.
 //
 // The contract is restore's: each file is written under a temporary name in
 // its (already created) directory and renamed into place only after its
@@ -24,6 +26,7 @@
 import os from "node:os"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
 import { WorkerPool } from "../store/worker-pool.js"
+import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
 /** A whole file: the blob is all of it. */
 export interface WholeFile {
@@ -52,6 +55,17 @@ export interface WriteBlob {
   length: number
   rawLength: number
   files: WriteFile[]
+}
+
+/** A file restored from the materialization cache (see place). */
+export interface PlaceFile {
+  src: string
+  temp: string
+  final: string
+  link: boolean
+  expect: ExpectedContent
+  /** set unless linking: the file's own metadata */
+  meta?: Omit<WholeFile, "temp" | "final">
 }
 
 /** Per blob: undefined when every file was written, else what went wrong (per file, or for the blob). */
@@ -102,8 +116,28 @@ function writeFile(f, raw) {
   fs.renameSync(f.temp, f.final)
 }
 
+${PLACE_SOURCE}
+const sys = { fs, createHash }
+
+function placeOne(p) {
+  if (!placeEntry(p.src, p.temp, p.link, p.expect, sys)) return false
+  try {
+    if (p.meta) {
+      if (p.meta.owner) fs.chownSync(p.temp, p.meta.owner.uid, p.meta.owner.gid)
+      fs.chmodSync(p.temp, p.meta.mode)
+      fs.utimesSync(p.temp, p.meta.mtime, p.meta.mtime)
+    }
+    fs.renameSync(p.temp, p.final)
+    return true
+  } catch (err) {
+    try { fs.rmSync(p.temp, { force: true }) } catch {}
+    return false
+  }
+}
+
 parentPort.on("message", (job) => {
   try {
+    if (job.place) return parentPort.postMessage({ id: job.id, outcomes: [placeOne(job.place)] })
     parentPort.postMessage({ id: job.id, outcomes: writeAll(job) })
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String(err && err.message || err) })
@@ -151,6 +185,17 @@ export class FileWriterPool {
     const buffer = segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer
     const reply = await this.pool.run<{ outcomes: (BlobOutcome | undefined)[] }>({ buffer, blobs }, [buffer])
     return reply.outcomes
+  }
+
+  /**
+   * Copies (or links) a materialization-cache entry to its temp name, checks
+   * it chunk by chunk, sets its metadata and renames it into place; false
+   * when the entry is absent or damaged (then deleted), or the copy failed,
+   * leaving nothing behind: the caller rebuilds the file from packs.
+   */
+  async place(p: PlaceFile): Promise<boolean> {
+    const reply = await this.pool.run<{ outcomes: boolean[] }>({ place: p })
+    return reply.outcomes[0]!
   }
 
   close(): Promise<void> {

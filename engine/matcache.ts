@@ -11,9 +11,9 @@
 // writing through one changes all of them (cairn makes them read-only).
 //
 // Entries are written to a temp name and renamed, so readers only ever see
-// whole files. The cache is not trusted: every placed copy is re-chunked and
-// each chunk hash-checked against the snapshot's chunk list before it is
-// used, so a damaged entry (bit rot, a stray write) is deleted and the file
+// whole files. The cache is not trusted: every placed copy is hash-checked,
+// chunk by chunk (each chunk's byte range, its length taken from the index),
+// against the snapshot's chunk list before it is used, so a damaged entry (bit rot, a stray write) is deleted and the file
 // is rebuilt from the packs instead. Each use refreshes the entry's access time, and trim() deletes the
 // least recently used entries beyond the size limit. Only files of at least
 // MIN_SIZE are cached: below that, decoding costs no more than copying.
@@ -21,8 +21,7 @@
 import { createHash, randomBytes } from "node:crypto"
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
-import { hashBytes, type BlobId } from "../store/ids.js"
-import { Chunker, type ChunkerParams } from "./fastcdc.js"
+import type { BlobId } from "../store/ids.js"
 
 export const MIN_SIZE = 256 * 1024
 const DEFAULT_LIMIT = 1024 * 1024 * 1024
@@ -41,38 +40,14 @@ export class MaterializationCache {
     return createHash("sha256").update(chunks.join(",")).digest("hex")
   }
 
-  private file(key: string): string {
-    return path.join(this.dir, key.slice(0, 2), key)
+  /** placeEntry for the entry of key. */
+  place(key: string, dest: string, link: boolean, expect: ExpectedContent): boolean {
+    return placeEntry(this.file(key), dest, link, expect)
   }
 
-  /**
-   * Copies (or links) a cached file to dest and checks the copy against the
-   * expected content; false if there is no entry or it was damaged (the entry
-   * is then deleted and dest removed).
-   */
-  place(key: string, dest: string, link: boolean, expect: ExpectedContent): boolean {
-    const src = this.file(key)
-    try {
-      if (link) fs.linkSync(src, dest)
-      else fs.copyFileSync(src, dest, fs.constants.COPYFILE_FICLONE | fs.constants.COPYFILE_EXCL)
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === "ENOENT") return false
-      throw err
-    }
-    if (!contentMatches(dest, expect)) {
-      fs.rmSync(dest, { force: true })
-      fs.rmSync(src, { force: true })
-      return false
-    }
-    try {
-      // last use, for trim(): the access time (the mtime may be the file's own, in link mode)
-      const st = fs.statSync(src)
-      fs.utimesSync(src, Date.now() / 1000, st.mtime)
-    } catch {
-      // trimmed meanwhile by another process: the copy we made is complete
-    }
-    return true
+  /** Where an entry lives (for placeEntry in another thread). */
+  file(key: string): string {
+    return path.join(this.dir, key.slice(0, 2), key)
   }
 
   /** Adds a restored file (copied, so the restored file stays private). */
@@ -120,33 +95,81 @@ export class MaterializationCache {
 export interface ExpectedContent {
   size: number
   chunks: readonly BlobId[]
-  params: ChunkerParams
-  gear: Uint32Array
+  /** each chunk's length, from the index: the copy is checked range by range, without re-chunking */
+  lengths: readonly number[]
 }
 
-const READ_BLOCK = 1 << 20
+/**
+ * What contentMatches and placeEntry use of Node, passed in rather than
+ * imported so that their source runs unchanged in a worker thread
+ * (PLACE_SOURCE), whatever a bundler or test runner does to imports.
+ */
+export interface Sys {
+  fs: typeof fs
+  createHash: typeof createHash
+}
+const nodeSys: Sys = { fs, createHash }
 
-/** Re-chunks a file and checks its size and every chunk's hash against the expected list. */
-export function contentMatches(file: string, expect: ExpectedContent): boolean {
-  const fd = fs.openSync(file, "r")
+/** Checks a file's size and the hash of each chunk's byte range against the expected list. */
+export function contentMatches(file: string, expect: ExpectedContent, sys: Sys = nodeSys): boolean {
+  const { chunks, lengths } = expect
+  if (chunks.length !== lengths.length) return false
+  let total = 0
+  let longest = 0
+  for (const n of lengths) {
+    total += n
+    longest = Math.max(longest, n)
+  }
+  if (total !== expect.size) return false
+  const fd = sys.fs.openSync(file, "r")
   try {
-    if (fs.fstatSync(fd).size !== expect.size) return false
-    const chunker = new Chunker(expect.params, expect.gear)
-    const buf = Buffer.allocUnsafe(READ_BLOCK)
-    let next = 0
-    const check = (pieces: Uint8Array[]): boolean => {
-      for (const piece of pieces) if (next >= expect.chunks.length || hashBytes(piece) !== expect.chunks[next++]) return false
-      return true
-    }
+    if (sys.fs.fstatSync(fd).size !== expect.size) return false
+    const buf = Buffer.allocUnsafe(longest)
     let pos = 0
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, READ_BLOCK, pos)
-      if (n === 0) break
-      pos += n
-      if (!check(chunker.push(buf.subarray(0, n)))) return false
+    for (let k = 0; k < chunks.length; k++) {
+      const piece = buf.subarray(0, lengths[k]!)
+      for (let got = 0; got < piece.length; ) {
+        const n = sys.fs.readSync(fd, piece, got, piece.length - got, pos + got)
+        if (n === 0) return false
+        got += n
+      }
+      if (sys.createHash("sha256").update(piece).digest("hex") !== chunks[k]) return false
+      pos += piece.length
     }
-    return pos === expect.size && check(chunker.finish()) && next === expect.chunks.length
+    return true
   } finally {
-    fs.closeSync(fd)
+    sys.fs.closeSync(fd)
   }
 }
+
+/**
+ * Copies (or links) a cache entry to dest and checks the copy against the
+ * expected content; false if there is no entry or it was damaged (the entry
+ * is then deleted and dest removed). Runs in restore's writer threads too
+ * (PLACE_SOURCE): it uses nothing but its arguments and contentMatches.
+ */
+export function placeEntry(src: string, dest: string, link: boolean, expect: ExpectedContent, sys: Sys = nodeSys): boolean {
+  try {
+    if (link) sys.fs.linkSync(src, dest)
+    else sys.fs.copyFileSync(src, dest, sys.fs.constants.COPYFILE_FICLONE | sys.fs.constants.COPYFILE_EXCL)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false
+    throw err
+  }
+  if (!contentMatches(dest, expect, sys)) {
+    sys.fs.rmSync(dest, { force: true })
+    sys.fs.rmSync(src, { force: true })
+    return false
+  }
+  try {
+    // last use, for trim(): the access time (the mtime may be the file's own, in link mode)
+    const st = sys.fs.statSync(src)
+    sys.fs.utimesSync(src, Date.now() / 1000, st.mtime)
+  } catch {
+    // trimmed meanwhile by another process: the copy we made is complete
+  }
+  return true
+}
+
+/** placeEntry and contentMatches, as source for a worker (which passes its own Sys). */
+export const PLACE_SOURCE = [contentMatches, placeEntry].map(String).join("\n")

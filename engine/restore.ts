@@ -28,9 +28,8 @@ import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwI
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
-import { gearTable, type ChunkerParams } from "./fastcdc.js"
 import { fileWriterPool, type BlobOutcome, type FileWriterPool, type WriteBlob, type WriteFile } from "./file-writer.js"
-import { MaterializationCache, MIN_SIZE, type ExpectedContent } from "./matcache.js"
+import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
@@ -141,15 +140,17 @@ class Restorer {
   /** writer threads for single-chunk files; off with opts.writers === false */
   private readonly writers: FileWriterPool | undefined
   private readonly inWriters = new Set<Promise<void>>()
-  private chunking?: { params: ChunkerParams; gear: Uint32Array }
 
-  /** What a cached copy of this file must hold: checked chunk by chunk before the copy is used. */
-  private expected(e: FileEntry): ExpectedContent {
-    if (!this.chunking) {
-      const c = this.store.config.chunker
-      this.chunking = { params: { minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gear: gearTable(Buffer.from(c.seed, "hex")) }
+  /** What a cached copy of this file must hold (undefined if a chunk is missing from the index): checked chunk by chunk before the copy is used. */
+  private expected(e: FileEntry, locs: ReadonlyMap<BlobId, BlobLocation>): ExpectedContent | undefined {
+    const chunks = e.chunks ?? []
+    const lengths: number[] = []
+    for (const id of chunks) {
+      const loc = locs.get(id)
+      if (!loc) return undefined
+      lengths.push(loc.rawLength)
     }
-    return { size: e.size, chunks: e.chunks ?? [], ...this.chunking }
+    return { size: e.size, chunks, lengths }
   }
 
   private cacheKey(e: FileEntry): string {
@@ -158,41 +159,46 @@ class Restorer {
     return this.opts.link ? `${key}-${(e.mode & ~0o222).toString(8)}-${e.mtime}` : key
   }
 
-  /** Places files the cache holds; returns the jobs still to be rebuilt from packs. */
-  private async fromCache(jobs: FileJob[]): Promise<FileJob[]> {
-    if (!this.cache) return jobs
-    const rest: FileJob[] = []
-    for (const job of jobs) {
-      if (job.entry.size < MIN_SIZE || !job.entry.chunks) {
-        rest.push(job)
-        continue
-      }
+  /**
+   * Places the files the cache holds; returns the jobs still to be rebuilt
+   * from packs. With writer threads, each file is copied, checked and
+   * renamed in a writer (one at a time, so that the other writers keep on
+   * with pack segments meanwhile); without, here.
+   */
+  private async fromCache(jobs: Array<[FileJob, ExpectedContent]>): Promise<FileJob[]> {
+    const missed: FileJob[] = []
+    await mapLimit(jobs, 1, async ([job, expect]) => {
+      throwIfAborted(this.opts.signal)
       const final = this.abs(job.rel)
       const temp = tempName(final)
+      const src = this.cache!.file(this.cacheKey(job.entry))
+      const link = Boolean(this.opts.link)
       let placed = false
       try {
-        placed = this.cache.place(this.cacheKey(job.entry), temp, Boolean(this.opts.link), this.expected(job.entry))
-        if (placed) {
-          job.temp = temp
-          if (this.opts.overwrite) await this.clearWay(job.rel, false)
-          if (!this.opts.link) await this.setMeta(temp, job.entry, false)
+        if (this.opts.overwrite) await this.clearWay(job.rel, false)
+        if (this.writers) {
+          const e = job.entry
+          const meta = { mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+          placed = await this.writers.place({ src, temp, final, link, expect, ...(link ? {} : { meta }) })
+        } else if ((placed = placeEntry(src, temp, link, expect))) {
+          if (!link) await this.setMeta(temp, job.entry, false)
           fs.renameSync(temp, final)
-          job.remaining = 0
-          this.bytesDone += job.entry.size
-          this.fromCacheCount++
-          this.fileDone(job)
         }
       } catch {
         await fsp.rm(temp, { force: true })
         placed = false
       }
-      if (!placed) rest.push(job)
-    }
-    return rest
+      if (!placed) return void missed.push(job)
+      job.remaining = 0
+      this.bytesDone += job.entry.size
+      this.fromCacheCount++
+      this.fileDone(job)
+    })
+    return missed
   }
 
   /** Adds the large files rebuilt from packs to the cache, then trims it. */
-  private async fillCache(jobs: FileJob[]): Promise<void> {
+  private async fillCache(jobs: FileJob[], locs: ReadonlyMap<BlobId, BlobLocation>): Promise<void> {
     if (!this.cache) return
     let added = 0
     for (const job of jobs) {
@@ -203,7 +209,7 @@ class Restorer {
       if (this.opts.link) {
         // the cache entry becomes the file: replace the private copy with a link
         const temp = tempName(final)
-        if (this.cache.place(key, temp, true, this.expected(job.entry))) {
+        if (this.cache.place(key, temp, true, this.expected(job.entry, locs)!)) {
           const entryFile = temp
           await fsp.chmod(entryFile, job.entry.mode & ~0o222)
           const t = utimesSeconds(BigInt(job.entry.mtime))
@@ -342,8 +348,8 @@ class Restorer {
 
   private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
     const all: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
-    const jobs = await this.fromCache(all)
-    const ids = [...new Set(jobs.flatMap((j) => j.entry.chunks ?? []))]
+    // located first: the cache's copies are checked against the chunks' lengths
+    const ids = [...new Set(all.flatMap((j) => j.entry.chunks ?? []))]
     const locs = new Map<BlobId, BlobLocation>()
     for (let i = 0; i < ids.length; i += 10_000) {
       const batch = ids.slice(i, i + 10_000)
@@ -353,6 +359,28 @@ class Restorer {
         if (l && l !== "pending") locs.set(id, l)
       })
     }
+    // large files the cache may hold are placed from it while the rest is rebuilt from packs
+    const cached: Array<[FileJob, ExpectedContent]> = []
+    const direct: FileJob[] = []
+    for (const job of all) {
+      const expect = this.cache && job.entry.size >= MIN_SIZE && job.entry.chunks ? this.expected(job.entry, locs) : undefined
+      if (expect) cached.push([job, expect])
+      else direct.push(job)
+    }
+    const placing = this.fromCache(cached)
+    await this.fromPacks(direct, locs)
+    const missed = await placing
+    await this.fromPacks(missed, locs)
+    const rebuilt = [...direct, ...missed]
+    // files whose writes failed part-way
+    for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+    await this.fillCache(rebuilt, locs)
+    this.result.fromCache = this.fromCacheCount
+  }
+
+  /** Rebuilds files from their chunks: per pack, in offset order. */
+  private async fromPacks(jobs: FileJob[], locs: ReadonlyMap<BlobId, BlobLocation>): Promise<void> {
+    if (jobs.length === 0) return
     const byPack = new Map<string, Map<BlobId, BlobRead>>()
     for (const job of jobs) {
       let offset = 0
@@ -381,10 +409,6 @@ class Restorer {
     // a local disk reads best as two sequential streams; S3 wants many requests in flight
     const parallel = Math.max(1, this.store.backend.readParallelism ?? 2)
     await mapLimit(packs, parallel, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
-    // files whose writes failed part-way
-    for (const job of jobs) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
-    await this.fillCache(jobs)
-    this.result.fromCache = this.fromCacheCount
   }
 
   private async restorePack(pack: string, reads: BlobRead[]): Promise<void> {
@@ -583,6 +607,8 @@ class Restorer {
     if (job.failed) return
     job.failed = { path: job.rel, reason, code }
     this.result.failed.push(job.failed)
+    // another chunk of this file may be creating its temp file right now: removed only once it exists
+    await job.opening?.catch(() => {})
     await this.closeTemp(job)
     if (job.temp) await fsp.rm(job.temp, { force: true })
   }

@@ -1,8 +1,7 @@
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
-import { gearTable } from "../../engine/fastcdc.js"
-import { MaterializationCache, type ExpectedContent } from "../../engine/matcache.js"
+import { contentMatches, MaterializationCache, type ExpectedContent } from "../../engine/matcache.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
@@ -24,19 +23,51 @@ async function setup() {
 }
 
 describe("materialization cache", () => {
-  it("a later restore copies large files from the cache; copies are independent", async () => {
+  it.each([
+    ["writer threads", true],
+    ["inline", false],
+  ] as const)("a later restore copies large files from the cache; copies are independent (%s)", async (_label, writers) => {
     const { store, src, snapshot } = await setup()
     const root = await tempDir()
-    const first = await restoreSnapshot(store, snapshot, path.join(root, "a"))
+    const first = await restoreSnapshot(store, snapshot, path.join(root, "a"), { writers })
     expect(first.fromCache).toBe(0)
-    const second = await restoreSnapshot(store, snapshot, path.join(root, "b"))
+    const second = await restoreSnapshot(store, snapshot, path.join(root, "b"), { writers })
     expect(second.fromCache).toBe(2)
     expect(await describeTree(path.join(root, "b"))).toEqual(await describeTree(src))
     await fsp.appendFile(path.join(root, "b", "big.bin"), "tampered")
-    const third = await restoreSnapshot(store, snapshot, path.join(root, "c"))
+    const third = await restoreSnapshot(store, snapshot, path.join(root, "c"), { writers })
     expect(third.fromCache).toBe(2)
     expect(await describeTree(path.join(root, "c"))).toEqual(await describeTree(src))
     expect(await describeTree(path.join(root, "a"))).toEqual(await describeTree(src))
+    await store.close()
+  })
+
+  it.each([
+    ["writer threads", true],
+    ["inline", false],
+  ] as const)("a damaged entry is dropped and its file rebuilt from packs, with no temp file left (%s)", async (_label, writers) => {
+    const { store, src, snapshot } = await setup()
+    const root = await tempDir()
+    await restoreSnapshot(store, snapshot, path.join(root, "a"), { writers })
+    const entries = path.join(store.cacheDir, "files")
+    const damaged: string[] = []
+    for (const sub of await fsp.readdir(entries)) {
+      for (const name of await fsp.readdir(path.join(entries, sub))) {
+        const file = path.join(entries, sub, name)
+        if ((await fsp.stat(file)).size !== 700_000) continue
+        const fd = await fsp.open(file, "r+")
+        await fd.write(Buffer.from("x"), 0, 1, 350_000)
+        await fd.close()
+        damaged.push(file)
+      }
+    }
+    expect(damaged).toHaveLength(1)
+    const b = await restoreSnapshot(store, snapshot, path.join(root, "b"), { writers })
+    expect(b.fromCache).toBe(1)
+    expect(await describeTree(path.join(root, "b"))).toEqual(await describeTree(src))
+    expect((await fsp.readdir(path.join(root, "b"))).sort()).toEqual(["big.bin", "small.txt", "text.txt"])
+    // rebuilt from packs, then cached again: the next restore copies both
+    expect((await restoreSnapshot(store, snapshot, path.join(root, "c"), { writers })).fromCache).toBe(2)
     await store.close()
   })
 
@@ -101,10 +132,28 @@ describe("materialization cache", () => {
   })
 })
 
-const PARAMS = { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 256 * 1024 }
-const GEAR = gearTable(Buffer.alloc(16, 7))
+describe("contentMatches", () => {
+  it("checks every chunk's byte range, so a damaged or shifted range is refused", async () => {
+    const dir = await tempDir()
+    const f = path.join(dir, "f")
+    const parts = [seededBytes("a", 70_000), seededBytes("b", 5), seededBytes("c", 300_000)]
+    await fsp.writeFile(f, Buffer.concat(parts))
+    const expect3: ExpectedContent = { size: 370_005, chunks: parts.map(hashBytes), lengths: parts.map((p) => p.length) }
+    expect(contentMatches(f, expect3)).toBe(true)
+    // same total, other boundaries
+    expect(contentMatches(f, { ...expect3, lengths: [70_001, 4, 300_000] })).toBe(false)
+    // one chunk too few, or lengths that do not add up to the size
+    expect(contentMatches(f, { ...expect3, chunks: expect3.chunks.slice(0, 2), lengths: expect3.lengths.slice(0, 2) })).toBe(false)
+    expect(contentMatches(f, { ...expect3, lengths: [70_000, 5, 299_999] })).toBe(false)
+    // one byte changed in the middle of the last chunk
+    const fd = fs.openSync(f, "r+")
+    fs.writeSync(fd, Buffer.from([parts[2]![150_000]! ^ 1]), 0, 1, 70_005 + 150_000)
+    fs.closeSync(fd)
+    expect(contentMatches(f, expect3)).toBe(false)
+  })
+})
 
-/** What a 600-byte file of one repeated byte must hold: one chunk, below the minimum size. */
+/** What a 600-byte file of one repeated byte must hold: one chunk. */
 function small(fill: number): ExpectedContent {
-  return { size: 600, chunks: [hashBytes(Buffer.alloc(600, fill))], params: PARAMS, gear: GEAR }
+  return { size: 600, chunks: [hashBytes(Buffer.alloc(600, fill))], lengths: [600] }
 }
