@@ -178,11 +178,14 @@ export class FileWriterPool {
   }
 
   /**
-   * Decodes, checks and writes the blobs of one segment. The segment's bytes
-   * are copied into a buffer the worker owns; the caller's stay usable.
+   * Decodes, checks and writes the blobs of one segment. With `handOver`,
+   * the segment's memory moves to the worker (unusable here after) when the
+   * segment spans all of it; otherwise its bytes are copied and the caller's
+   * stay usable.
    */
-  async write(segment: Uint8Array, blobs: WriteBlob[]): Promise<(BlobOutcome | undefined)[]> {
-    const buffer = segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer
+  async write(segment: Uint8Array, blobs: WriteBlob[], handOver = false): Promise<(BlobOutcome | undefined)[]> {
+    const whole = segment.byteOffset === 0 && segment.byteLength === segment.buffer.byteLength && segment.buffer instanceof ArrayBuffer
+    const buffer = handOver && whole ? (segment.buffer as ArrayBuffer) : (segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer)
     const reply = await this.pool.run<{ outcomes: (BlobOutcome | undefined)[] }>({ buffer, blobs }, [buffer])
     return reply.outcomes
   }

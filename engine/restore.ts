@@ -440,7 +440,8 @@ class Restorer {
       }
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
-      const offloaded = toWriters.length > 0 ? this.writeInWorkers(pack, segment, start, toWriters) : undefined
+      // a segment the writers take whole is handed over, not copied
+      const offloaded = toWriters.length > 0 ? this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0) : undefined
       await Promise.all(
         inline.map(async (r) => {
           const stored = segment.subarray(r.loc.offset - start, r.loc.offset - start + r.loc.length)
@@ -477,7 +478,7 @@ class Restorer {
   }
 
   /** Hands single-chunk files to the writer threads (file-writer.ts); settles their jobs from the outcomes. */
-  private async writeInWorkers(pack: string, segment: Uint8Array, start: number, reads: BlobRead[]): Promise<void> {
+  private async writeInWorkers(pack: string, segment: Uint8Array, start: number, reads: BlobRead[], handOver: boolean): Promise<void> {
     const blobs: WriteBlob[] = reads.map((r) => ({
       id: r.id,
       codec: r.loc.codec,
@@ -494,7 +495,7 @@ class Restorer {
     }))
     let outcomes: (BlobOutcome | undefined)[]
     try {
-      outcomes = await this.writers!.write(segment, blobs)
+      outcomes = await this.writers!.write(segment, blobs, handOver)
     } catch (err) {
       for (const r of reads) for (const t of r.targets) await this.fail(t.job, describe(err), "IO")
       return
@@ -662,8 +663,12 @@ function snapshotRootMode(_placed: PlacedEntry[], _top: TreeEntry): number {
   return 0o755
 }
 
+/** Unique within this process by the counter, across processes by the random part; created with O_EXCL anyway. */
+const TEMP_PREFIX = `.cairn-${randomBytes(4).toString("hex")}-`
+let tempCount = 0
+
 function tempName(final: string): string {
-  return path.join(path.dirname(final), `.cairn-${randomBytes(6).toString("hex")}.tmp`)
+  return path.join(path.dirname(final), `${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`)
 }
 
 function splitBase(subPath: string): string {

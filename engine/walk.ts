@@ -111,7 +111,7 @@ export async function readTreeBlobs(
     await Promise.all(
       read.trees.map(async ({ id, loc }) => {
         const stored = bytes.subarray(loc.offset - read.start, loc.offset - read.start + loc.length)
-        each(id, await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack))
+        each(id, await store.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack, true))
       }),
     )
   })

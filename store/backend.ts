@@ -37,6 +37,7 @@ export interface ObjectStore {
   put(key: string, data: Uint8Array): Promise<void>
   /** Creates the object only if no object has the key; returns whether it did. */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>
+  /** The object's bytes (or a range of them), in a buffer the caller owns: nothing else holds it. */
   get(key: string, range?: ByteRange): Promise<Uint8Array>
   stat(key: string): Promise<ObjectInfo | undefined>
   list(prefix: string): Promise<ObjectInfo[]>

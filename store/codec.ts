@@ -93,9 +93,10 @@ export async function encode(data: Uint8Array, preferred: Codec): Promise<Encode
 }
 
 /** Decodes stored bytes; throws a plain Error on malformed input (callers add context). */
-export async function decode(codec: number, bytes: Uint8Array, rawLength: number): Promise<Uint8Array> {
+/** Decodes stored bytes; large blobs in the pool unless `inline` (the caller's thread, always). */
+export async function decode(codec: number, bytes: Uint8Array, rawLength: number, inline = false): Promise<Uint8Array> {
   const opts = { maxOutputLength: Math.max(rawLength, 1) }
-  const sync = rawLength <= SMALL_BLOB * 4
+  const sync = inline || rawLength <= SMALL_BLOB * 4
   switch (codec) {
     case CODEC_NONE:
       return bytes

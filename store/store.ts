@@ -515,7 +515,7 @@ export class Store {
   /** Reads one blob from its pack and checks its hash. */
   async readBlob(id: BlobId, loc: BlobLocation): Promise<Uint8Array> {
     const stored = await this.readPackRange(loc.pack, loc.offset, loc.length, id)
-    return this.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack)
+    return this.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack, loc.kind === BLOB_TREE)
   }
 
   /** Reads a byte range of a pack; a missing or short pack is an IntegrityError. */
@@ -538,11 +538,15 @@ export class Store {
     return bytes
   }
 
-  /** Decodes stored bytes and checks that they hash to the id. */
-  async decodeChecked(id: BlobId, codec: number, stored: Uint8Array, rawLength: number, pack: string): Promise<Uint8Array> {
+  /**
+   * Decodes stored bytes and checks that they hash to the id. `inline`
+   * decodes on this thread whatever the size: for trees, which are small and
+   * read before any chunk, so that no pool thread starts just for them.
+   */
+  async decodeChecked(id: BlobId, codec: number, stored: Uint8Array, rawLength: number, pack: string, inline = false): Promise<Uint8Array> {
     let raw: Uint8Array
     try {
-      raw = await decode(codec, stored, rawLength)
+      raw = await decode(codec, stored, rawLength, inline)
     } catch (err) {
       throw new IntegrityError(`blob ${id} in pack ${pack} does not decode: the pack is damaged`, { blob: id, pack }, err)
     }

@@ -217,7 +217,7 @@ export async function mutateCorpus(root: string, r: Rng, tag: string, opts: Corp
 
 export { describeTree, tempDir, type Listing }
 
-const TEMP_FILE = /^\.cairn-[0-9a-f]{12}\.tmp$/
+const TEMP_FILE = /^\.cairn-[0-9a-f]{8}-[0-9a-z]+\.tmp$/
 
 /**
  * Checks a destination a killed restore left behind: every regular file under
