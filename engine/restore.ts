@@ -192,36 +192,48 @@ class Restorer {
       job.remaining = 0
       this.bytesDone += job.entry.size
       this.fromCacheCount++
-      this.fileDone(job)
+      this.fileDone(job, false)
     })
     return missed
   }
 
-  /** Adds the large files rebuilt from packs to the cache, then trims it. */
-  private async fillCache(jobs: FileJob[], locs: ReadonlyMap<BlobId, BlobLocation>): Promise<void> {
-    if (!this.cache) return
-    let added = 0
-    for (const job of jobs) {
-      if (job.failed || job.remaining !== 0 || job.entry.size < MIN_SIZE || !job.entry.chunks) continue
-      const final = this.abs(job.rel)
-      const key = this.cacheKey(job.entry)
-      await this.cache.add(key, final, Boolean(this.opts.link))
-      if (this.opts.link) {
-        // the cache entry becomes the file: replace the private copy with a link
-        const temp = tempName(final)
-        if (this.cache.place(key, temp, true, this.expected(job.entry, locs)!)) {
-          const entryFile = temp
-          await fsp.chmod(entryFile, job.entry.mode & ~0o222)
-          const t = utimesSeconds(BigInt(job.entry.mtime))
-          await fsp.utimes(entryFile, t, t)
-          fs.renameSync(temp, final)
-        }
-      }
-      added++
-    }
-    if (added > 0) await this.cache.trim()
+  /**
+   * Adds a large file just rebuilt from packs to the cache, in the
+   * background (one copy at a time), so that the copying overlaps with the
+   * rest of the restore; finishCache() waits for them all.
+   */
+  private cacheLater(job: FileJob): void {
+    if (!this.cache || job.entry.size < MIN_SIZE || !job.entry.chunks) return
+    // best effort: a file the cache cannot take is still restored (in link mode, as a private copy)
+    this.caching.push(this.cacheSlot.run(() => this.addToCache(job)).catch(() => {}))
   }
 
+  private async addToCache(job: FileJob): Promise<void> {
+    const final = this.abs(job.rel)
+    const key = this.cacheKey(job.entry)
+    await this.cache!.add(key, final, Boolean(this.opts.link))
+    const expect = this.opts.link && this.locs ? this.expected(job.entry, this.locs) : undefined
+    if (!expect) return
+    // link mode: the cache entry becomes the file, replacing the private copy with a link
+    const temp = tempName(final)
+    if (this.cache!.place(key, temp, true, expect)) {
+      await fsp.chmod(temp, job.entry.mode & ~0o222)
+      const t = utimesSeconds(BigInt(job.entry.mtime))
+      await fsp.utimes(temp, t, t)
+      fs.renameSync(temp, final)
+    }
+  }
+
+  /** Waits for the files being added to the cache, then trims it. */
+  private async finishCache(): Promise<void> {
+    if (this.caching.length === 0) return
+    await Promise.all(this.caching)
+    await this.cache!.trim()
+  }
+
+  private readonly caching: Promise<void>[] = []
+  private readonly cacheSlot = new Semaphore(1)
+  private locs?: ReadonlyMap<BlobId, BlobLocation>
   private fromCacheCount = 0
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
@@ -367,6 +379,7 @@ class Restorer {
       if (expect) cached.push([job, expect])
       else direct.push(job)
     }
+    this.locs = locs
     const placing = this.fromCache(cached)
     await this.fromPacks(direct, locs)
     const missed = await placing
@@ -374,7 +387,7 @@ class Restorer {
     const rebuilt = [...direct, ...missed]
     // files whose writes failed part-way
     for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
-    await this.fillCache(rebuilt, locs)
+    await this.finishCache()
     this.result.fromCache = this.fromCacheCount
   }
 
@@ -597,7 +610,9 @@ class Restorer {
     this.fileDone(job)
   }
 
-  private fileDone(job: FileJob): void {
+  /** Counts a finished file; one rebuilt from packs goes to the cache too. */
+  private fileDone(job: FileJob, rebuilt = true): void {
+    if (rebuilt) this.cacheLater(job)
     this.result.files++
     this.result.bytes += job.entry.size
     this.filesDone++
