@@ -25,7 +25,7 @@ import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
-import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache } from "./statcache.js"
+import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -90,10 +90,11 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   }
 
   return store.withLock(false, "snapshot", async () => {
-    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    const cache = opts.full ? emptyStatCache() : await loadStatCache(store.cacheDir, cacheKey)
-    const run = new SnapshotRun(store, root, cache, patterns, scan.files, scan.bytes, opts)
+    // read while the scan runs (it yields now and then); loadStatCache never rejects
+    const cacheLoad = opts.full ? emptyStatCache() : loadStatCache(store.cacheDir, cacheKey)
+    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
+    const run = new SnapshotRun(store, root, await cacheLoad, patterns, scan.files, scan.bytes, opts)
     run.warnings.push(...scan.warnings)
     await run.resolveCachedBlobs()
     await run.storeFiles(scan.root)
@@ -196,7 +197,7 @@ class SnapshotRun {
   constructor(
     readonly store: Store,
     readonly root: string,
-    readonly cache: StatCache,
+    readonly cache: StatCacheView,
     readonly patterns: string[],
     readonly filesTotal: number,
     readonly bytesTotal: number,
@@ -219,9 +220,8 @@ class SnapshotRun {
       this.trusted = names.every((n) => loaded.has(n))
     }
     const unknown = new Set<BlobId>()
-    for (const e of this.cache.entries.values()) {
-      for (const c of e.chunks) if (!this.trusted || c.length < 0) unknown.add(c.id)
-      if (e.tree && (!this.trusted || e.tree.length < 0)) unknown.add(e.tree.id)
+    if (!this.trusted || this.cache.someLengthUnknown) {
+      for (const b of this.cache.blobs()) if (!this.trusted || b.length < 0) unknown.add(b.id)
     }
     const ids = [...unknown]
     for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
@@ -242,7 +242,7 @@ class SnapshotRun {
 
   /** The cache's entry for node if node's kind, size, mtime, ctime and inode are all unchanged. */
   private unchanged(node: ScanNode): CachedEntry | undefined {
-    const c = this.cache.entries.get(node.rel)
+    const c = this.cache.get(node.rel)
     if (!c || c.size !== node.size || c.mtimeNs !== node.mtimeNs || c.ctimeNs !== node.ctimeNs || c.ino !== node.ino) return undefined
     const kind = node.type === "file" && node.linkTo !== undefined ? "link" : node.type
     return c.kind === kind ? c : undefined

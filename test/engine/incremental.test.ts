@@ -150,8 +150,9 @@ describe("incremental snapshots", () => {
     const src = await tempDir()
     await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.txt": { file: "beta" } } } })
     const a = await createSnapshot(store, src)
-    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.json`)
-    for (const junk of ["{not json", "[]", JSON.stringify({ v: 2, rows: [["a.txt", "f", "five", "1", "1", "1", "", ""]] }), JSON.stringify({ v: 99, rows: [] })]) {
+    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
+    const good = await fsp.readFile(file)
+    for (const junk of ["{not json", "[]", good.subarray(0, good.length - 3), Buffer.concat([good.subarray(0, 16), Buffer.alloc(good.length - 16, 0xff)])]) {
       await fsp.writeFile(file, junk)
       const b = await createSnapshot(store, src, { parent: a.snapshot })
       expect(b.readBytes).toBe(9)
