@@ -108,7 +108,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       dirs: scan.dirs,
       symlinks: scan.symlinks,
       logicalBytes: rootTree.size,
-      storedBytes: totals.storedBytes,
+      storedBytes: run.storedBytes(rootTree),
       addedBytes: totals.addedBytes,
     }
     const snapshot: SnapshotRecord = {
@@ -130,7 +130,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {
-      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.loadedIndexFiles())).catch(() => {})
+      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.loadedIndexFiles(), stats.storedBytes)).catch(() => {})
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
@@ -183,8 +183,14 @@ class SnapshotRun {
   private readonly vanished = new Set<string>()
   /** files whose bytes changed while they were read: not cached, so the next snapshot reads them again */
   private readonly unstable = new Set<string>()
-  /** files reused from the cache without reading */
+  /** files reused from the cache without reading (their chunks are the cache's) */
   private readonly reused = new Set<string>()
+  /**
+   * Reused files whose chunks are not yet accounted for: while the cache's
+   * lengths can be trusted and nothing is read, accounting waits for the
+   * trees; a reused root tree takes the cached total instead (storedBytes).
+   */
+  private deferred: string[] = []
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
   private readonly samePatterns: boolean
   reusedFiles = 0
@@ -261,11 +267,12 @@ class SnapshotRun {
         if (child.type === "dir") visit(child)
         else if (child.type === "file" && child.linkTo === undefined) {
           const cached = this.unchanged(child)
-          if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
-            for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
-            this.reused.add(child.rel)
-            this.reusedFiles++
-            this.record(child, cached.chunks.map((c) => c.id))
+          if (cached && this.trusted && !this.cache.someLengthUnknown) {
+            this.deferred.push(child.rel)
+            this.reuse(child)
+          } else if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
+            this.accountChunks(cached)
+            this.reuse(child)
           } else {
             ;(child.size <= SMALL_FILE ? small : large).push(child)
           }
@@ -273,6 +280,8 @@ class SnapshotRun {
       }
     }
     visit(dir)
+    // files are read: what they share with reused ones is known to be held without a lookup
+    if (small.length > 0 || large.length > 0) this.accountDeferred()
     // both lanes settle before an error propagates: nothing may still write after the lock is released
     const lanes = await Promise.allSettled([mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)), mapLimit(large, LARGE_SLOTS, (n) => this.storeFile(n))])
     for (const lane of lanes) if (lane.status === "rejected") throw lane.reason
@@ -350,6 +359,40 @@ class SnapshotRun {
     this.progress(0)
   }
 
+  private reuse(node: ScanNode): void {
+    this.reused.add(node.rel)
+    this.reusedFiles++
+    this.filesDone++
+    this.progress(0)
+  }
+
+  private accountChunks(cached: CachedEntry): void {
+    for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
+  }
+
+  private accountDeferred(): void {
+    for (const rel of this.deferred) this.accountChunks(this.cache.get(rel)!)
+    this.deferred = []
+  }
+
+  /** A stored file's chunks: as read, or the cache's. */
+  private chunksFor(rel: string): BlobId[] | undefined {
+    return this.chunksOf.get(rel) ?? (this.reused.has(rel) ? this.cache.get(rel)!.chunks.map((c) => c.id) : undefined)
+  }
+
+  /**
+   * The stored bytes of every distinct blob the snapshot references. A
+   * reused root tree references exactly the blobs of the snapshot the cache
+   * was saved with, at the lengths the cache vouches for: its total is that
+   * snapshot's, which the cache records.
+   */
+  storedBytes(root: { id: BlobId; reused: boolean }): number {
+    const total = this.cache.storedBytes
+    if (root.reused && this.trusted && total !== undefined) return total
+    this.accountDeferred()
+    return this.ingest.totals().storedBytes
+  }
+
   private progress(bytes: number): void {
     this.bytesDone += bytes
     this.opts.onProgress?.({
@@ -400,11 +443,11 @@ class SnapshotRun {
       } else if (child.type === "symlink") {
         entries.push({ ...base, type: "symlink", target: child.target! })
       } else if (child.linkTo !== undefined) {
-        if (!this.vanished.has(child.linkTo) && this.chunksOf.has(child.linkTo)) {
+        if (!this.vanished.has(child.linkTo) && (this.chunksOf.has(child.linkTo) || this.reused.has(child.linkTo))) {
           entries.push({ ...base, type: "file", size: child.size, link: child.linkTo })
         }
       } else if (!this.vanished.has(child.rel)) {
-        entries.push({ ...base, type: "file", size: child.size, chunks: this.chunksOf.get(child.rel) ?? [] })
+        entries.push({ ...base, type: "file", size: child.size, chunks: this.chunksFor(child.rel) ?? [] })
         size += child.size
       }
     })
@@ -416,11 +459,12 @@ class SnapshotRun {
 
   /** Whether the next snapshot needs a new cache: anything read or rebuilt, or the cache's blobs not yet vouched for. */
   changedCache(): boolean {
-    return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > this.reused.size || this.treesBuilt > 0
+    return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > 0 || this.treesBuilt > 0
   }
 
   /** The cache for the next snapshot: every entry as scanned now, with what it was stored as. */
-  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>): StatCache {
+  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>, storedBytes: number): StatCache {
+    this.accountDeferred()
     const entries = new Map<string, CachedEntry>()
     const blob = (id: BlobId): CachedBlob => ({ id, length: this.ingest.lengthOf(id) })
     const add = (node: ScanNode) => {
@@ -434,11 +478,11 @@ class SnapshotRun {
       } else if (node.linkTo !== undefined) {
         entries.set(node.rel, { ...base, kind: "link" })
       } else {
-        const chunks = this.chunksOf.get(node.rel)
+        const chunks = this.chunksFor(node.rel)
         if (chunks && !this.unstable.has(node.rel)) entries.set(node.rel, { ...base, kind: "file", chunks: chunks.map(blob) })
       }
     }
     add(root)
-    return { entries, patterns: this.patterns, indexFiles: [...indexFiles] }
+    return { entries, patterns: this.patterns, indexFiles: [...indexFiles], storedBytes }
   }
 }

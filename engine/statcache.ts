@@ -65,6 +65,8 @@ export interface StatCache {
   patterns?: string[]
   /** index files that listed every blob named here when the cache was saved; undefined: unknown */
   indexFiles?: string[]
+  /** the stored bytes of the snapshot whose entries these are (its root tree's blobs); undefined: unknown */
+  storedBytes?: number
 }
 
 /** A loaded cache: entries are decoded when asked for, so that an entry costs nothing until it is used. */
@@ -76,6 +78,7 @@ export interface StatCacheView {
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
   readonly indexFiles?: string[]
+  readonly storedBytes?: number
 }
 
 /**
@@ -86,7 +89,8 @@ export interface StatCacheView {
  *   f64 size, i64 mtimeNs, i64 ctimeNs, u64 ino, f64 tree size, f64 blob
  *   length; u32 rel length, u32 treeMtime length (0: same as mtimeNs), u32
  *   blob count, u32 tree entries; u8 kind (KIND_CODES); then the head (JSON
- *   {patterns, index}: StatCache's patterns and indexFiles) and the text (UTF-8).
+ *   {patterns, index, stored}: StatCache's patterns, indexFiles and
+ *   storedBytes) and the text (UTF-8).
  *
  * The text holds, entry after entry, its rel path, treeMtime and blob ids (64
  * hex characters each). A file's blobs are its chunks; a directory's one blob
@@ -155,6 +159,7 @@ class LoadedStatCache implements StatCacheView {
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
   readonly indexFiles?: string[]
+  readonly storedBytes?: number
 
   /** Throws on any inconsistency. */
   constructor(buf: Buffer) {
@@ -164,9 +169,10 @@ class LoadedStatCache implements StatCacheView {
     this.blobLength = col.f64(m)
     ;[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries] = [col.u32(n), col.u32(n), col.u32(n), col.u32(n)]
     this.kind = col.u8(n)
-    const head = JSON.parse(buf.toString("utf8", col.at, (col.at += headBytes))) as { patterns: string[] | null; index: string[] | null }
+    const head = JSON.parse(buf.toString("utf8", col.at, (col.at += headBytes))) as { patterns: string[] | null; index: string[] | null; stored?: number }
     if (Array.isArray(head.patterns)) this.patterns = head.patterns
     if (Array.isArray(head.index)) this.indexFiles = head.index
+    if (typeof head.stored === "number") this.storedBytes = head.stored
     if (col.at + textBytes !== buf.length) throw new RangeError("sections do not add up to the file")
     this.text = buf.toString("utf8", col.at)
     if (this.text.length !== textChars) throw new RangeError("text does not decode to its length")
@@ -204,17 +210,19 @@ class LoadedStatCache implements StatCacheView {
     return out
   }
 
+  /** Entry i; a file's chunks are decoded when read (most lookups only compare the stat fields). */
   private entry(i: number): CachedEntry {
     const kind = KINDS[this.kind[i]!]!
-    const entry: CachedEntry = { kind, size: this.size[i]!, mtimeNs: this.mtime[i]!, ctimeNs: this.ctime[i]!, ino: this.ino[i]!, chunks: [] }
+    const view = this
+    const entry: CachedEntry =
+      kind === "file" && this.blobCount[i]! > 0
+        ? { kind, size: this.size[i]!, mtimeNs: this.mtime[i]!, ctimeNs: this.ctime[i]!, ino: this.ino[i]!, get chunks() { return view.blobsOf(i) } }
+        : { kind, size: this.size[i]!, mtimeNs: this.mtime[i]!, ctimeNs: this.ctime[i]!, ino: this.ino[i]!, chunks: [] }
     if (this.mtimeChars[i]! > 0) {
       const t = this.textAt[i]! + this.relChars[i]!
       entry.treeMtime = this.text.slice(t, t + this.mtimeChars[i]!)
     }
-    if (this.blobCount[i] === 0) return entry
-    const blobs = this.blobsOf(i)
-    if (kind === "file") entry.chunks = blobs
-    else entry.tree = { ...blobs[0]!, size: this.treeSize[i]!, entries: this.treeEntries[i]! }
+    if (kind === "dir" && this.blobCount[i] === 1) entry.tree = { ...this.blobsOf(i)[0]!, size: this.treeSize[i]!, entries: this.treeEntries[i]! }
     return entry
   }
 }
@@ -248,7 +256,7 @@ export async function saveStatCache(cacheDir: string, key: string, cache: StatCa
   for (const [rel, e] of list) text.push(rel, treeMtimeField(e), ...blobsOf(e).map((b) => b.id))
   for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
   const textStr = text.join("")
-  const head = Buffer.from(JSON.stringify({ patterns: cache.patterns ?? null, index: cache.indexFiles ?? null }), "utf8")
+  const head = Buffer.from(JSON.stringify({ patterns: cache.patterns ?? null, index: cache.indexFiles ?? null, stored: cache.storedBytes }), "utf8")
   const textBuf = Buffer.from(textStr, "utf8")
   const column = <T>(values: readonly T[], make: (v: T[]) => ArrayBufferView) => {
     const view = make(values as T[])

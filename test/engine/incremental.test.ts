@@ -86,6 +86,31 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("an unchanged tree takes its stored total from the cache only while the cache's index files exist", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "a.bin": { file: seededBytes("a", 100_000) }, d: { dir: { "b.txt": { file: "b" }, "c.txt": { file: "b" } } } })
+    const first = await createSnapshot(store, src)
+    // the cache says the total is 1: a snapshot that trusts it says so too
+    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
+    const bytes = (await fsp.readFile(file)).toString("latin1")
+    const stored = `"stored":${first.snapshot.stats.storedBytes}`
+    expect(bytes).toContain(stored)
+    await fsp.writeFile(file, Buffer.from(bytes.replace(stored, `"stored":${"1".padStart(stored.length - 9)}`), "latin1"))
+    const trusted = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(trusted).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(trusted.snapshot.stats.storedBytes).toBe(1)
+    // new index files (as after a gc): the cache can no longer vouch, the total is counted
+    const other = await tempDir()
+    await buildTree(other, { "x.txt": { file: "other" } })
+    await createSnapshot(store, other) // another pack: the rebuilt index file lists both, under a new name
+    await store.rebuildIndex()
+    const counted = await createSnapshot(store, src, { parent: trusted.snapshot })
+    expect(counted).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(counted.snapshot.stats).toEqual({ ...first.snapshot.stats, addedBytes: 0 })
+    await store.close()
+  })
+
   it("after a gc, looks the cache's blobs up again and re-reads files whose chunks are gone", async () => {
     const store = await newStore()
     const src = await tempDir()

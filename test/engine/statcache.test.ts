@@ -45,14 +45,16 @@ describe("stat cache file", () => {
         fc.uniqueArray(fc.tuple(fc.array(name, { minLength: 0, maxLength: 3 }).map((n) => n.join("/")), entry), { selector: ([rel]) => rel, maxLength: 30 }),
         fc.option(fc.array(fc.string()), { nil: undefined }),
         fc.option(fc.array(fc.string().map((s) => id(s).slice(0, 16))), { nil: undefined }),
-        async (list, patterns, indexFiles) => {
-          const cache: StatCache = { entries: new Map(list), ...(patterns ? { patterns } : {}), ...(indexFiles ? { indexFiles } : {}) }
+        fc.option(fc.maxSafeNat(), { nil: undefined }),
+        async (list, patterns, indexFiles, storedBytes) => {
+          const cache: StatCache = { entries: new Map(list), ...(patterns ? { patterns } : {}), ...(indexFiles ? { indexFiles } : {}), ...(storedBytes !== undefined ? { storedBytes } : {}) }
           await saveStatCache(dir, "k", cache)
           const view = await loadStatCache(dir, "k")
           expect(entriesOf(view, cache.entries.keys())).toEqual(cache.entries)
           expect(view.get("no/such/entry")).toBeUndefined()
           expect(view.patterns).toEqual(patterns)
           expect(view.indexFiles).toEqual(indexFiles)
+          expect(view.storedBytes).toEqual(storedBytes)
           const blobs = list.flatMap(([, e]) => (e.tree ? [e.tree] : e.chunks)).map((b) => ({ id: b.id, length: b.length }))
           expect([...view.blobs()].map((b) => ({ id: b.id, length: b.length }))).toEqual(blobs)
           expect(view.someLengthUnknown).toBe(blobs.some((b) => b.length < 0))
