@@ -130,7 +130,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {
-      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.loadedIndexFiles(), stats.storedBytes)).catch(() => {})
+      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.indexFileNames(), stats.storedBytes)).catch(() => {})
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
@@ -222,8 +222,8 @@ class SnapshotRun {
   async resolveCachedBlobs(): Promise<void> {
     const names = this.cache.indexFiles
     if (names !== undefined) {
-      const loaded = await this.store.loadedIndexFiles()
-      this.trusted = names.every((n) => loaded.has(n))
+      const present = await this.store.indexFileNames()
+      this.trusted = names.every((n) => present.has(n))
     }
     const unknown = new Set<BlobId>()
     if (!this.trusted || this.cache.someLengthUnknown) {

@@ -11,10 +11,11 @@
 // costs its lstat calls and nothing else.
 //
 // The cache also carries each blob's stored length and the names of the
-// index files that listed every one of them when it was saved. While all of
-// those index files still exist, no pack holding the blobs was deleted (gc
-// replaces an index file before it deletes a pack the file names), so the
-// blobs need no index lookups; after a gc they are looked up once, in bulk.
+// repository's index files when it was saved (among them, files listing every
+// one of its blobs). While all of those index files still exist, no pack
+// holding the blobs was deleted (gc replaces an index file before it deletes
+// a pack the file names), so the blobs need no index lookups, and the local
+// index is not even opened; after a gc they are looked up once, in bulk.
 //
 // The cache lives in the host's cache directory, one file per workspace,
 // never in the repository: inode numbers mean nothing on another host, and

@@ -111,6 +111,24 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("an unchanged tree needs no local index: the snapshot neither opens LevelDB nor takes its lock", async () => {
+    const backend = new MemoryObjectStore()
+    const cacheDir = await tempDir()
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.bin": { file: seededBytes("b", 100_000) } } } })
+    const first = await Store.init({ backend, cacheDir })
+    const a = await createSnapshot(first, src)
+    await first.close()
+    const store = await Store.open({ backend, cacheDir })
+    const b = await createSnapshot(store, src, { parent: a.snapshot })
+    expect(b).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(b.snapshot.stats).toEqual({ ...a.snapshot.stats, addedBytes: 0 })
+    const other = await Store.open({ backend, cacheDir })
+    expect((await other.openIndex()).kind).toBe("level") // not "memory": nobody holds the lock
+    await other.close()
+    await store.close()
+  })
+
   it("after a gc, looks the cache's blobs up again and re-reads files whose chunks are gone", async () => {
     const store = await newStore()
     const src = await tempDir()
