@@ -246,12 +246,14 @@ class SnapshotRun {
     return this.trusted && b.length >= 0 ? b.length : this.known.get(b.id)
   }
 
-  /** The cache's entry for node if node's kind, size, mtime, ctime and inode are all unchanged. */
+  /** Whether node's kind, size, mtime, ctime and inode are all as the cache recorded them. */
+  private isUnchanged(node: ScanNode): boolean {
+    return this.cache.matches(node.rel, node.type === "file" && node.linkTo !== undefined ? "link" : node.type, node)
+  }
+
+  /** The cache's entry for node if node is unchanged. */
   private unchanged(node: ScanNode): CachedEntry | undefined {
-    const c = this.cache.get(node.rel)
-    if (!c || c.size !== node.size || c.mtimeNs !== node.mtimeNs || c.ctimeNs !== node.ctimeNs || c.ino !== node.ino) return undefined
-    const kind = node.type === "file" && node.linkTo !== undefined ? "link" : node.type
-    return c.kind === kind ? c : undefined
+    return this.isUnchanged(node) ? this.cache.get(node.rel) : undefined
   }
 
   /**
@@ -266,11 +268,13 @@ class SnapshotRun {
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
         else if (child.type === "file" && child.linkTo === undefined) {
-          const cached = this.unchanged(child)
-          if (cached && this.trusted && !this.cache.someLengthUnknown) {
+          if (this.trusted && !this.cache.someLengthUnknown && this.isUnchanged(child)) {
             this.deferred.push(child.rel)
             this.reuse(child)
-          } else if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
+            continue
+          }
+          const cached = this.unchanged(child)
+          if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
             this.accountChunks(cached)
             this.reuse(child)
           } else {
@@ -424,7 +428,7 @@ class SnapshotRun {
       cached.entries === children.length &&
       this.lengthIfHeld(cached) !== undefined &&
       children.every((c, i) =>
-        c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c.rel) : this.unchanged(c) !== undefined,
+        c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c.rel) : this.isUnchanged(c),
       )
     ) {
       this.ingest.account(cached.id, this.lengthIfHeld(cached)!)

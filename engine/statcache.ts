@@ -73,6 +73,8 @@ export interface StatCache {
 /** A loaded cache: entries are decoded when asked for, so that an entry costs nothing until it is used. */
 export interface StatCacheView {
   get(rel: string): CachedEntry | undefined
+  /** Whether rel's entry has this kind, size, mtime, ctime and inode; cheaper than get. */
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean
   /** every blob the cache names: files' chunks and directories' trees */
   blobs(): Iterable<CachedBlob>
   /** whether some blob's stored length is unknown (-1) */
@@ -200,6 +202,18 @@ class LoadedStatCache implements StatCacheView {
     return i === undefined ? undefined : this.entry(i)
   }
 
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean {
+    const i = this.index.get(rel)
+    return (
+      i !== undefined &&
+      this.size[i] === stat.size &&
+      this.mtime[i] === stat.mtimeNs &&
+      this.ctime[i] === stat.ctimeNs &&
+      this.ino[i] === stat.ino &&
+      KINDS[this.kind[i]!] === kind
+    )
+  }
+
   *blobs(): Iterable<CachedBlob> {
     for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
   }
@@ -229,7 +243,7 @@ class LoadedStatCache implements StatCacheView {
 }
 
 export function emptyStatCache(): StatCacheView {
-  return { get: () => undefined, blobs: () => [], someLengthUnknown: false }
+  return { get: () => undefined, matches: () => false, blobs: () => [], someLengthUnknown: false }
 }
 
 export async function loadStatCache(cacheDir: string, key: string): Promise<StatCacheView> {

@@ -52,6 +52,15 @@ describe("stat cache file", () => {
           const view = await loadStatCache(dir, "k")
           expect(entriesOf(view, cache.entries.keys())).toEqual(cache.entries)
           expect(view.get("no/such/entry")).toBeUndefined()
+          for (const [rel, e] of list) {
+            expect(view.matches(rel, e.kind, e)).toBe(true)
+            expect(view.matches(rel, e.kind === "file" ? "link" : "file", e)).toBe(false)
+            for (const field of ["size", "mtimeNs", "ctimeNs", "ino"] as const) {
+              const other = typeof e[field] === "bigint" ? (e[field] as bigint) ^ 1n : (e[field] as number) + 1
+              expect(view.matches(rel, e.kind, { ...e, [field]: other })).toBe(false)
+            }
+          }
+          expect(view.matches("no/such/entry", "file", list[0]?.[1] ?? { size: 0, mtimeNs: 0n, ctimeNs: 0n, ino: 0n })).toBe(false)
           expect(view.patterns).toEqual(patterns)
           expect(view.indexFiles).toEqual(indexFiles)
           expect(view.storedBytes).toEqual(storedBytes)
