@@ -185,7 +185,7 @@ async function runGc(store: Store, opts: GcOptions & { repackThreshold: number }
       report.tempFilesRemoved = (await store.backend.sweepTemp?.(TEMP_MAX_AGE_MS)) ?? 0
     } catch (err) {
       // the local cache may name packs that are gone: start it afresh (best effort)
-      await store.index.clear().catch(() => {})
+      await (await store.openIndex()).clear().catch(() => {})
       await store.syncIndex().catch(() => {})
       throw err
     }

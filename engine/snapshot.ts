@@ -25,7 +25,7 @@ import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
-import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache } from "./statcache.js"
+import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -90,10 +90,11 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   }
 
   return store.withLock(false, "snapshot", async () => {
-    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    const cache = opts.full ? emptyStatCache() : await loadStatCache(store.cacheDir, cacheKey)
-    const run = new SnapshotRun(store, root, cache, patterns, scan.files, scan.bytes, opts)
+    // read while the scan runs (it yields now and then); loadStatCache never rejects
+    const cacheLoad = opts.full ? emptyStatCache() : loadStatCache(store.cacheDir, cacheKey)
+    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
+    const run = new SnapshotRun(store, root, await cacheLoad, patterns, scan.files, scan.bytes, opts)
     run.warnings.push(...scan.warnings)
     await run.resolveCachedBlobs()
     await run.storeFiles(scan.root)
@@ -107,7 +108,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       dirs: scan.dirs,
       symlinks: scan.symlinks,
       logicalBytes: rootTree.size,
-      storedBytes: totals.storedBytes,
+      storedBytes: run.storedBytes(rootTree),
       addedBytes: totals.addedBytes,
     }
     const snapshot: SnapshotRecord = {
@@ -129,7 +130,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {
-      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.loadedIndexFiles())).catch(() => {})
+      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.indexFileNames(), stats.storedBytes)).catch(() => {})
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
@@ -182,8 +183,14 @@ class SnapshotRun {
   private readonly vanished = new Set<string>()
   /** files whose bytes changed while they were read: not cached, so the next snapshot reads them again */
   private readonly unstable = new Set<string>()
-  /** files reused from the cache without reading */
+  /** files reused from the cache without reading (their chunks are the cache's) */
   private readonly reused = new Set<string>()
+  /**
+   * Reused files whose chunks are not yet accounted for: while the cache's
+   * lengths can be trusted and nothing is read, accounting waits for the
+   * trees; a reused root tree takes the cached total instead (storedBytes).
+   */
+  private deferred: string[] = []
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
   private readonly samePatterns: boolean
   reusedFiles = 0
@@ -196,7 +203,7 @@ class SnapshotRun {
   constructor(
     readonly store: Store,
     readonly root: string,
-    readonly cache: StatCache,
+    readonly cache: StatCacheView,
     readonly patterns: string[],
     readonly filesTotal: number,
     readonly bytesTotal: number,
@@ -215,13 +222,12 @@ class SnapshotRun {
   async resolveCachedBlobs(): Promise<void> {
     const names = this.cache.indexFiles
     if (names !== undefined) {
-      const loaded = await this.store.loadedIndexFiles()
-      this.trusted = names.every((n) => loaded.has(n))
+      const present = await this.store.indexFileNames()
+      this.trusted = names.every((n) => present.has(n))
     }
     const unknown = new Set<BlobId>()
-    for (const e of this.cache.entries.values()) {
-      for (const c of e.chunks) if (!this.trusted || c.length < 0) unknown.add(c.id)
-      if (e.tree && (!this.trusted || e.tree.length < 0)) unknown.add(e.tree.id)
+    if (!this.trusted || this.cache.someLengthUnknown) {
+      for (const b of this.cache.blobs()) if (!this.trusted || b.length < 0) unknown.add(b.id)
     }
     const ids = [...unknown]
     for (let i = 0; i < ids.length; i += LOOKUP_BATCH) {
@@ -240,12 +246,14 @@ class SnapshotRun {
     return this.trusted && b.length >= 0 ? b.length : this.known.get(b.id)
   }
 
-  /** The cache's entry for node if node's kind, size, mtime, ctime and inode are all unchanged. */
+  /** Whether node's kind, size, mtime, ctime and inode are all as the cache recorded them. */
+  private isUnchanged(node: ScanNode): boolean {
+    return this.cache.matches(node.rel, node.type === "file" && node.linkTo !== undefined ? "link" : node.type, node)
+  }
+
+  /** The cache's entry for node if node is unchanged. */
   private unchanged(node: ScanNode): CachedEntry | undefined {
-    const c = this.cache.entries.get(node.rel)
-    if (!c || c.size !== node.size || c.mtimeNs !== node.mtimeNs || c.ctimeNs !== node.ctimeNs || c.ino !== node.ino) return undefined
-    const kind = node.type === "file" && node.linkTo !== undefined ? "link" : node.type
-    return c.kind === kind ? c : undefined
+    return this.isUnchanged(node) ? this.cache.get(node.rel) : undefined
   }
 
   /**
@@ -260,12 +268,15 @@ class SnapshotRun {
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
         else if (child.type === "file" && child.linkTo === undefined) {
+          if (this.trusted && !this.cache.someLengthUnknown && this.isUnchanged(child)) {
+            this.deferred.push(child.rel)
+            this.reuse(child)
+            continue
+          }
           const cached = this.unchanged(child)
           if (cached && cached.chunks.every((c) => this.lengthIfHeld(c) !== undefined)) {
-            for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
-            this.reused.add(child.rel)
-            this.reusedFiles++
-            this.record(child, cached.chunks.map((c) => c.id))
+            this.accountChunks(cached)
+            this.reuse(child)
           } else {
             ;(child.size <= SMALL_FILE ? small : large).push(child)
           }
@@ -273,6 +284,8 @@ class SnapshotRun {
       }
     }
     visit(dir)
+    // files are read: what they share with reused ones is known to be held without a lookup
+    if (small.length > 0 || large.length > 0) this.accountDeferred()
     // both lanes settle before an error propagates: nothing may still write after the lock is released
     const lanes = await Promise.allSettled([mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)), mapLimit(large, LARGE_SLOTS, (n) => this.storeFile(n))])
     for (const lane of lanes) if (lane.status === "rejected") throw lane.reason
@@ -350,6 +363,40 @@ class SnapshotRun {
     this.progress(0)
   }
 
+  private reuse(node: ScanNode): void {
+    this.reused.add(node.rel)
+    this.reusedFiles++
+    this.filesDone++
+    this.progress(0)
+  }
+
+  private accountChunks(cached: CachedEntry): void {
+    for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
+  }
+
+  private accountDeferred(): void {
+    for (const rel of this.deferred) this.accountChunks(this.cache.get(rel)!)
+    this.deferred = []
+  }
+
+  /** A stored file's chunks: as read, or the cache's. */
+  private chunksFor(rel: string): BlobId[] | undefined {
+    return this.chunksOf.get(rel) ?? (this.reused.has(rel) ? this.cache.get(rel)!.chunks.map((c) => c.id) : undefined)
+  }
+
+  /**
+   * The stored bytes of every distinct blob the snapshot references. A
+   * reused root tree references exactly the blobs of the snapshot the cache
+   * was saved with, at the lengths the cache vouches for: its total is that
+   * snapshot's, which the cache records.
+   */
+  storedBytes(root: { id: BlobId; reused: boolean }): number {
+    const total = this.cache.storedBytes
+    if (root.reused && this.trusted && total !== undefined) return total
+    this.accountDeferred()
+    return this.ingest.totals().storedBytes
+  }
+
   private progress(bytes: number): void {
     this.bytesDone += bytes
     this.opts.onProgress?.({
@@ -381,7 +428,7 @@ class SnapshotRun {
       cached.entries === children.length &&
       this.lengthIfHeld(cached) !== undefined &&
       children.every((c, i) =>
-        c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c.rel) : this.unchanged(c) !== undefined,
+        c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c.rel) : this.isUnchanged(c),
       )
     ) {
       this.ingest.account(cached.id, this.lengthIfHeld(cached)!)
@@ -400,11 +447,11 @@ class SnapshotRun {
       } else if (child.type === "symlink") {
         entries.push({ ...base, type: "symlink", target: child.target! })
       } else if (child.linkTo !== undefined) {
-        if (!this.vanished.has(child.linkTo) && this.chunksOf.has(child.linkTo)) {
+        if (!this.vanished.has(child.linkTo) && (this.chunksOf.has(child.linkTo) || this.reused.has(child.linkTo))) {
           entries.push({ ...base, type: "file", size: child.size, link: child.linkTo })
         }
       } else if (!this.vanished.has(child.rel)) {
-        entries.push({ ...base, type: "file", size: child.size, chunks: this.chunksOf.get(child.rel) ?? [] })
+        entries.push({ ...base, type: "file", size: child.size, chunks: this.chunksFor(child.rel) ?? [] })
         size += child.size
       }
     })
@@ -416,11 +463,12 @@ class SnapshotRun {
 
   /** Whether the next snapshot needs a new cache: anything read or rebuilt, or the cache's blobs not yet vouched for. */
   changedCache(): boolean {
-    return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > this.reused.size || this.treesBuilt > 0
+    return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > 0 || this.treesBuilt > 0
   }
 
   /** The cache for the next snapshot: every entry as scanned now, with what it was stored as. */
-  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>): StatCache {
+  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>, storedBytes: number): StatCache {
+    this.accountDeferred()
     const entries = new Map<string, CachedEntry>()
     const blob = (id: BlobId): CachedBlob => ({ id, length: this.ingest.lengthOf(id) })
     const add = (node: ScanNode) => {
@@ -434,11 +482,11 @@ class SnapshotRun {
       } else if (node.linkTo !== undefined) {
         entries.set(node.rel, { ...base, kind: "link" })
       } else {
-        const chunks = this.chunksOf.get(node.rel)
+        const chunks = this.chunksFor(node.rel)
         if (chunks && !this.unstable.has(node.rel)) entries.set(node.rel, { ...base, kind: "file", chunks: chunks.map(blob) })
       }
     }
     add(root)
-    return { entries, patterns: this.patterns, indexFiles: [...indexFiles] }
+    return { entries, patterns: this.patterns, indexFiles: [...indexFiles], storedBytes }
   }
 }

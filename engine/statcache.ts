@@ -11,10 +11,11 @@
 // costs its lstat calls and nothing else.
 //
 // The cache also carries each blob's stored length and the names of the
-// index files that listed every one of them when it was saved. While all of
-// those index files still exist, no pack holding the blobs was deleted (gc
-// replaces an index file before it deletes a pack the file names), so the
-// blobs need no index lookups; after a gc they are looked up once, in bulk.
+// repository's index files when it was saved (among them, files listing every
+// one of its blobs). While all of those index files still exist, no pack
+// holding the blobs was deleted (gc replaces an index file before it deletes
+// a pack the file names), so the blobs need no index lookups, and the local
+// index is not even opened; after a gc they are looked up once, in bulk.
 //
 // The cache lives in the host's cache directory, one file per workspace,
 // never in the repository: inode numbers mean nothing on another host, and
@@ -24,7 +25,7 @@
 import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import type { BlobId } from "../store/ids.js"
+import { isBlobId, type BlobId } from "../store/ids.js"
 
 export interface CachedBlob {
   id: BlobId
@@ -58,97 +59,256 @@ export interface CachedEntry {
   tree?: CachedTree
 }
 
+/** A cache to save: what a snapshot or a restore saw. */
 export interface StatCache {
   entries: Map<string, CachedEntry>
   /** the exclude patterns the trees were built with; undefined: unknown, trees not reusable */
   patterns?: string[]
   /** index files that listed every blob named here when the cache was saved; undefined: unknown */
   indexFiles?: string[]
+  /** the stored bytes of the snapshot whose entries these are (its root tree's blobs); undefined: unknown */
+  storedBytes?: number
 }
 
-export const emptyStatCache = (): StatCache => ({ entries: new Map() })
-
-const FORMAT = 2
-const KINDS = { f: "file", h: "link", d: "dir", l: "symlink" } as const
-const CODES = { file: "f", link: "h", dir: "d", symlink: "l" } as const
+/** A loaded cache: entries are decoded when asked for, so that an entry costs nothing until it is used. */
+export interface StatCacheView {
+  get(rel: string): CachedEntry | undefined
+  /** Whether rel's entry has this kind, size, mtime, ctime and inode; cheaper than get. */
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean
+  /** every blob the cache names: files' chunks and directories' trees */
+  blobs(): Iterable<CachedBlob>
+  /** whether some blob's stored length is unknown (-1) */
+  readonly someLengthUnknown: boolean
+  readonly patterns?: string[]
+  readonly indexFiles?: string[]
+  readonly storedBytes?: number
+}
 
 /**
- * On disk: JSON {v, patterns, index, rows}; one row per entry,
- * [rel, kind, size, mtimeNs, ctimeNs, ino, blobs, treeMtime], where kind is
- * f/h/d/l, blobs is "id:length,..." (a file's chunks) or
- * "id:length:size:entries" (a directory's tree) or "", and treeMtime is ""
- * when it equals mtimeNs.
+ * On disk (little-endian), for n entries naming m blobs in all:
+ *
+ *   MAGIC, then u32 each: format version, n, m, head bytes, text length in
+ *   UTF-16 units, text bytes; then columns of n values (m for blob lengths):
+ *   f64 size, i64 mtimeNs, i64 ctimeNs, u64 ino, f64 tree size, f64 blob
+ *   length; u32 rel length, u32 treeMtime length (0: same as mtimeNs), u32
+ *   blob count, u32 tree entries; u8 kind (KIND_CODES); then the head (JSON
+ *   {patterns, index, stored}: StatCache's patterns, indexFiles and
+ *   storedBytes) and the text (UTF-8).
+ *
+ * The text holds, entry after entry, its rel path, treeMtime and blob ids (64
+ * hex characters each). A file's blobs are its chunks; a directory's one blob
+ * is its tree, whose size and entry count are in the tree columns.
+ *
+ * Loading builds one map (rel -> entry number) and keeps the file: numbers are
+ * read in place from aligned typed arrays and strings sliced from the text
+ * only when an entry is asked for. Objects that live through the snapshot
+ * cost young-generation GC copies, and for an unchanged workspace the cache is
+ * the largest thing alive: decoding it whole (format 2, JSON with BigInt
+ * strings) cost more than the scan's lstat calls. Any other version, or
+ * columns that do not add up to the file's length, read as no cache.
  */
-type Row = [string, keyof typeof KINDS, number, string, string, string, string, string]
+const MAGIC = Buffer.from("cairn-statcache\n", "latin1")
+const FORMAT = 3
+const HEAD_BYTES = MAGIC.length + 6 * 4
+const KINDS = ["file", "link", "dir", "symlink"] as const
+const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
+const ID_CHARS = 64
 
-function cacheFile(cacheDir: string, key: string): string {
+function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
   if (!/^[A-Za-z0-9_-]+$/.test(key)) throw new Error(`invalid cache key ${JSON.stringify(key)}`)
-  return path.join(cacheDir, "statcache", `${key}.json`)
+  return path.join(cacheDir, "statcache", `${key}.${ext}`)
 }
 
 export function dirCacheKey(absDir: string): string {
   return `dir-${createHash("sha256").update(absDir).digest("hex").slice(0, 32)}`
 }
 
-function parseBlob(field: string): CachedBlob {
-  const colon = field.indexOf(":")
-  return colon < 0 ? { id: field as BlobId, length: -1 } : { id: field.slice(0, colon) as BlobId, length: Number(field.slice(colon + 1)) }
-}
-
-function parseRow(row: Row): CachedEntry {
-  const [, code, size, mtime, ctime, ino, blobs, treeMtime] = row
-  const kind = KINDS[code]
-  if (kind === undefined || typeof size !== "number" || typeof blobs !== "string") throw new Error("bad row")
-  const entry: CachedEntry = { kind, size, mtimeNs: BigInt(mtime), ctimeNs: BigInt(ctime), ino: BigInt(ino), chunks: [] }
-  if (treeMtime) entry.treeMtime = treeMtime
-  if (kind === "file" && blobs !== "") entry.chunks = blobs.split(",").map(parseBlob)
-  if (kind === "dir" && blobs !== "") {
-    const [id, length, treeSize, entries] = blobs.split(":")
-    entry.tree = { id: id as BlobId, length: Number(length), size: Number(treeSize), entries: Number(entries) }
+/** Cuts consecutive typed-array columns out of an 8-byte aligned buffer. */
+class Columns {
+  constructor(
+    private readonly buf: Buffer,
+    public at: number,
+  ) {}
+  private take<T>(make: (b: ArrayBufferLike, offset: number, n: number) => T, n: number, width: number): T {
+    if (this.at + n * width > this.buf.length) throw new RangeError("column past the end")
+    const col = make(this.buf.buffer, this.buf.byteOffset + this.at, n)
+    this.at += n * width
+    return col
   }
-  return entry
+  f64 = (n: number) => this.take((b, o, k) => new Float64Array(b, o, k), n, 8)
+  i64 = (n: number) => this.take((b, o, k) => new BigInt64Array(b, o, k), n, 8)
+  u64 = (n: number) => this.take((b, o, k) => new BigUint64Array(b, o, k), n, 8)
+  u32 = (n: number) => this.take((b, o, k) => new Uint32Array(b, o, k), n, 4)
+  u8 = (n: number) => this.take((b, o, k) => new Uint8Array(b, o, k), n, 1)
 }
 
-export async function loadStatCache(cacheDir: string, key: string): Promise<StatCache> {
-  let text: string
+class LoadedStatCache implements StatCacheView {
+  private readonly size: Float64Array
+  private readonly mtime: BigInt64Array
+  private readonly ctime: BigInt64Array
+  private readonly ino: BigUint64Array
+  private readonly treeSize: Float64Array
+  private readonly blobLength: Float64Array
+  private readonly relChars: Uint32Array
+  private readonly mtimeChars: Uint32Array
+  private readonly blobCount: Uint32Array
+  private readonly treeEntries: Uint32Array
+  private readonly kind: Uint8Array
+  private readonly text: string
+  /** per entry: where its strings start in the text, and its first blob */
+  private readonly textAt: Uint32Array
+  private readonly blobAt: Uint32Array
+  private readonly index = new Map<string, number>()
+  readonly someLengthUnknown: boolean
+  readonly patterns?: string[]
+  readonly indexFiles?: string[]
+  readonly storedBytes?: number
+
+  /** Throws on any inconsistency. */
+  constructor(buf: Buffer) {
+    const [n, m, headBytes, textChars, textBytes] = [1, 2, 3, 4, 5].map((k) => buf.readUInt32LE(MAGIC.length + 4 * k)) as [number, number, number, number, number]
+    const col = new Columns(buf, HEAD_BYTES)
+    ;[this.size, this.mtime, this.ctime, this.ino, this.treeSize] = [col.f64(n), col.i64(n), col.i64(n), col.u64(n), col.f64(n)]
+    this.blobLength = col.f64(m)
+    ;[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries] = [col.u32(n), col.u32(n), col.u32(n), col.u32(n)]
+    this.kind = col.u8(n)
+    const head = JSON.parse(buf.toString("utf8", col.at, (col.at += headBytes))) as { patterns: string[] | null; index: string[] | null; stored?: number }
+    if (Array.isArray(head.patterns)) this.patterns = head.patterns
+    if (Array.isArray(head.index)) this.indexFiles = head.index
+    if (typeof head.stored === "number") this.storedBytes = head.stored
+    if (col.at + textBytes !== buf.length) throw new RangeError("sections do not add up to the file")
+    this.text = buf.toString("utf8", col.at)
+    if (this.text.length !== textChars) throw new RangeError("text does not decode to its length")
+    this.textAt = new Uint32Array(n)
+    this.blobAt = new Uint32Array(n)
+    let t = 0
+    let b = 0
+    for (let i = 0; i < n; i++) {
+      const kind = KINDS[this.kind[i]!]
+      const blobs = this.blobCount[i]!
+      if (kind === undefined || (kind !== "file" && blobs > (kind === "dir" ? 1 : 0))) throw new Error("bad entry")
+      this.textAt[i] = t
+      this.blobAt[i] = b
+      this.index.set(this.text.slice(t, t + this.relChars[i]!), i)
+      t += this.relChars[i]! + this.mtimeChars[i]! + blobs * ID_CHARS
+      b += blobs
+    }
+    if (t !== textChars || b !== m || this.index.size !== n) throw new RangeError("columns do not add up")
+    this.someLengthUnknown = this.blobLength.some((l) => l < 0)
+  }
+
+  get(rel: string): CachedEntry | undefined {
+    const i = this.index.get(rel)
+    return i === undefined ? undefined : this.entry(i)
+  }
+
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean {
+    const i = this.index.get(rel)
+    return (
+      i !== undefined &&
+      this.size[i] === stat.size &&
+      this.mtime[i] === stat.mtimeNs &&
+      this.ctime[i] === stat.ctimeNs &&
+      this.ino[i] === stat.ino &&
+      KINDS[this.kind[i]!] === kind
+    )
+  }
+
+  *blobs(): Iterable<CachedBlob> {
+    for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
+  }
+
+  private blobsOf(i: number): CachedBlob[] {
+    const out: CachedBlob[] = new Array(this.blobCount[i]!)
+    let t = this.textAt[i]! + this.relChars[i]! + this.mtimeChars[i]!
+    for (let k = 0; k < out.length; k++, t += ID_CHARS) out[k] = { id: this.text.slice(t, t + ID_CHARS) as BlobId, length: this.blobLength[this.blobAt[i]! + k]! }
+    return out
+  }
+
+  /** Entry i; a file's chunks are decoded when read (most lookups only compare the stat fields). */
+  private entry(i: number): CachedEntry {
+    const kind = KINDS[this.kind[i]!]!
+    const view = this
+    const entry: CachedEntry =
+      kind === "file" && this.blobCount[i]! > 0
+        ? { kind, size: this.size[i]!, mtimeNs: this.mtime[i]!, ctimeNs: this.ctime[i]!, ino: this.ino[i]!, get chunks() { return view.blobsOf(i) } }
+        : { kind, size: this.size[i]!, mtimeNs: this.mtime[i]!, ctimeNs: this.ctime[i]!, ino: this.ino[i]!, chunks: [] }
+    if (this.mtimeChars[i]! > 0) {
+      const t = this.textAt[i]! + this.relChars[i]!
+      entry.treeMtime = this.text.slice(t, t + this.mtimeChars[i]!)
+    }
+    if (kind === "dir" && this.blobCount[i] === 1) entry.tree = { ...this.blobsOf(i)[0]!, size: this.treeSize[i]!, entries: this.treeEntries[i]! }
+    return entry
+  }
+}
+
+export function emptyStatCache(): StatCacheView {
+  return { get: () => undefined, matches: () => false, blobs: () => [], someLengthUnknown: false }
+}
+
+export async function loadStatCache(cacheDir: string, key: string): Promise<StatCacheView> {
+  let buf: Buffer
   try {
-    text = await fsp.readFile(cacheFile(cacheDir, key), "utf8")
+    buf = await fsp.readFile(cacheFile(cacheDir, key))
   } catch {
     return emptyStatCache()
   }
   try {
-    const doc = JSON.parse(text) as { v: number; patterns: string[] | null; index: string[] | null; rows: Row[] }
-    if (doc.v !== FORMAT || !Array.isArray(doc.rows)) return emptyStatCache()
-    const entries = new Map<string, CachedEntry>()
-    for (const row of doc.rows) entries.set(row[0], parseRow(row))
-    return {
-      entries,
-      ...(Array.isArray(doc.patterns) ? { patterns: doc.patterns } : {}),
-      ...(Array.isArray(doc.index) ? { indexFiles: doc.index } : {}),
-    }
+    if (buf.length < HEAD_BYTES || !buf.subarray(0, MAGIC.length).equals(MAGIC) || buf.readUInt32LE(MAGIC.length) !== FORMAT) return emptyStatCache()
+    if (buf.byteOffset % 8 !== 0) buf = Buffer.from(buf) // typed-array columns need alignment
+    return new LoadedStatCache(buf)
   } catch {
     return emptyStatCache() // a damaged cache is no cache
   }
 }
 
-const blobField = (b: CachedBlob): string => (b.length < 0 ? b.id : `${b.id}:${b.length}`)
-
 export async function saveStatCache(cacheDir: string, key: string, cache: StatCache): Promise<void> {
-  const rows: Row[] = []
-  for (const [rel, e] of cache.entries) {
-    const mtime = String(e.mtimeNs)
-    const blobs = e.tree ? `${e.tree.id}:${e.tree.length}:${e.tree.size}:${e.tree.entries}` : e.chunks.map(blobField).join(",")
-    const treeMtime = e.treeMtime !== undefined && e.treeMtime !== mtime ? e.treeMtime : ""
-    rows.push([rel, CODES[e.kind], e.size, mtime, String(e.ctimeNs), String(e.ino), blobs, treeMtime])
+  const list = [...cache.entries]
+  const n = list.length
+  const blobsOf = (e: CachedEntry): CachedBlob[] => (e.tree ? [e.tree] : e.chunks)
+  const blobs = list.flatMap(([, e]) => blobsOf(e))
+  const text: string[] = []
+  for (const [rel, e] of list) text.push(rel, treeMtimeField(e), ...blobsOf(e).map((b) => b.id))
+  for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
+  const textStr = text.join("")
+  const head = Buffer.from(JSON.stringify({ patterns: cache.patterns ?? null, index: cache.indexFiles ?? null, stored: cache.storedBytes }), "utf8")
+  const textBuf = Buffer.from(textStr, "utf8")
+  const column = <T>(values: readonly T[], make: (v: T[]) => ArrayBufferView) => {
+    const view = make(values as T[])
+    return Buffer.from(view.buffer, view.byteOffset, view.byteLength)
   }
-  const doc = { v: FORMAT, patterns: cache.patterns ?? null, index: cache.indexFiles ?? null, rows }
+  const each = <T>(f: (e: CachedEntry, rel: string) => T): T[] => list.map(([rel, e]) => f(e, rel))
+  const data = Buffer.concat([
+    MAGIC,
+    column([FORMAT, n, blobs.length, head.length, textStr.length, textBuf.length], (v) => Uint32Array.from(v)),
+    column(each((e) => e.size), (v) => Float64Array.from(v)),
+    column(each((e) => e.mtimeNs), (v) => BigInt64Array.from(v)),
+    column(each((e) => e.ctimeNs), (v) => BigInt64Array.from(v)),
+    column(each((e) => e.ino), (v) => BigUint64Array.from(v)),
+    column(each((e) => e.tree?.size ?? 0), (v) => Float64Array.from(v)),
+    column(blobs.map((b) => b.length), (v) => Float64Array.from(v)),
+    column(each((_, rel) => rel.length), (v) => Uint32Array.from(v)),
+    column(each((e) => treeMtimeField(e).length), (v) => Uint32Array.from(v)),
+    column(each((e) => blobsOf(e).length), (v) => Uint32Array.from(v)),
+    column(each((e) => e.tree?.entries ?? 0), (v) => Uint32Array.from(v)),
+    column(each((e) => KIND_CODES[e.kind]), (v) => Uint8Array.from(v)),
+    head,
+    textBuf,
+  ])
   const file = cacheFile(cacheDir, key)
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
   const temp = `${file}.tmp-${process.pid}`
-  await fsp.writeFile(temp, JSON.stringify(doc), { mode: 0o600 })
+  await fsp.writeFile(temp, data, { mode: 0o600 })
   await fsp.rename(temp, file)
+  await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true }) // the JSON cache of format 2 and before
+}
+
+/** An entry's treeMtime as stored: "" when it equals the mtime on disk. */
+function treeMtimeField(e: CachedEntry): string {
+  return e.treeMtime !== undefined && e.treeMtime !== String(e.mtimeNs) ? e.treeMtime : ""
 }
 
 export async function dropStatCache(cacheDir: string, key: string): Promise<void> {
   await fsp.rm(cacheFile(cacheDir, key), { force: true })
+  await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true })
 }

@@ -14,7 +14,7 @@
 
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import { Level } from "level"
+import type { Level } from "level"
 import type { BlobId } from "./ids.js"
 
 export interface BlobLocation {
@@ -125,6 +125,7 @@ export class LevelIndex implements BlobIndex {
   static async open(dir: string): Promise<LevelIndex | undefined> {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
     await fsp.chmod(dir, 0o700)
+    const { Level } = await import("level") // on first use only: loading it costs ~40 ms
     const db = new Level<string, Uint8Array>(dir, { keyEncoding: "utf8", valueEncoding: "view" })
     try {
       await db.open()

@@ -102,13 +102,14 @@ export class Store {
   private readonly smallEncodeSlots = new Semaphore(64)
   private closed = false
   private lastSync = 0
+  /** The local index, opened and synced on first use (see openIndex). */
+  private indexReady?: Promise<BlobIndex>
   /** Index files that failed to decode: skipped (their blobs look absent) until rebuild-index replaces them. */
   private readonly damagedIndex = new Set<string>()
 
   private constructor(
     readonly backend: ObjectStore,
     readonly config: RepoConfig,
-    readonly index: BlobIndex,
     readonly cacheDir: string,
     private readonly lockWaitMs: number,
   ) {
@@ -171,15 +172,32 @@ export class Store {
     }
     validateConfig(config, opts.backend.location)
     await fsp.mkdir(opts.cacheDir, { recursive: true, mode: 0o700 })
-    const index = (await LevelIndex.open(`${opts.cacheDir}/index`)) ?? new MemoryIndex()
-    const store = new Store(opts.backend, config, index, opts.cacheDir, opts.lockWaitMs ?? 60_000)
+    return new Store(opts.backend, config, opts.cacheDir, opts.lockWaitMs ?? 60_000)
+  }
+
+  /**
+   * The local index, opened and synced with the repository's index files on
+   * first use: what needs no lookup (a snapshot of an unchanged tree, whose
+   * incremental cache vouches for its blobs) costs neither loading LevelDB
+   * (~40 ms of module loading) nor its lock.
+   */
+  openIndex(): Promise<BlobIndex> {
+    this.indexReady ??= this.startIndex().catch((err: unknown) => {
+      this.indexReady = undefined
+      throw err
+    })
+    return this.indexReady
+  }
+
+  private async startIndex(): Promise<BlobIndex> {
+    const index = (await LevelIndex.open(`${this.cacheDir}/index`)) ?? new MemoryIndex()
     try {
-      await store.syncIndex()
+      await this.syncInto(index)
     } catch (err) {
       await index.close()
       throw err
     }
-    return store
+    return index
   }
 
   /**
@@ -190,14 +208,18 @@ export class Store {
    * replaces it from the packs' own headers.
    */
   async syncIndex(): Promise<{ loaded: number; rebuilt: boolean; damaged: string[] }> {
+    return this.syncInto(await this.openIndex())
+  }
+
+  private async syncInto(index: BlobIndex): Promise<{ loaded: number; rebuilt: boolean; damaged: string[] }> {
     this.lastSync = Date.now()
     const files = (await this.backend.list("index/")).map((o) => o.key.slice("index/".length))
     const present = new Set(files)
     for (const name of this.damagedIndex) if (!present.has(name)) this.damagedIndex.delete(name)
-    let known = await this.index.loadedFiles()
+    let known = await index.loadedFiles()
     let rebuilt = false
     if ([...known].some((f) => !present.has(f))) {
-      await this.index.clear()
+      await index.clear()
       known = new Set()
       rebuilt = true
     }
@@ -211,14 +233,23 @@ export class Store {
         this.damagedIndex.add(name)
         return
       }
-      await this.index.add(locations(listing), name)
+      await index.add(locations(listing), name)
     })
     return { loaded: missing.length, rebuilt, damaged: [...this.damagedIndex].sort() }
   }
 
   /** Index files whose blobs this host's index holds (as of the last sync or flush). */
-  loadedIndexFiles(): Promise<Set<string>> {
-    return this.index.loadedFiles()
+  async loadedIndexFiles(): Promise<Set<string>> {
+    return (await this.openIndex()).loadedFiles()
+  }
+
+  /**
+   * The repository's index files, as listed now. While the files that listed
+   * some blobs are all listed, no pack holding those blobs was deleted (gc
+   * replaces an index file before it deletes a pack the file names).
+   */
+  async indexFileNames(): Promise<Set<string>> {
+    return new Set((await this.backend.list("index/")).map((o) => o.key.slice("index/".length)))
   }
 
   /**
@@ -235,13 +266,14 @@ export class Store {
     replaced: readonly string[],
     delta: { remove: readonly BlobId[]; put: ReadonlyArray<readonly [BlobId, BlobLocation]> },
   ): Promise<void> {
-    const known = await this.index.loadedFiles()
+    const index = await this.openIndex()
+    const known = await index.loadedFiles()
     known.delete(name)
     const same = known.size === replaced.length && replaced.every((f) => known.has(f))
     if (same && this.damagedIndex.size === 0) {
-      await this.index.replace({ ...delta, dropFiles: replaced, addFile: name })
+      await index.replace({ ...delta, dropFiles: replaced, addFile: name })
     } else {
-      await this.index.clear()
+      await index.clear()
     }
     await this.syncIndex()
   }
@@ -291,8 +323,9 @@ export class Store {
     const { name, bytes } = encodeIndexFile(listings)
     await this.backend.put(`index/${name}`, bytes)
     for (const old of oldFiles) if (old.key !== `index/${name}`) await this.backend.delete(old.key)
-    await this.index.clear()
-    await this.index.add(locations(listings), name)
+    const index = await this.openIndex()
+    await index.clear()
+    await index.add(locations(listings), name)
     return { packs: listings.length, blobs: listings.reduce((n, l) => n + l.entries.length, 0), damaged }
   }
 
@@ -312,7 +345,7 @@ export class Store {
   async withLock<T>(exclusive: boolean, what: string, fn: () => Promise<T>): Promise<T> {
     const lock = await this.lock(exclusive, what)
     try {
-      await this.syncIndex()
+      if (this.indexReady) await this.syncIndex() // else it syncs when first opened, under this lock or a later one
       return await fn()
     } finally {
       await lock.release().catch(() => {})
@@ -337,7 +370,8 @@ export class Store {
         }
       }
     })
-    const found = await this.index.getMany(ask)
+    if (ask.length === 0) return out
+    const found = await (await this.openIndex()).getMany(ask)
     found.forEach((loc, j) => (out[at[j]!] = loc))
     return out
   }
@@ -469,7 +503,7 @@ export class Store {
       this.written = written.concat(this.written)
       throw err
     }
-    await this.index.add(locations(written), name)
+    await (await this.openIndex()).add(locations(written), name)
     for (const listing of written) for (const e of listing.entries) this.unindexed.delete(e.id)
     return { packs: written.length }
   }
@@ -620,8 +654,15 @@ export class Store {
     if (this.closed) return
     await this.flush()
     this.closed = true
-    await this.index.close()
+    await this.releaseIndex()
     await this.backend.close()
+  }
+
+  /** Closes the local index if it was opened (releasing LevelDB's lock), without flushing: what a store whose close failed still holds. */
+  async releaseIndex(): Promise<void> {
+    const index = await this.indexReady?.catch(() => undefined)
+    this.indexReady = undefined
+    await index?.close()
   }
 
   private assertOpen(): void {

@@ -197,14 +197,15 @@ describe("gc", () => {
     }
     const before = await indexedIds(backend)
     let clears = 0
-    const clear = store.index.clear.bind(store.index)
-    store.index.clear = () => (clears++, clear())
+    const index = await store.openIndex()
+    const clear = index.clear.bind(index)
+    index.clear = () => (clears++, clear())
     await collectGarbage(store, { repackThreshold: 0 })
     expect(clears).toBe(0)
     await expectCacheMatchesIndexFiles(store, backend, before)
     // a cache that also holds a file the caller did not name is rebuilt, not patched
     const [file] = await store.loadedIndexFiles()
-    await store.index.add([], "0".repeat(64))
+    await index.add([], "0".repeat(64))
     await store.replaceIndexFiles(file!, [], { remove: [], put: [] })
     expect(clears).toBe(1)
     await expectCacheMatchesIndexFiles(store, backend, before)
@@ -343,7 +344,7 @@ describe("gc", () => {
         }) as ObjectStore
         const s = await open(crashing)
         await collectGarbage(s, { repackThreshold: 0 }).catch(() => {})
-        await s.index.close()
+        await s.releaseIndex()
         if (!crashed) break
         crashes++
         for (const k of await backend.list("locks/")) await backend.delete(k.key) // a crashed process's lock is stale

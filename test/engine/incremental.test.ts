@@ -86,6 +86,49 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("an unchanged tree takes its stored total from the cache only while the cache's index files exist", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "a.bin": { file: seededBytes("a", 100_000) }, d: { dir: { "b.txt": { file: "b" }, "c.txt": { file: "b" } } } })
+    const first = await createSnapshot(store, src)
+    // the cache says the total is 1: a snapshot that trusts it says so too
+    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
+    const bytes = (await fsp.readFile(file)).toString("latin1")
+    const stored = `"stored":${first.snapshot.stats.storedBytes}`
+    expect(bytes).toContain(stored)
+    await fsp.writeFile(file, Buffer.from(bytes.replace(stored, `"stored":${"1".padStart(stored.length - 9)}`), "latin1"))
+    const trusted = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(trusted).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(trusted.snapshot.stats.storedBytes).toBe(1)
+    // new index files (as after a gc): the cache can no longer vouch, the total is counted
+    const other = await tempDir()
+    await buildTree(other, { "x.txt": { file: "other" } })
+    await createSnapshot(store, other) // another pack: the rebuilt index file lists both, under a new name
+    await store.rebuildIndex()
+    const counted = await createSnapshot(store, src, { parent: trusted.snapshot })
+    expect(counted).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(counted.snapshot.stats).toEqual({ ...first.snapshot.stats, addedBytes: 0 })
+    await store.close()
+  })
+
+  it("an unchanged tree needs no local index: the snapshot neither opens LevelDB nor takes its lock", async () => {
+    const backend = new MemoryObjectStore()
+    const cacheDir = await tempDir()
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.bin": { file: seededBytes("b", 100_000) } } } })
+    const first = await Store.init({ backend, cacheDir })
+    const a = await createSnapshot(first, src)
+    await first.close()
+    const store = await Store.open({ backend, cacheDir })
+    const b = await createSnapshot(store, src, { parent: a.snapshot })
+    expect(b).toMatchObject({ readBytes: 0, reusedTrees: 2 })
+    expect(b.snapshot.stats).toEqual({ ...a.snapshot.stats, addedBytes: 0 })
+    const other = await Store.open({ backend, cacheDir })
+    expect((await other.openIndex()).kind).toBe("level") // not "memory": nobody holds the lock
+    await other.close()
+    await store.close()
+  })
+
   it("after a gc, looks the cache's blobs up again and re-reads files whose chunks are gone", async () => {
     const store = await newStore()
     const src = await tempDir()
@@ -150,8 +193,9 @@ describe("incremental snapshots", () => {
     const src = await tempDir()
     await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.txt": { file: "beta" } } } })
     const a = await createSnapshot(store, src)
-    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.json`)
-    for (const junk of ["{not json", "[]", JSON.stringify({ v: 2, rows: [["a.txt", "f", "five", "1", "1", "1", "", ""]] }), JSON.stringify({ v: 99, rows: [] })]) {
+    const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
+    const good = await fsp.readFile(file)
+    for (const junk of ["{not json", "[]", good.subarray(0, good.length - 3), Buffer.concat([good.subarray(0, 16), Buffer.alloc(good.length - 16, 0xff)])]) {
       await fsp.writeFile(file, junk)
       const b = await createSnapshot(store, src, { parent: a.snapshot })
       expect(b.readBytes).toBe(9)

@@ -113,7 +113,7 @@ describe("faults from below: a faulty backend under snapshot, restore and gc", (
       } catch (err) {
         judge(err, what)
         // a store whose close failed still holds the host's LevelDB cache; let go of it
-        if (store) await store.close().catch(() => store!.index.close().catch(() => {}))
+        if (store) await store.close().catch(() => store!.releaseIndex().catch(() => {}))
       } finally {
         figures.faultsInjected += faulty.totalFaults
         for (const [k, v] of Object.entries(faulty.faults)) byKind[k] = (byKind[k] ?? 0) + v

@@ -1,0 +1,108 @@
+// The incremental cache's file (engine/statcache.ts): what is saved loads back
+// exactly; anything else, old or damaged, loads as no cache.
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import { loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "../../engine/statcache.js"
+import { hashBytes, type BlobId } from "../../store/ids.js"
+import { tempDir } from "../helpers.js"
+
+const id = (seed: string): BlobId => hashBytes(Buffer.from(seed))
+
+const name = fc.string({ unit: "grapheme", minLength: 1, maxLength: 12 }).filter((s) => !s.includes("/"))
+const ns = fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n })
+const blob: fc.Arbitrary<CachedBlob> = fc.record({ id: fc.string().map(id), length: fc.oneof(fc.constant(-1), fc.nat()) })
+const entry: fc.Arbitrary<CachedEntry> = fc
+  .record({
+    kind: fc.constantFrom("file", "link", "dir", "symlink"),
+    size: fc.maxSafeNat(),
+    mtimeNs: ns,
+    ctimeNs: ns,
+    ino: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    chunks: fc.array(blob, { maxLength: 4 }),
+    treeMtime: fc.option(ns.map(String), { nil: undefined }),
+    tree: fc.option(fc.record({ id: fc.string().map(id), length: fc.integer({ min: -1, max: 1e9 }), size: fc.maxSafeNat(), entries: fc.nat() }), { nil: undefined }),
+  })
+  .map((e) => {
+    const { treeMtime, tree, ...rest } = e
+    return {
+      ...rest,
+      chunks: e.kind === "file" ? e.chunks : [],
+      ...(treeMtime !== undefined && treeMtime !== String(e.mtimeNs) ? { treeMtime } : {}),
+      ...(tree !== undefined && e.kind === "dir" ? { tree } : {}),
+    }
+  })
+
+/** Every entry of a view, for the rels given. */
+const entriesOf = (view: StatCacheView, rels: Iterable<string>) => new Map([...rels].map((rel) => [rel, view.get(rel)]))
+
+describe("stat cache file", () => {
+  it("loads back what was saved", async () => {
+    const dir = await tempDir()
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(fc.tuple(fc.array(name, { minLength: 0, maxLength: 3 }).map((n) => n.join("/")), entry), { selector: ([rel]) => rel, maxLength: 30 }),
+        fc.option(fc.array(fc.string()), { nil: undefined }),
+        fc.option(fc.array(fc.string().map((s) => id(s).slice(0, 16))), { nil: undefined }),
+        fc.option(fc.maxSafeNat(), { nil: undefined }),
+        async (list, patterns, indexFiles, storedBytes) => {
+          const cache: StatCache = { entries: new Map(list), ...(patterns ? { patterns } : {}), ...(indexFiles ? { indexFiles } : {}), ...(storedBytes !== undefined ? { storedBytes } : {}) }
+          await saveStatCache(dir, "k", cache)
+          const view = await loadStatCache(dir, "k")
+          expect(entriesOf(view, cache.entries.keys())).toEqual(cache.entries)
+          expect(view.get("no/such/entry")).toBeUndefined()
+          for (const [rel, e] of list) {
+            expect(view.matches(rel, e.kind, e)).toBe(true)
+            expect(view.matches(rel, e.kind === "file" ? "link" : "file", e)).toBe(false)
+            for (const field of ["size", "mtimeNs", "ctimeNs", "ino"] as const) {
+              const other = typeof e[field] === "bigint" ? (e[field] as bigint) ^ 1n : (e[field] as number) + 1
+              expect(view.matches(rel, e.kind, { ...e, [field]: other })).toBe(false)
+            }
+          }
+          expect(view.matches("no/such/entry", "file", list[0]?.[1] ?? { size: 0, mtimeNs: 0n, ctimeNs: 0n, ino: 0n })).toBe(false)
+          expect(view.patterns).toEqual(patterns)
+          expect(view.indexFiles).toEqual(indexFiles)
+          expect(view.storedBytes).toEqual(storedBytes)
+          const blobs = list.flatMap(([, e]) => (e.tree ? [e.tree] : e.chunks)).map((b) => ({ id: b.id, length: b.length }))
+          expect([...view.blobs()].map((b) => ({ id: b.id, length: b.length }))).toEqual(blobs)
+          expect(view.someLengthUnknown).toBe(blobs.some((b) => b.length < 0))
+        },
+      ),
+      { numRuns: 200 },
+    )
+  })
+
+  it("a large cache loads back whole", async () => {
+    const dir = await tempDir()
+    const entries = new Map<string, CachedEntry>()
+    for (let i = 0; i < 5000; i++) {
+      const chunks = Array.from({ length: i % 5 }, (_, k) => ({ id: id(`${i}:${k}`), length: i * k }))
+      entries.set(`d${i % 50}/föö-${i}`, { kind: "file", size: i, mtimeNs: BigInt(i) * 1_000_000_007n, ctimeNs: BigInt(-i), ino: 2n ** 64n - BigInt(i + 1), chunks })
+    }
+    await saveStatCache(dir, "big", { entries, indexFiles: [] })
+    expect(entriesOf(await loadStatCache(dir, "big"), entries.keys())).toEqual(entries)
+  })
+
+  it("an older, foreign or damaged file loads as no cache; saving replaces the format-2 JSON file", async () => {
+    const dir = await tempDir()
+    const entries = new Map<string, CachedEntry>([["a.txt", { kind: "file", size: 5, mtimeNs: 1n, ctimeNs: 2n, ino: 3n, chunks: [{ id: id("a"), length: 9 }] }]])
+    const legacy = path.join(dir, "statcache", "k.json")
+    await fsp.mkdir(path.dirname(legacy), { recursive: true })
+    await fsp.writeFile(legacy, JSON.stringify({ v: 2, patterns: [], index: [], rows: [["a.txt", "f", 5, "1", "2", "3", `${id("a")}:9`, ""]] }))
+    expect((await loadStatCache(dir, "k")).get("a.txt")).toBeUndefined()
+    await saveStatCache(dir, "k", { entries })
+    await expect(fsp.access(legacy)).rejects.toThrow()
+    const file = path.join(dir, "statcache", "k.bin")
+    const good = await fsp.readFile(file)
+    expect((await loadStatCache(dir, "k")).get("a.txt")).toEqual(entries.get("a.txt"))
+    const version = Buffer.from(good)
+    version.writeUInt32LE(2, 16)
+    const badKind = Buffer.from(good)
+    badKind[good.length - 1 - Buffer.byteLength(`a.txt${id("a")}`) - Buffer.byteLength('{"patterns":null,"index":null}')] = 7
+    for (const junk of [Buffer.alloc(0), good.subarray(0, 40), good.subarray(0, good.length - 1), Buffer.concat([good, Buffer.from("x")]), version, badKind, Buffer.from("{not json")]) {
+      await fsp.writeFile(file, junk)
+      expect((await loadStatCache(dir, "k")).get("a.txt")).toBeUndefined()
+    }
+  })
+})
