@@ -201,6 +201,11 @@ export class FileWriterPool {
     return reply.outcomes[0]!
   }
 
+  /** Starts the threads ahead of the first segment. */
+  warm(): void {
+    this.pool.warm()
+  }
+
   close(): Promise<void> {
     return this.pool.close()
   }

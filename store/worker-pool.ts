@@ -44,6 +44,16 @@ export class WorkerPool {
     })
   }
 
+  /** Workers started (and not crashed). */
+  get started(): number {
+    return this.slots.length
+  }
+
+  /** Starts every worker now (they stay unref'd until given a job), so that their start-up overlaps with the caller's work. */
+  warm(): void {
+    while (this.slots.length < this.size) this.slots.push(this.spawn())
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.slots.splice(0).map((s) => s.worker.terminate()))
   }

@@ -1,0 +1,48 @@
+// The worker pool under the codec pool and restore's writers: jobs, errors, spawning.
+import { threadId } from "node:worker_threads"
+import { describe, expect, it } from "vitest"
+import { WorkerPool } from "../../store/worker-pool.js"
+
+/** Replies with its thread id after `ms`; fails on request. */
+const SOURCE = `
+const { parentPort, threadId } = require("node:worker_threads")
+parentPort.on("message", (job) => {
+  setTimeout(() => {
+    if (job.fail) parentPort.postMessage({ id: job.id, error: "asked to fail", code: "EFAIL" })
+    else parentPort.postMessage({ id: job.id, thread: threadId })
+  }, job.ms ?? 0)
+})
+`
+
+describe("WorkerPool", () => {
+  it("spawns a worker only while every existing one is busy, up to its size", async () => {
+    const pool = new WorkerPool(SOURCE, 2)
+    const one = await pool.run<{ thread: number }>({})
+    expect(pool.started).toBe(1)
+    const again = await pool.run<{ thread: number }>({})
+    expect(again.thread).toBe(one.thread) // idle worker reused
+    const both = await Promise.all([0, 1, 2, 3].map(() => pool.run<{ thread: number }>({ ms: 30 })))
+    expect(new Set(both.map((r) => r.thread)).size).toBe(2)
+    expect(both.every((r) => r.thread !== threadId)).toBe(true)
+    await pool.close()
+  })
+
+  it("warm() starts every worker at once, and no more", async () => {
+    const pool = new WorkerPool(SOURCE, 3)
+    expect(pool.started).toBe(0)
+    pool.warm()
+    pool.warm()
+    expect(pool.started).toBe(3)
+    // jobs land on the three started workers
+    const replies = await Promise.all([0, 1, 2, 3, 4, 5].map(() => pool.run<{ thread: number }>({ ms: 20 })))
+    expect(new Set(replies.map((r) => r.thread)).size).toBe(3)
+    await pool.close()
+  })
+
+  it("rejects a failed job with the worker's message and code", async () => {
+    const pool = new WorkerPool(SOURCE, 1)
+    await expect(pool.run({ fail: true })).rejects.toMatchObject({ message: "asked to fail", code: "EFAIL" })
+    expect((await pool.run<{ thread: number }>({})).thread).toBeGreaterThan(0)
+    await pool.close()
+  })
+})
