@@ -120,10 +120,11 @@ export async function readTreeBlobs(
 /**
  * Every entry below a directory tree, parents before children (a
  * directory's entries, then each subdirectory's, depth first). Trees are
- * read level by level: on a local repository each level is located with one
- * batched index lookup and read with a few ranged reads per pack; a remote
- * one goes through the store's tree cache one tree at a time. A tree shared
- * by several directories is read once.
+ * read level by level: each level is located with one batched index lookup
+ * and read with a few ranged reads per pack (on S3, a few GETs instead of
+ * one per directory); a remote repository's trees go through the host's tree
+ * cache first, and those read are added to it. A tree shared by several
+ * directories is read once.
  */
 export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedEntry[]> {
   const trees = new Map<BlobId, Tree>()
@@ -148,18 +149,30 @@ export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedE
 }
 
 async function loadLevel(store: Store, ids: BlobId[], into: Map<BlobId, Tree>): Promise<void> {
-  const located: LocatedTree[] = []
-  const one: BlobId[] = []
-  if (store.backend.remote) one.push(...ids)
-  else {
-    const found = await store.locateForRead(ids)
+  const remote = store.backend.remote === true
+  let wanted = ids
+  if (remote) {
+    const cached = await Promise.all(ids.map((id) => store.cachedTree(id)))
+    wanted = []
     ids.forEach((id, k) => {
-      const loc = found[k]
-      // missing ones fail with loadTree's error; pending ones are read from memory
-      if (loc && loc !== "pending") located.push({ id, loc })
-      else one.push(id)
+      const raw = cached[k]
+      if (raw) into.set(id, decodeTree(raw, id))
+      else wanted.push(id)
     })
   }
-  await readTreeBlobs(store, located, (id, raw) => into.set(id, decodeTree(raw, id)))
-  await Promise.all(one.map(async (id) => into.set(id, await loadTree(store, id))))
+  const located: LocatedTree[] = []
+  const one: BlobId[] = []
+  const found = wanted.length > 0 ? await store.locateForRead(wanted) : []
+  wanted.forEach((id, k) => {
+    const loc = found[k]
+    // missing ones fail with loadTree's error; pending ones are read from memory
+    if (loc && loc !== "pending") located.push({ id, loc })
+    else one.push(id)
+  })
+  const keeping: Promise<void>[] = []
+  await readTreeBlobs(store, located, (id, raw) => {
+    into.set(id, decodeTree(raw, id))
+    if (remote) keeping.push(store.keepTree(id, raw))
+  })
+  await Promise.all([...keeping, ...one.map(async (id) => void into.set(id, await loadTree(store, id)))])
 }

@@ -524,17 +524,30 @@ export class Store {
   }
 
   /**
-   * A tree blob of a remote repository, through the host's blob cache
-   * (<cacheDir>/trees/<xx>/<id>, raw bytes): listing, diffing and restoring
-   * walk the same trees again and again, and each is a round trip otherwise.
-   * A cached copy is used only if it hashes to its id; anything else is
-   * fetched again and replaces it. Writing the cache is best effort.
+   * A tree blob of a remote repository, through the host's tree cache:
+   * listing, diffing and restoring walk the same trees again and again, and
+   * each is a round trip otherwise.
    */
   private async readTreeCached(id: BlobId, loc: BlobLocation): Promise<Uint8Array> {
-    const file = path.join(this.cacheDir, "trees", id.slice(0, 2), id)
-    const cached = await fsp.readFile(file).catch(() => undefined)
-    if (cached && hashBytes(cached) === id) return cached
+    const cached = await this.cachedTree(id)
+    if (cached) return cached
     const raw = await this.readBlob(id, loc)
+    await this.keepTree(id, raw)
+    return raw
+  }
+
+  /**
+   * A tree's raw bytes from the host's tree cache (<cacheDir>/trees/<xx>/<id>),
+   * used only if they hash to its id; undefined if absent or damaged.
+   */
+  async cachedTree(id: BlobId): Promise<Uint8Array | undefined> {
+    const cached = await fsp.readFile(this.treeFile(id)).catch(() => undefined)
+    return cached && hashBytes(cached) === id ? cached : undefined
+  }
+
+  /** Adds checked raw tree bytes to the host's tree cache; best effort. */
+  async keepTree(id: BlobId, raw: Uint8Array): Promise<void> {
+    const file = this.treeFile(id)
     const temp = `${file}.tmp-${randomId("t")}`
     try {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
@@ -543,7 +556,10 @@ export class Store {
     } catch {
       await fsp.rm(temp, { force: true }).catch(() => {})
     }
-    return raw
+  }
+
+  private treeFile(id: BlobId): string {
+    return path.join(this.cacheDir, "trees", id.slice(0, 2), id)
   }
 
   /** Reads one blob from its pack and checks its hash. */

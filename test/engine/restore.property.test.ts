@@ -277,4 +277,28 @@ describe("reading a snapshot's trees", () => {
     expect(rels.indexOf("d0/sub/g.txt")).toBeLessThan(rels.indexOf("d1/f.txt"))
     await reader.close()
   })
+
+  it("on a remote repository, reads them the same way into the host's tree cache, then from it", async () => {
+    const backend = Object.assign(new MemoryObjectStore(), { remote: true })
+    const store = await newStore(backend)
+    const src = await tempDir()
+    const spec: DirSpec = {}
+    for (let d = 0; d < 30; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: {} } } }
+    await buildTree(src, spec)
+    const { snapshot } = await createSnapshot(store, src)
+    await store.close()
+    const { backend: counting, packReads } = countingPackReads(backend)
+    const reader = await Store.open({ backend: counting, cacheDir: await tempDir() })
+    const first = await flattenTree(reader, snapshot.tree)
+    expect(packReads.length).toBeGreaterThan(0)
+    expect(packReads.length).toBeLessThanOrEqual(8) // not one per tree (61)
+    const afterFirst = packReads.length
+    // damage one cached tree: it is read again (and only it), the rest come from the cache
+    const someTree = (first.find((p) => p.rel === "d7")!.entry as { tree: BlobId }).tree
+    await fsp.writeFile(path.join(reader.cacheDir, "trees", someTree.slice(0, 2), someTree), "damaged")
+    const second = await flattenTree(reader, snapshot.tree)
+    expect(second).toEqual(first)
+    expect(packReads.length).toBe(afterFirst + 1)
+    await reader.close()
+  })
 })
