@@ -29,7 +29,7 @@ import {
   S3Client,
 } from "@aws-sdk/client-s3"
 import { CORPORA_DIR, PROJECT_ROOT, SeededStream, textBytes } from "./corpora.js"
-import { dirSize, manifest, onPath, run, runTimed, summarize, verificationLabel, verifyTree, type Manifest, type Verification } from "./harness.js"
+import { dirSize, manifest, onPath, removeTree, run, runTimed, summarize, useTrash, verificationLabel, verifyTree, type Manifest, type Verification } from "./harness.js"
 
 const MiB = 1024 * 1024
 const CLI = join(PROJECT_ROOT, "dist", "cli", "main.js")
@@ -369,6 +369,7 @@ async function main(): Promise<void> {
     return r
   }
   const started = Date.now()
+  await useTrash(join(work, "trash"))
   try {
     for (let rep = 0; rep < flags.reps; rep++) {
       for (const a of adapters) {
@@ -385,7 +386,7 @@ async function main(): Promise<void> {
             const v = await verifyTree(expected, dest)
             row(a.name, step).samples.push({ wallMs: r.wallMs, rssKiB: r.rssKiB, verification: v })
             log(`  ${step} ${(r.wallMs / 1000).toFixed(2)} s, ${verificationLabel(v)}`)
-            await rm(dest, { recursive: true, force: true })
+            await removeTree(dest) // into the trash: a deletion would slow the next restore's file creation (bench/README.md)
           }
         } finally {
           if (!flags.keep) await repo.remove()
