@@ -393,12 +393,18 @@ class Restorer {
     }
     this.locs = locs
     const placing = this.fromCache(cached)
-    await this.fromPacks(direct, locs)
-    const missed = await placing
-    await this.fromPacks(missed, locs)
-    const rebuilt = [...direct, ...missed]
-    // files whose writes failed part-way
-    for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+    placing.catch(() => {}) // awaited below, also when the rebuild fails first
+    try {
+      await this.fromPacks(direct, locs)
+      const missed = await placing
+      await this.fromPacks(missed, locs)
+      const rebuilt = [...direct, ...missed]
+      // files whose writes failed part-way
+      for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+    } finally {
+      // nothing this restore started may still write once it returns or throws
+      await Promise.allSettled([placing, ...this.caching])
+    }
     await this.finishCache()
     this.result.fromCache = this.fromCacheCount
   }

@@ -7,16 +7,17 @@ import { createSnapshot } from "../../engine/snapshot.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { hashBytes } from "../../store/ids.js"
 import { Store } from "../../store/store.js"
-import { buildTree, describeTree } from "../fixtures.js"
+import { buildTree, describeTree, type DirSpec } from "../fixtures.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
-async function setup() {
-  const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir() })
+async function setup(extra: DirSpec = {}) {
+  const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
   const src = await tempDir()
   await buildTree(src, {
     "big.bin": { file: seededBytes("big", 700_000), mode: 0o755 },
     "text.txt": { file: textBytes("t", 400_000) },
     "small.txt": { file: "small" },
+    ...extra,
   })
   const { snapshot } = await createSnapshot(store, src)
   return { store, src, snapshot }
@@ -68,6 +69,31 @@ describe("materialization cache", () => {
     expect((await fsp.readdir(path.join(root, "b"))).sort()).toEqual(["big.bin", "small.txt", "text.txt"])
     // rebuilt from packs, then cached again: the next restore copies both
     expect((await restoreSnapshot(store, snapshot, path.join(root, "c"), { writers })).fromCache).toBe(2)
+    await store.close()
+  })
+
+  it("a restore stopped by its signal leaves nothing writing behind it", async () => {
+    const many: DirSpec = {}
+    for (let i = 0; i < 200; i++) many[`f${i}`] = { file: seededBytes(`f${i}`, 3000) }
+    const { store, snapshot } = await setup({ many: { dir: many } })
+    const root = await tempDir()
+    await restoreSnapshot(store, snapshot, path.join(root, "warm"))
+    for (const [name, cache] of [["cold", false], ["warm-again", true]] as const) {
+      const dest = path.join(root, name)
+      const ctl = new AbortController()
+      const err = await restoreSnapshot(store, snapshot, dest, {
+        cache,
+        signal: ctl.signal,
+        onProgress: (p) => {
+          if (p.filesDone >= 1) ctl.abort()
+        },
+      }).catch((e: unknown) => e)
+      expect((err as { code?: string }).code).toBe("ABORTED")
+      const listing = async () => (await fsp.readdir(dest, { recursive: true })).sort().join("\n")
+      const before = await listing()
+      await new Promise((r) => setTimeout(r, 300))
+      expect(await listing()).toBe(before)
+    }
     await store.close()
   })
 
