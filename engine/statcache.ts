@@ -93,7 +93,7 @@ export interface StatCacheView {
  *   length; u32 rel length, u32 treeMtime length (0: same as mtimeNs), u32
  *   blob count, u32 tree entries; u8 kind (KIND_CODES); then the head (JSON
  *   {patterns, index, stored}: StatCache's patterns, indexFiles and
- *   storedBytes) and the text (UTF-8).
+ *   storedBytes) and the text (UTF-8); last, the sha256 of all the rest.
  *
  * The text holds, entry after entry, its rel path, treeMtime and blob ids (64
  * hex characters each). A file's blobs are its chunks; a directory's one blob
@@ -104,11 +104,14 @@ export interface StatCacheView {
  * only when an entry is asked for. Objects that live through the snapshot
  * cost young-generation GC copies, and for an unchanged workspace the cache is
  * the largest thing alive: decoding it whole (format 2, JSON with BigInt
- * strings) cost more than the scan's lstat calls. Any other version, or
- * columns that do not add up to the file's length, read as no cache.
+ * strings) cost more than the scan's lstat calls. Any other version, a
+ * checksum that does not match (a flipped bit in a blob id would otherwise
+ * put a wrong chunk into a snapshot without a read), or columns that do not
+ * add up to the file's length, read as no cache.
  */
 const MAGIC = Buffer.from("cairn-statcache\n", "latin1")
-const FORMAT = 3
+const FORMAT = 4
+const SUM_BYTES = 32
 const HEAD_BYTES = MAGIC.length + 6 * 4
 const KINDS = ["file", "link", "dir", "symlink"] as const
 const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
@@ -254,9 +257,10 @@ export async function loadStatCache(cacheDir: string, key: string): Promise<Stat
     return emptyStatCache()
   }
   try {
-    if (buf.length < HEAD_BYTES || !buf.subarray(0, MAGIC.length).equals(MAGIC) || buf.readUInt32LE(MAGIC.length) !== FORMAT) return emptyStatCache()
-    if (buf.byteOffset % 8 !== 0) buf = Buffer.from(buf) // typed-array columns need alignment
-    return new LoadedStatCache(buf)
+    if (buf.length < HEAD_BYTES + SUM_BYTES || !buf.subarray(0, MAGIC.length).equals(MAGIC) || buf.readUInt32LE(MAGIC.length) !== FORMAT) return emptyStatCache()
+    const body = buf.subarray(0, buf.length - SUM_BYTES)
+    if (!createHash("sha256").update(body).digest().equals(buf.subarray(body.length))) return emptyStatCache()
+    return new LoadedStatCache(body.byteOffset % 8 === 0 ? body : Buffer.from(body)) // typed-array columns need alignment
   } catch {
     return emptyStatCache() // a damaged cache is no cache
   }
@@ -298,7 +302,7 @@ export async function saveStatCache(cacheDir: string, key: string, cache: StatCa
   const file = cacheFile(cacheDir, key)
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
   const temp = `${file}.tmp-${process.pid}`
-  await fsp.writeFile(temp, data, { mode: 0o600 })
+  await fsp.writeFile(temp, Buffer.concat([data, createHash("sha256").update(data).digest()]), { mode: 0o600 })
   await fsp.rename(temp, file)
   await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true }) // the JSON cache of format 2 and before
 }

@@ -1,5 +1,6 @@
 // Incremental snapshots (engine/statcache.ts): whatever the cache lets a
 // snapshot skip, the result must be exactly what a full re-read gives.
+import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
@@ -93,10 +94,12 @@ describe("incremental snapshots", () => {
     const first = await createSnapshot(store, src)
     // the cache says the total is 1: a snapshot that trusts it says so too
     const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
-    const bytes = (await fsp.readFile(file)).toString("latin1")
+    const saved = await fsp.readFile(file)
+    const bytes = saved.subarray(0, saved.length - 32).toString("latin1") // the last 32 bytes are its sha256
     const stored = `"stored":${first.snapshot.stats.storedBytes}`
     expect(bytes).toContain(stored)
-    await fsp.writeFile(file, Buffer.from(bytes.replace(stored, `"stored":${"1".padStart(stored.length - 9)}`), "latin1"))
+    const forged = Buffer.from(bytes.replace(stored, `"stored":${"1".padStart(stored.length - 9)}`), "latin1")
+    await fsp.writeFile(file, Buffer.concat([forged, createHash("sha256").update(forged).digest()]))
     const trusted = await createSnapshot(store, src, { parent: first.snapshot })
     expect(trusted).toMatchObject({ readBytes: 0, reusedTrees: 2 })
     expect(trusted.snapshot.stats.storedBytes).toBe(1)

@@ -1,5 +1,6 @@
 // The incremental cache's file (engine/statcache.ts): what is saved loads back
 // exactly; anything else, old or damaged, loads as no cache.
+import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
@@ -96,11 +97,20 @@ describe("stat cache file", () => {
     const file = path.join(dir, "statcache", "k.bin")
     const good = await fsp.readFile(file)
     expect((await loadStatCache(dir, "k")).get("a.txt")).toEqual(entries.get("a.txt"))
+    // damage with the checksum made to match again, so that the structural checks are what refuses it
+    const resum = (b: Buffer) => {
+      const body = b.subarray(0, b.length - 32)
+      return Buffer.concat([body, createHash("sha256").update(body).digest()])
+    }
     const version = Buffer.from(good)
     version.writeUInt32LE(2, 16)
     const badKind = Buffer.from(good)
-    badKind[good.length - 1 - Buffer.byteLength(`a.txt${id("a")}`) - Buffer.byteLength('{"patterns":null,"index":null}')] = 7
-    for (const junk of [Buffer.alloc(0), good.subarray(0, 40), good.subarray(0, good.length - 1), Buffer.concat([good, Buffer.from("x")]), version, badKind, Buffer.from("{not json")]) {
+    badKind[good.length - 32 - 1 - Buffer.byteLength(`a.txt${id("a")}`) - Buffer.byteLength('{"patterns":null,"index":null}')] = 7
+    // one hex digit of the chunk id changed, still a valid id: only the checksum can tell
+    const otherId = Buffer.from(good)
+    const at = good.length - 32 - 1
+    otherId[at] = otherId[at] === 0x30 ? 0x31 : 0x30
+    for (const junk of [Buffer.alloc(0), good.subarray(0, 40), good.subarray(0, good.length - 1), Buffer.concat([good, Buffer.from("x")]), resum(version), resum(badKind), otherId, Buffer.from("{not json")]) {
       await fsp.writeFile(file, junk)
       expect((await loadStatCache(dir, "k")).get("a.txt")).toBeUndefined()
     }
