@@ -4,7 +4,6 @@
 
 import { Box, type Repository } from "../engine/index.js"
 import { bytes, table, type ProgressBar } from "./format.js"
-import type { RepoStats, RepoWithMaintenance } from "./maintenance.js"
 
 export async function demo(repo: Repository, opts: { keep: boolean; json: boolean; progress: ProgressBar }): Promise<void> {
   const log = (line: string) => {
@@ -43,10 +42,8 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
   const logical = snapshot.stats.logicalBytes + changed.stats.logicalBytes
   const added = snapshot.stats.addedBytes + changed.stats.addedBytes
   log(`\n${bytes(logical)} of snapshots cost ${bytes(added)} in the store (${(logical / Math.max(1, added)).toFixed(1)}x) and 4 boxes share it`)
-  const stats = await repoStats(repo)
-  if (stats) {
-    log(`the whole repository: ${stats.snapshots} snapshots, ${bytes(stats.logicalBytes)} logical in ${bytes(stats.physicalBytes)} of packs, dedup ${stats.dedupRatio.toFixed(2)}x`)
-  }
+  const stats = await repo.stats()
+  log(`the whole repository: ${stats.snapshots} snapshots, ${bytes(stats.logicalBytes)} logical in ${bytes(stats.physicalBytes)} of packs, dedup ${stats.dedupRatio.toFixed(2)}x`)
   const mine = new Set([box.id, ...branches.map((b) => b.id)])
   const boxes = (await Box.list({ repo })).filter((b) => mine.has(b.id))
   log("")
@@ -66,10 +63,4 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
   if (opts.json) {
     process.stdout.write(JSON.stringify({ installed, snapshot, changed, boxes: boxes.map((b) => b.info), stats, kept: opts.keep }, null, 2) + "\n")
   }
-}
-
-/** repo.stats() when this build of the library has it. */
-async function repoStats(repo: Repository): Promise<RepoStats | undefined> {
-  const m = repo as unknown as Partial<RepoWithMaintenance>
-  return typeof m.stats === "function" ? m.stats() : undefined
 }

@@ -1,127 +1,17 @@
 // Commands that inspect and maintain a repository: diff, du, stats, verify,
 // gc, forget. Each calls one library method and prints its result.
-//
-// RepoWithMaintenance declares the Repository methods these commands call
-// (diff and du on repo.snapshots; stats, verify, gc and forget on the
-// repository), as the engine is specified to offer them. When a method is
-// missing from this build, the command says so (exit 1) instead of crashing.
 
 import { promises as fsp } from "node:fs"
-import type { Repository, SnapshotRecord } from "../engine/index.js"
-import type { Progress } from "../engine/index.js"
-import { CliError, fraction, int, UsageError, type FlagSpec } from "./args.js"
+import type { Change, KeepPolicy, SnapshotRecord, VerifyDamage } from "../engine/index.js"
+import { fraction, int, UsageError, type FlagSpec } from "./args.js"
 import type { Command, Context } from "./commands.js"
 import { bytes, kv, plural, seconds, table } from "./format.js"
-
-export interface DiffChange {
-  path: string
-  change: "added" | "removed" | "modified"
-  type: string
-  /** what changed in a modified entry (content, mode, mtime, type, target, ...) */
-  what?: string | string[]
-  oldSize?: number
-  newSize?: number
-}
-
-export interface DiffResult {
-  changes: DiffChange[]
-  addedBytes: number
-  removedBytes: number
-  modifiedBytes: number
-}
-
-export interface DuRow {
-  path: string
-  logicalBytes: number
-  storedBytes: number
-  uniqueBytes: number
-}
-
-export interface RepoStats {
-  snapshots: number
-  packs: number
-  logicalBytes: number
-  physicalBytes: number
-  referencedBytes: number
-  dedupRatio: number
-}
-
-export interface VerifyDamage {
-  blob?: string
-  pack?: string
-  record?: string
-  reason: string
-  snapshots: string[]
-  paths: string[]
-}
-
-export interface VerifyReport {
-  ok: boolean
-  snapshots: number
-  trees: number
-  blobs: number
-  packs: number
-  bytesRead: number
-  damage: VerifyDamage[]
-  warnings: Array<string | { reason?: string; message?: string }>
-}
-
-export interface GcReport {
-  dryRun: boolean
-  packsDeleted: number
-  packsRepacked: number
-  bytesFreed: number
-  reclaimableBytes: number
-  tempFilesRemoved: number
-  durationMs: number
-  touched: string[]
-  [more: string]: unknown
-}
-
-export interface ForgetPolicy {
-  keepLast?: number
-  keepHourly?: number
-  keepDaily?: number
-  keepWeekly?: number
-  keepMonthly?: number
-  keepWithin?: string
-  groupBy?: "box" | "name" | "none"
-}
-
-export interface ForgetReport {
-  keep: Array<{ id: string; reasons: string[] }>
-  remove: Array<{ id: string; reason: string }>
-}
-
-type OnProgress = (p: Progress) => void
-
-/** The Repository methods the maintenance commands call. */
-export interface RepoWithMaintenance {
-  snapshots: {
-    diff(a: string, bOrDir: string, opts: { live?: boolean }): Promise<DiffResult>
-    du(idOrName: string): Promise<DuRow[]>
-  }
-  stats(): Promise<RepoStats>
-  verify(opts: { readData?: boolean; onProgress?: OnProgress }): Promise<VerifyReport>
-  gc(opts: { dryRun?: boolean; repackThreshold?: number; onProgress?: OnProgress }): Promise<GcReport>
-  forget(policy: ForgetPolicy, opts: { dryRun?: boolean }): Promise<ForgetReport>
-}
-
-/** The repository seen through RepoWithMaintenance; fails clearly if `method` is missing from this build. */
-export function maintenance(repo: Repository, method: string): RepoWithMaintenance {
-  const m = repo as unknown as RepoWithMaintenance
-  const [owner, name] = method.startsWith("snapshots.") ? [m.snapshots as object, method.slice(10)] : [m as object, method]
-  if (typeof (owner as Record<string, unknown>)[name] !== "function") {
-    throw new CliError(`this build of the cairn library has no repo.${method}(); update cairn`, "UNSUPPORTED")
-  }
-  return m
-}
 
 const isDir = async (p: string) => (await fsp.stat(p).catch(() => undefined))?.isDirectory() === true
 const list = (v: string | string[] | undefined) => (v === undefined ? "" : Array.isArray(v) ? v.join(",") : v)
 const sign = { added: "+", removed: "-", modified: "M" } as const
 
-function diffLine(c: DiffChange): string[] {
+function diffLine(c: Change): string[] {
   const size =
     c.change === "modified" && c.oldSize !== undefined && c.newSize !== undefined && c.oldSize !== c.newSize
       ? `${bytes(c.oldSize)} -> ${bytes(c.newSize)}`
@@ -157,18 +47,18 @@ const FORGET_FLAGS = {
   "dry-run": { kind: "bool", help: "only say what would be removed" },
 } satisfies Record<string, FlagSpec>
 
-function forgetPolicy(ctx: Context): ForgetPolicy {
+function forgetPolicy(ctx: Context): KeepPolicy {
   const n = (flag: string) => int(ctx.flags[flag], flag, "forget")
-  const policy: ForgetPolicy = {
+  const policy: KeepPolicy = {
     keepLast: n("keep-last"),
     keepHourly: n("keep-hourly"),
     keepDaily: n("keep-daily"),
     keepWeekly: n("keep-weekly"),
     keepMonthly: n("keep-monthly"),
     keepWithin: ctx.flags["keep-within"] as string | undefined,
-    groupBy: ctx.flags["group-by"] as ForgetPolicy["groupBy"],
+    groupBy: ctx.flags["group-by"] as KeepPolicy["groupBy"],
   }
-  const defined = Object.fromEntries(Object.entries(policy).filter(([, v]) => v !== undefined)) as ForgetPolicy
+  const defined = Object.fromEntries(Object.entries(policy).filter(([, v]) => v !== undefined)) as KeepPolicy
   if (!Object.keys(defined).some((k) => k.startsWith("keep"))) {
     throw new UsageError('"forget" needs at least one --keep-* option; nothing is removed without a policy', "forget")
   }
@@ -186,11 +76,11 @@ export const MAINTENANCE_COMMANDS: Command[] = [
     },
     async run(ctx) {
       const [a, b] = [ctx.args[0]!, ctx.args[1]!]
-      const repo = maintenance(await ctx.repo(), "snapshots.diff")
+      const repo = await ctx.repo()
       const result = await repo.snapshots.diff(a, b, { live: await isDir(b) })
       if (ctx.json) return ctx.out("", result)
       if (result.changes.length === 0) return ctx.out("no differences")
-      const count = (k: DiffChange["change"]) => result.changes.filter((c) => c.change === k).length
+      const count = (k: Change["change"]) => result.changes.filter((c) => c.change === k).length
       ctx.out(
         `${table(["", "type", "path", "what", "size"], result.changes.map(diffLine))}\n\n` +
           `${count("added")} added (${bytes(result.addedBytes)}), ${count("removed")} removed (${bytes(result.removedBytes)}), ` +
@@ -201,7 +91,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
   {
     spec: { name: "du", summary: "per-directory logical, stored and unique bytes of a snapshot", args: ["SNAP"], flags: {} },
     async run(ctx) {
-      const repo = maintenance(await ctx.repo(), "snapshots.du")
+      const repo = await ctx.repo()
       const rows = await repo.snapshots.du(ctx.args[0]!)
       ctx.out(
         table(
@@ -215,7 +105,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
   {
     spec: { name: "stats", summary: "repository totals and the deduplication ratio", args: [], flags: {} },
     async run(ctx) {
-      const repo = maintenance(await ctx.repo(), "stats")
+      const repo = await ctx.repo()
       const s = await repo.stats()
       ctx.out(
         kv([
@@ -239,12 +129,12 @@ export const MAINTENANCE_COMMANDS: Command[] = [
       details: "Exits 3 when anything is damaged, and names the snapshots and paths it affects.",
     },
     async run(ctx) {
-      const repo = maintenance(await ctx.repo(), "verify")
+      const repo = await ctx.repo()
       const r = await repo.verify({ readData: Boolean(ctx.flags["read-data"]), onProgress: ctx.progress.update })
       ctx.progress.done()
       if (ctx.json) ctx.out("", r)
       else {
-        for (const w of r.warnings) process.stderr.write(`warning: ${typeof w === "string" ? w : (w.message ?? w.reason ?? JSON.stringify(w))}\n`)
+        for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`)
         const checked = `${r.snapshots} snapshots, ${r.trees} trees, ${r.blobs} blobs, ${r.packs} packs${r.bytesRead ? `, ${bytes(r.bytesRead)} read` : ""}`
         ctx.out(r.ok ? `no damage found (${checked})` : [`DAMAGE: ${plural(r.damage.length, "problem")} (${checked}):`, ...r.damage.map(damageLine)].join("\n"))
       }
@@ -263,7 +153,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
     },
     async run(ctx) {
       const repackThreshold = fraction(ctx.flags["repack-threshold"], "repack-threshold", "gc")
-      const repo = maintenance(await ctx.repo(), "gc")
+      const repo = await ctx.repo()
       const r = await repo.gc({ dryRun: Boolean(ctx.flags["dry-run"]), repackThreshold, onProgress: ctx.progress.update })
       ctx.progress.done()
       ctx.out(
@@ -287,7 +177,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
       const dryRun = Boolean(ctx.flags["dry-run"])
       const repo = await ctx.repo()
       const before = new Map((await repo.snapshots.list()).map((s) => [s.id, s] as const))
-      const r = await maintenance(repo, "forget").forget(policy, { dryRun })
+      const r = await repo.forget(policy, { dryRun })
       if (ctx.json) return ctx.out("", r)
       const row = (id: string, action: string, why: string) => {
         const s: SnapshotRecord | undefined = before.get(id)
