@@ -13,10 +13,11 @@
 // Entries are written to a temp name and renamed, so readers only ever see
 // whole files. The cache is not trusted: every placed copy is hash-checked,
 // chunk by chunk (each chunk's byte range, its length taken from the index),
-// against the snapshot's chunk list before it is used, so a damaged entry (bit rot, a stray write) is deleted and the file
-// is rebuilt from the packs instead. Each use refreshes the entry's access time, and trim() deletes the
-// least recently used entries beyond the size limit. Only files of at least
-// MIN_SIZE are cached: below that, decoding costs no more than copying.
+// against the snapshot's chunk list before it is used, so a damaged entry
+// (bit rot, a stray write) is deleted and the file is rebuilt from the packs
+// instead. Each use refreshes the entry's access time, and trim() deletes
+// the least recently used entries beyond the size limit. Only files of at
+// least MIN_SIZE are cached: below that, decoding costs no more than copying.
 
 import { createHash, randomBytes } from "node:crypto"
 import fs, { promises as fsp } from "node:fs"

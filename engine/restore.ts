@@ -144,11 +144,11 @@ class Restorer {
   private readonly inWriters = new Set<Promise<void>>()
 
   /** What a cached copy of this file must hold (undefined if a chunk is missing from the index): checked chunk by chunk before the copy is used. */
-  private expected(e: FileEntry, locs: ReadonlyMap<BlobId, BlobLocation>): ExpectedContent | undefined {
+  private expected(e: FileEntry): ExpectedContent | undefined {
     const chunks = e.chunks ?? []
     const lengths: number[] = []
     for (const id of chunks) {
-      const loc = locs.get(id)
+      const loc = this.locs.get(id)
       if (!loc) return undefined
       lengths.push(loc.rawLength)
     }
@@ -183,7 +183,7 @@ class Restorer {
           const meta = { mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
           placed = await this.writers.place({ src, temp, final, link, expect, ...(link ? {} : { meta }) })
         } else if ((placed = placeEntry(src, temp, link, expect))) {
-          if (!link) await this.setMeta(temp, job.entry, false)
+          if (!link) this.setMeta(temp, job.entry, false)
           fs.renameSync(temp, final)
         }
       } catch {
@@ -214,7 +214,7 @@ class Restorer {
     const final = this.abs(job.rel)
     const key = this.cacheKey(job.entry)
     await this.cache!.add(key, final, Boolean(this.opts.link))
-    const expect = this.opts.link && this.locs ? this.expected(job.entry, this.locs) : undefined
+    const expect = this.opts.link ? this.expected(job.entry) : undefined
     if (!expect) return
     // link mode: the cache entry becomes the file, replacing the private copy with a link
     const temp = tempName(final)
@@ -235,7 +235,8 @@ class Restorer {
 
   private readonly caching: Promise<void>[] = []
   private readonly cacheSlot = new Semaphore(1)
-  private locs?: ReadonlyMap<BlobId, BlobLocation>
+  /** where every chunk of the files to restore is (located once, before any is placed or rebuilt) */
+  private locs: ReadonlyMap<BlobId, BlobLocation> = new Map()
   private fromCacheCount = 0
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
@@ -255,7 +256,8 @@ class Restorer {
     for (const d of dirs) await this.makeDir(d.rel)
     this.filesTotal = files.length
     this.bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
-    await this.restoreFiles(files, await locating)
+    this.locs = await locating
+    await this.restoreFiles(files)
     for (const p of placed) {
       if (p.entry.type === "symlink") await this.guard(p.rel, () => this.makeSymlink(p.rel, p.entry as TreeEntry & { type: "symlink" }))
     }
@@ -266,11 +268,11 @@ class Restorer {
       if (e.type === "file" && e.link !== undefined) await this.guard(p.rel, () => this.makeHardlink(p.rel, e, base, restored))
     }
     // directory metadata last, deepest first, so that read-only dirs do not block their children
-    for (const d of [...dirs].reverse()) await this.guard(d.rel, async () => this.setDirMeta(this.abs(d.rel), d.entry))
+    for (const d of [...dirs].reverse()) await this.guard(d.rel, async () => this.setMeta(this.abs(d.rel), d.entry, false))
     if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
-      await this.guard(".", async () => this.setDirMeta(this.dest, top))
+      await this.guard(".", async () => this.setMeta(this.dest, top, false))
     } else if (top.type === "dir") {
-      await this.guard(".", async () => this.setDirMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }))
+      await this.guard(".", async () => this.setMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }, false))
     }
     this.result.dirs = dirs.length
     if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
@@ -381,23 +383,22 @@ class Restorer {
   }
 
   /** Restores the files, their chunks located first (the cache's copies are checked against the chunks' lengths). */
-  private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>, locs: ReadonlyMap<BlobId, BlobLocation>): Promise<void> {
+  private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
     const all: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
     // large files the cache may hold are placed from it while the rest is rebuilt from packs
     const cached: Array<[FileJob, ExpectedContent]> = []
     const direct: FileJob[] = []
     for (const job of all) {
-      const expect = this.cache && job.entry.size >= MIN_SIZE && job.entry.chunks ? this.expected(job.entry, locs) : undefined
+      const expect = this.cache && job.entry.size >= MIN_SIZE && job.entry.chunks ? this.expected(job.entry) : undefined
       if (expect) cached.push([job, expect])
       else direct.push(job)
     }
-    this.locs = locs
     const placing = this.fromCache(cached)
     placing.catch(() => {}) // awaited below, also when the rebuild fails first
     try {
-      await this.fromPacks(direct, locs)
+      await this.fromPacks(direct)
       const missed = await placing
-      await this.fromPacks(missed, locs)
+      await this.fromPacks(missed)
       const rebuilt = [...direct, ...missed]
       // files whose writes failed part-way
       for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
@@ -410,13 +411,13 @@ class Restorer {
   }
 
   /** Rebuilds files from their chunks: per pack, in offset order. */
-  private async fromPacks(jobs: FileJob[], locs: ReadonlyMap<BlobId, BlobLocation>): Promise<void> {
+  private async fromPacks(jobs: FileJob[]): Promise<void> {
     if (jobs.length === 0) return
     const byPack = new Map<string, Map<BlobId, BlobRead>>()
     for (const job of jobs) {
       let offset = 0
       for (const id of job.entry.chunks ?? []) {
-        const loc = locs.get(id)
+        const loc = this.locs.get(id)
         if (!loc) {
           job.failed ??= { path: job.rel, reason: `chunk ${id} is missing from the repository`, code: "INTEGRITY" }
           continue
@@ -623,7 +624,7 @@ class Restorer {
   private async finishFile(job: FileJob): Promise<void> {
     if (job.entry.size === 0 && !job.handle) await this.openTemp(job)
     await this.closeTemp(job)
-    await this.setMeta(job.temp!, job.entry, false)
+    this.setMeta(job.temp!, job.entry, false)
     await fsp.rename(job.temp!, this.abs(job.rel))
     this.fileDone(job)
   }
@@ -652,7 +653,7 @@ class Restorer {
     const abs = this.abs(rel)
     if (this.opts.overwrite) await fsp.rm(abs, { force: true })
     await fsp.symlink(entry.target, abs)
-    await this.setMeta(abs, entry, true)
+    this.setMeta(abs, entry, true)
     this.result.symlinks++
   }
 
@@ -673,20 +674,13 @@ class Restorer {
     return this.owners && (e.uid !== process.getuid?.() || e.gid !== process.getgid?.())
   }
 
-  private async setMeta(abs: string, e: TreeEntry, isLink: boolean): Promise<void> {
-    if (this.needsChown(e)) await fsp.lchown(abs, e.uid, e.gid)
-    if (!isLink) await fsp.chmod(abs, e.mode)
-    const t = utimesSeconds(BigInt(e.mtime))
-    if (isLink) await fsp.lutimes(abs, t, t)
-    else await fsp.utimes(abs, t, t)
-  }
-
-  /** setMeta for a directory, inline: a thread-pool round trip costs more than the calls (1,600 directories: ~0.1 s). */
-  private setDirMeta(abs: string, e: TreeEntry): void {
+  /** Owner, mode and mtime, inline: a thread-pool round trip costs more than the calls (1,600 directories: ~0.1 s). */
+  private setMeta(abs: string, e: TreeEntry, isLink: boolean): void {
     if (this.needsChown(e)) fs.lchownSync(abs, e.uid, e.gid)
-    fs.chmodSync(abs, e.mode)
+    if (!isLink) fs.chmodSync(abs, e.mode)
     const t = utimesSeconds(BigInt(e.mtime))
-    fs.utimesSync(abs, t, t)
+    if (isLink) fs.lutimesSync(abs, t, t)
+    else fs.utimesSync(abs, t, t)
   }
 
   private async guard(rel: string, fn: () => Promise<void>): Promise<void> {

@@ -92,8 +92,11 @@ export async function encode(data: Uint8Array, preferred: Codec): Promise<Encode
   return { codec: preferred, bytes: out }
 }
 
-/** Decodes stored bytes; throws a plain Error on malformed input (callers add context). */
-/** Decodes stored bytes; large blobs in the pool unless `inline` (the caller's thread, always). */
+/**
+ * Decodes stored bytes: large blobs in the pool unless `inline` (then always
+ * on the caller's thread). Throws a plain Error on malformed input (callers
+ * add context).
+ */
 export async function decode(codec: number, bytes: Uint8Array, rawLength: number, inline = false): Promise<Uint8Array> {
   const opts = { maxOutputLength: Math.max(rawLength, 1) }
   const sync = inline || rawLength <= SMALL_BLOB * 4

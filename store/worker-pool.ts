@@ -2,8 +2,10 @@
 // machinery under the codec pool and restore's file writers.
 //
 // A job is a message with an id; the worker answers { id, ...result } or
-// { id, error, code? } (code: a Node error code such as ENOENT, kept on the Error). Jobs go to the least busy worker; a new worker is spawned
-// only while every existing one is busy and the pool is below its size.
+// { id, error, code? } (code: a Node error code such as ENOENT, kept on the
+// Error). Jobs go to the least busy worker; a new worker is spawned only
+// while every existing one is busy and the pool is below its size (or all
+// at once, with warm()).
 // Workers are ref'd only while they have jobs in flight, so an idle pool
 // never keeps a process alive. A worker that crashes fails its jobs and is
 // replaced on next use. The source is inline so that it runs the same from

@@ -23,11 +23,14 @@ async function setup(extra: DirSpec = {}) {
   return { store, src, snapshot }
 }
 
+/** Restores run with writer threads and inline. */
+const WRITERS = [
+  ["writer threads", true],
+  ["inline", false],
+] as const
+
 describe("materialization cache", () => {
-  it.each([
-    ["writer threads", true],
-    ["inline", false],
-  ] as const)("a later restore copies large files from the cache; copies are independent (%s)", async (_label, writers) => {
+  it.each(WRITERS)("a later restore copies large files from the cache; copies are independent (%s)", async (_label, writers) => {
     const { store, src, snapshot } = await setup()
     const root = await tempDir()
     const first = await restoreSnapshot(store, snapshot, path.join(root, "a"), { writers })
@@ -43,10 +46,7 @@ describe("materialization cache", () => {
     await store.close()
   })
 
-  it.each([
-    ["writer threads", true],
-    ["inline", false],
-  ] as const)("a damaged entry is dropped and its file rebuilt from packs, with no temp file left (%s)", async (_label, writers) => {
+  it.each(WRITERS)("a damaged entry is dropped and its file rebuilt from packs, with no temp file left (%s)", async (_label, writers) => {
     const { store, src, snapshot } = await setup()
     const root = await tempDir()
     await restoreSnapshot(store, snapshot, path.join(root, "a"), { writers })

@@ -250,18 +250,27 @@ describe("hostile trees", () => {
   })
 })
 
+/**
+ * A snapshot of 30 directories d0..d29, each holding f.txt and a directory
+ * sub (with sub(d) in it), written through one store; and a second store on
+ * the same backend whose pack reads are counted.
+ */
+async function thirtyDirs(backend: MemoryObjectStore, sub: (d: number) => DirSpec) {
+  const store = await newStore(backend)
+  const src = await tempDir()
+  const spec: DirSpec = {}
+  for (let d = 0; d < 30; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: sub(d) } } }
+  await buildTree(src, spec)
+  const { snapshot } = await createSnapshot(store, src)
+  await store.close()
+  const { backend: counting, packReads } = countingPackReads(backend)
+  const reader = await Store.open({ backend: counting, cacheDir: await tempDir() })
+  return { snapshot, reader, packReads }
+}
+
 describe("reading a snapshot's trees", () => {
   it("reads them with a few ranged reads per level, parents before children", async () => {
-    const backend = new MemoryObjectStore()
-    const store = await newStore(backend)
-    const src = await tempDir()
-    const spec: DirSpec = {}
-    for (let d = 0; d < 30; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: { "g.txt": { file: `g ${d}` } } } } }
-    await buildTree(src, spec)
-    const { snapshot } = await createSnapshot(store, src)
-    await store.close()
-    const { backend: counting, packReads } = countingPackReads(backend)
-    const reader = await Store.open({ backend: counting, cacheDir: await tempDir() })
+    const { snapshot, reader, packReads } = await thirtyDirs(new MemoryObjectStore(), (d) => ({ "g.txt": { file: `g ${d}` } }))
     const placed = await flattenTree(reader, snapshot.tree)
     // 61 trees on 3 levels; the packs are small (64 KiB), so a level may span a few of them
     expect(packReads.length).toBeLessThanOrEqual(8)
@@ -279,16 +288,7 @@ describe("reading a snapshot's trees", () => {
   })
 
   it("on a remote repository, reads them the same way into the host's tree cache, then from it", async () => {
-    const backend = Object.assign(new MemoryObjectStore(), { remote: true })
-    const store = await newStore(backend)
-    const src = await tempDir()
-    const spec: DirSpec = {}
-    for (let d = 0; d < 30; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: {} } } }
-    await buildTree(src, spec)
-    const { snapshot } = await createSnapshot(store, src)
-    await store.close()
-    const { backend: counting, packReads } = countingPackReads(backend)
-    const reader = await Store.open({ backend: counting, cacheDir: await tempDir() })
+    const { snapshot, reader, packReads } = await thirtyDirs(Object.assign(new MemoryObjectStore(), { remote: true }), () => ({}))
     const first = await flattenTree(reader, snapshot.tree)
     expect(packReads.length).toBeGreaterThan(0)
     expect(packReads.length).toBeLessThanOrEqual(8) // not one per tree (61)
