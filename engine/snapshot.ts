@@ -25,7 +25,7 @@ import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
 import { scanTree, type ScanNode, type Warning } from "./scan.js"
-import { dirCacheKey, emptyStatCache, loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "./statcache.js"
+import { dirCacheKey, emptyStatCache, loadStatCache, StatCacheWriter, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -130,7 +130,8 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {
-      await saveStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, await store.indexFileNames(), stats.storedBytes)).catch(() => {})
+      const meta = { patterns, indexFiles: [...(await store.indexFileNames())], storedBytes: stats.storedBytes }
+      await writeStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, scan.files + scan.dirs + scan.symlinks + 1), meta).catch(() => {})
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
@@ -192,6 +193,8 @@ class SnapshotRun {
    */
   private deferred: string[] = []
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
+  /** directories whose cached tree was reused */
+  private readonly reusedDirs = new Set<string>()
   private readonly samePatterns: boolean
   reusedFiles = 0
   reusedTrees = 0
@@ -433,6 +436,7 @@ class SnapshotRun {
     ) {
       this.ingest.account(cached.id, this.lengthIfHeld(cached)!)
       this.trees.set(dir.rel, { id: cached.id, size: cached.size, entries: cached.entries })
+      this.reusedDirs.add(dir.rel)
       this.reusedTrees++
       return { id: cached.id, size: cached.size, reused: true }
     }
@@ -466,27 +470,40 @@ class SnapshotRun {
     return !this.trusted || !this.samePatterns || this.readBytes > 0 || this.chunksOf.size > 0 || this.treesBuilt > 0
   }
 
-  /** The cache for the next snapshot: every entry as scanned now, with what it was stored as. */
-  nextCache(root: ScanNode, indexFiles: ReadonlySet<string>, storedBytes: number): StatCache {
+  /**
+   * The cache for the next snapshot: every entry as scanned now, with what it
+   * was stored as. An entry that is as the loaded cache has it (unchanged,
+   * its blobs' lengths vouched for by trusted index files) is copied from it.
+   */
+  nextCache(root: ScanNode, capacity: number): StatCacheWriter {
     this.accountDeferred()
-    const entries = new Map<string, CachedEntry>()
+    const w = new StatCacheWriter(capacity)
     const blob = (id: BlobId): CachedBlob => ({ id, length: this.ingest.lengthOf(id) })
     const add = (node: ScanNode) => {
+      const rel = node.rel
+      const same =
+        node.type === "dir" ? this.trusted && this.reusedDirs.has(rel)
+        : node.type === "file" && node.linkTo === undefined ? this.trusted && this.reused.has(rel)
+        : this.isUnchanged(node)
+      if (same && this.cache.copyTo(rel, w)) {
+        for (const child of node.children ?? []) add(child)
+        return
+      }
       const base = { size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks: [] as CachedBlob[], treeMtime: this.treeMtime(node) }
       if (node.type === "dir") {
-        const tree = this.trees.get(node.rel)
-        entries.set(node.rel, { ...base, kind: "dir", ...(tree ? { tree: { ...tree, length: this.ingest.lengthOf(tree.id) } } : {}) })
+        const tree = this.trees.get(rel)
+        w.add(rel, { ...base, kind: "dir", ...(tree ? { tree: { ...tree, length: this.ingest.lengthOf(tree.id) } } : {}) })
         for (const child of node.children ?? []) add(child)
       } else if (node.type === "symlink") {
-        entries.set(node.rel, { ...base, kind: "symlink" })
+        w.add(rel, { ...base, kind: "symlink" })
       } else if (node.linkTo !== undefined) {
-        entries.set(node.rel, { ...base, kind: "link" })
+        w.add(rel, { ...base, kind: "link" })
       } else {
-        const chunks = this.chunksFor(node.rel)
-        if (chunks && !this.unstable.has(node.rel)) entries.set(node.rel, { ...base, kind: "file", chunks: chunks.map(blob) })
+        const chunks = this.chunksFor(rel)
+        if (chunks && !this.unstable.has(rel)) w.add(rel, { ...base, kind: "file", chunks: chunks.map(blob) })
       }
     }
     add(root)
-    return { entries, patterns: this.patterns, indexFiles: [...indexFiles], storedBytes }
+    return w
   }
 }

@@ -77,6 +77,11 @@ export interface StatCacheView {
   matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean
   /** every blob the cache names: files' chunks and directories' trees */
   blobs(): Iterable<CachedBlob>
+  /**
+   * Copies rel's entry as it is into w, without decoding it; false (nothing
+   * copied) when there is none or one of its blobs' lengths is unknown.
+   */
+  copyTo(rel: string, w: StatCacheWriter): boolean
   /** whether some blob's stored length is unknown (-1) */
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
@@ -221,6 +226,17 @@ class LoadedStatCache implements StatCacheView {
     for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
   }
 
+  copyTo(rel: string, w: StatCacheWriter): boolean {
+    const i = this.index.get(rel)
+    if (i === undefined) return false
+    const lengths = this.blobLength.subarray(this.blobAt[i]!, this.blobAt[i]! + this.blobCount[i]!)
+    if (lengths.some((l) => l < 0)) return false
+    const t = this.textAt[i]!
+    const chars = this.relChars[i]! + this.mtimeChars[i]! + lengths.length * ID_CHARS
+    w.row(this.kind[i]!, this.size[i]!, this.mtime[i]!, this.ctime[i]!, this.ino[i]!, this.treeSize[i]!, this.treeEntries[i]!, this.relChars[i]!, this.mtimeChars[i]!, this.text.slice(t, t + chars), lengths)
+    return true
+  }
+
   private blobsOf(i: number): CachedBlob[] {
     const out: CachedBlob[] = new Array(this.blobCount[i]!)
     let t = this.textAt[i]! + this.relChars[i]! + this.mtimeChars[i]!
@@ -246,7 +262,7 @@ class LoadedStatCache implements StatCacheView {
 }
 
 export function emptyStatCache(): StatCacheView {
-  return { get: () => undefined, matches: () => false, blobs: () => [], someLengthUnknown: false }
+  return { get: () => undefined, matches: () => false, blobs: () => [], copyTo: () => false, someLengthUnknown: false }
 }
 
 export async function loadStatCache(cacheDir: string, key: string): Promise<StatCacheView> {
@@ -266,43 +282,119 @@ export async function loadStatCache(cacheDir: string, key: string): Promise<Stat
   }
 }
 
-export async function saveStatCache(cacheDir: string, key: string, cache: StatCache): Promise<void> {
-  const list = [...cache.entries]
-  const n = list.length
-  const blobsOf = (e: CachedEntry): CachedBlob[] => (e.tree ? [e.tree] : e.chunks)
-  const blobs = list.flatMap(([, e]) => blobsOf(e))
-  const text: string[] = []
-  for (const [rel, e] of list) text.push(rel, treeMtimeField(e), ...blobsOf(e).map((b) => b.id))
-  for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
-  const textStr = text.join("")
-  const head = Buffer.from(JSON.stringify({ patterns: cache.patterns ?? null, index: cache.indexFiles ?? null, stored: cache.storedBytes }), "utf8")
-  const textBuf = Buffer.from(textStr, "utf8")
-  const column = <T>(values: readonly T[], make: (v: T[]) => ArrayBufferView) => {
-    const view = make(values as T[])
-    return Buffer.from(view.buffer, view.byteOffset, view.byteLength)
+/**
+ * Builds a cache file entry by entry, straight into its columns: no entry
+ * objects, no per-column arrays. An entry unchanged since the loaded cache is
+ * copied from it (StatCacheView.copyTo): a few typed-array writes and one
+ * substring, where building it anew cost a snapshot of a workspace with one
+ * changed file ~0.2 s on its critical path. Entries may come in any order.
+ */
+export class StatCacheWriter {
+  private n = 0
+  private m = 0
+  private cap = 0
+  private blobCap = 0
+  private size = new Float64Array(0)
+  private mtime = new BigInt64Array(0)
+  private ctime = new BigInt64Array(0)
+  private ino = new BigUint64Array(0)
+  private treeSize = new Float64Array(0)
+  private relChars = new Uint32Array(0)
+  private mtimeChars = new Uint32Array(0)
+  private blobCount = new Uint32Array(0)
+  private treeEntries = new Uint32Array(0)
+  private kind = new Uint8Array(0)
+  private blobLength = new Float64Array(0)
+  private readonly text: string[] = []
+  private textChars = 0
+
+  constructor(capacity = 256) {
+    this.grow(Math.max(16, capacity), Math.max(16, capacity))
   }
-  const each = <T>(f: (e: CachedEntry, rel: string) => T): T[] => list.map(([rel, e]) => f(e, rel))
-  const data = Buffer.concat([
-    MAGIC,
-    column([FORMAT, n, blobs.length, head.length, textStr.length, textBuf.length], (v) => Uint32Array.from(v)),
-    column(each((e) => e.size), (v) => Float64Array.from(v)),
-    column(each((e) => e.mtimeNs), (v) => BigInt64Array.from(v)),
-    column(each((e) => e.ctimeNs), (v) => BigInt64Array.from(v)),
-    column(each((e) => e.ino), (v) => BigUint64Array.from(v)),
-    column(each((e) => e.tree?.size ?? 0), (v) => Float64Array.from(v)),
-    column(blobs.map((b) => b.length), (v) => Float64Array.from(v)),
-    column(each((_, rel) => rel.length), (v) => Uint32Array.from(v)),
-    column(each((e) => treeMtimeField(e).length), (v) => Uint32Array.from(v)),
-    column(each((e) => blobsOf(e).length), (v) => Uint32Array.from(v)),
-    column(each((e) => e.tree?.entries ?? 0), (v) => Uint32Array.from(v)),
-    column(each((e) => KIND_CODES[e.kind]), (v) => Uint8Array.from(v)),
-    head,
-    textBuf,
-  ])
+
+  get entries(): number {
+    return this.n
+  }
+
+  add(rel: string, e: CachedEntry): void {
+    const blobs = e.tree ? [e.tree] : e.chunks
+    for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
+    const mtimeField = treeMtimeField(e)
+    this.row(KIND_CODES[e.kind], e.size, e.mtimeNs, e.ctimeNs, e.ino, e.tree?.size ?? 0, e.tree?.entries ?? 0, rel.length, mtimeField.length, rel + mtimeField + blobs.map((b) => b.id).join(""), blobs.map((b) => b.length))
+  }
+
+  /** One entry's columns; `text` is its rel path, treeMtime field and blob ids, one after the other. */
+  row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, relChars: number, mtimeChars: number, text: string, lengths: ArrayLike<number>): void {
+    if (this.n === this.cap || this.m + lengths.length > this.blobCap) this.grow(this.cap * 2, Math.max(this.blobCap * 2, this.m + lengths.length))
+    const i = this.n++
+    this.kind[i] = kind
+    this.size[i] = size
+    this.mtime[i] = mtimeNs
+    this.ctime[i] = ctimeNs
+    this.ino[i] = ino
+    this.treeSize[i] = treeSize
+    this.treeEntries[i] = treeEntries
+    this.relChars[i] = relChars
+    this.mtimeChars[i] = mtimeChars
+    this.blobCount[i] = lengths.length
+    for (let k = 0; k < lengths.length; k++) this.blobLength[this.m++] = lengths[k]!
+    this.text.push(text)
+    this.textChars += text.length
+  }
+
+  /** The file's bytes, checksum included. */
+  encode(meta: Omit<StatCache, "entries">): Buffer {
+    const n = this.n
+    const textStr = this.text.join("")
+    const head = Buffer.from(JSON.stringify({ patterns: meta.patterns ?? null, index: meta.indexFiles ?? null, stored: meta.storedBytes }), "utf8")
+    const textBuf = Buffer.from(textStr, "utf8")
+    const bytes = (view: ArrayBufferView) => Buffer.from(view.buffer, view.byteOffset, view.byteLength)
+    const data = Buffer.concat([
+      MAGIC,
+      bytes(Uint32Array.of(FORMAT, n, this.m, head.length, textStr.length, textBuf.length)),
+      ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => bytes(c.subarray(0, n))),
+      bytes(this.blobLength.subarray(0, this.m)),
+      ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.kind].map((c) => bytes(c.subarray(0, n))),
+      head,
+      textBuf,
+    ])
+    return Buffer.concat([data, createHash("sha256").update(data).digest()])
+  }
+
+  private grow(cap: number, blobCap: number): void {
+    const more = <T extends Float64Array | BigInt64Array | BigUint64Array | Uint32Array | Uint8Array>(old: T, make: new (n: number) => T, n: number): T => {
+      const next = new make(n)
+      next.set(old as never)
+      return next
+    }
+    this.size = more(this.size, Float64Array, cap)
+    this.mtime = more(this.mtime, BigInt64Array, cap)
+    this.ctime = more(this.ctime, BigInt64Array, cap)
+    this.ino = more(this.ino, BigUint64Array, cap)
+    this.treeSize = more(this.treeSize, Float64Array, cap)
+    this.relChars = more(this.relChars, Uint32Array, cap)
+    this.mtimeChars = more(this.mtimeChars, Uint32Array, cap)
+    this.blobCount = more(this.blobCount, Uint32Array, cap)
+    this.treeEntries = more(this.treeEntries, Uint32Array, cap)
+    this.kind = more(this.kind, Uint8Array, cap)
+    this.blobLength = more(this.blobLength, Float64Array, blobCap)
+    this.cap = cap
+    this.blobCap = blobCap
+  }
+}
+
+export async function saveStatCache(cacheDir: string, key: string, cache: StatCache): Promise<void> {
+  const w = new StatCacheWriter(cache.entries.size)
+  for (const [rel, e] of cache.entries) w.add(rel, e)
+  await writeStatCache(cacheDir, key, w, cache)
+}
+
+/** Writes w's entries, with meta, as the cache named key (atomically: a temp file renamed into place). */
+export async function writeStatCache(cacheDir: string, key: string, w: StatCacheWriter, meta: Omit<StatCache, "entries">): Promise<void> {
   const file = cacheFile(cacheDir, key)
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
   const temp = `${file}.tmp-${process.pid}`
-  await fsp.writeFile(temp, Buffer.concat([data, createHash("sha256").update(data).digest()]), { mode: 0o600 })
+  await fsp.writeFile(temp, w.encode(meta), { mode: 0o600 })
   await fsp.rename(temp, file)
   await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true }) // the JSON cache of format 2 and before
 }

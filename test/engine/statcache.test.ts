@@ -5,7 +5,7 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { loadStatCache, saveStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "../../engine/statcache.js"
+import { loadStatCache, saveStatCache, StatCacheWriter, writeStatCache, type CachedBlob, type CachedEntry, type StatCache, type StatCacheView } from "../../engine/statcache.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { tempDir } from "../helpers.js"
 
@@ -71,6 +71,38 @@ describe("stat cache file", () => {
         },
       ),
       { numRuns: 200 },
+    )
+  })
+
+  it("entries copied from a loaded cache, mixed with new ones in any order, load back as they were", async () => {
+    const dir = await tempDir()
+    const entries = fc.uniqueArray(fc.tuple(fc.array(name, { minLength: 0, maxLength: 3 }).map((n) => n.join("/")), entry), { selector: ([rel]) => rel, maxLength: 30 })
+    await fc.assert(
+      fc.asyncProperty(entries, entries, fc.array(fc.boolean(), { minLength: 30, maxLength: 30 }), async (old, added, pick) => {
+        await saveStatCache(dir, "old", { entries: new Map(old), patterns: ["x"] })
+        const view = await loadStatCache(dir, "old")
+        // a small capacity, so that the writer grows on the way
+        const w = new StatCacheWriter(1)
+        const expected = new Map<string, CachedEntry>()
+        const fresh = added.filter(([rel]) => !old.some(([o]) => o === rel))
+        for (const [i, [rel, e]] of old.entries()) {
+          if (!pick[i]) continue
+          const unknownLength = (e.tree ? [e.tree] : e.chunks).some((b) => b.length < 0)
+          expect(view.copyTo(rel, w)).toBe(!unknownLength)
+          if (!unknownLength) expected.set(rel, e)
+        }
+        for (const [rel, e] of fresh.reverse()) {
+          w.add(rel, e)
+          expected.set(rel, e)
+        }
+        expect(view.copyTo("no/such/entry", w)).toBe(false)
+        expect(w.entries).toBe(expected.size)
+        await writeStatCache(dir, "new", w, { indexFiles: ["i1"], storedBytes: 7 })
+        const back = await loadStatCache(dir, "new")
+        expect(entriesOf(back, expected.keys())).toEqual(expected)
+        expect([back.indexFiles, back.storedBytes, back.patterns]).toEqual([["i1"], 7, undefined])
+      }),
+      { numRuns: 150 },
     )
   })
 
