@@ -51,6 +51,12 @@ export interface ScanResult {
 export interface ScanOptions {
   ignore?: IgnoreRules
   signal?: AbortSignal
+  /**
+   * Called during the walk for each regular file of at least `size` bytes
+   * with one link (a hardlinked file's group is only known once the walk
+   * is done), so that reading it can start while the walk goes on.
+   */
+  onLargeFile?: { size: number; fn: (node: ScanNode) => void }
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
@@ -137,7 +143,10 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       children.push(child)
       if (child.type === "dir") result.dirs++
       else if (child.type === "symlink") result.symlinks++
-      else result.files++
+      else {
+        result.files++
+        if (opts.onLargeFile && child.size >= opts.onLargeFile.size && child.nlink === 1) opts.onLargeFile.fn(child)
+      }
     }
     children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     node.children = children

@@ -17,14 +17,14 @@
 import fs, { constants as fsConstants, promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
-import { mapLimit } from "../store/concurrency.js"
+import { mapLimit, Semaphore } from "../store/concurrency.js"
 import { BadInputError, throwIfAborted } from "../store/errors.js"
 import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
-import { scanTree, type ScanNode, type Warning } from "./scan.js"
+import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, StatCacheWriter, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
@@ -92,9 +92,19 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   return store.withLock(false, "snapshot", async () => {
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
     // read while the scan runs (it yields now and then); loadStatCache never rejects
-    const cacheLoad = opts.full ? emptyStatCache() : loadStatCache(store.cacheDir, cacheKey)
-    const scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal })
-    const run = new SnapshotRun(store, root, await cacheLoad, patterns, scan.files, scan.bytes, opts)
+    const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
+    const ready = cacheLoad.then((cache) => new SnapshotRun(store, root, cache, patterns, opts))
+    // a large file that changed is read while the scan goes on (the reader thread would idle until the scan ends)
+    const onLargeFile = { size: SMALL_FILE + 1, fn: (node: ScanNode) => void ready.then((run) => run.readEarly(node)) }
+    let scan: ScanResult
+    try {
+      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile })
+    } catch (err) {
+      await (await ready).settleEarly() // nothing may still write once the lock is released
+      throw err
+    }
+    const run = await ready
+    run.scanned(scan.files, scan.bytes)
     run.warnings.push(...scan.warnings)
     await run.resolveCachedBlobs()
     await run.storeFiles(scan.root)
@@ -202,18 +212,41 @@ class SnapshotRun {
   private treesBuilt = 0
   private filesDone = 0
   private bytesDone = 0
+  private filesTotal = 0
+  private bytesTotal = 0
+  /** large files, read LARGE_SLOTS at a time */
+  private readonly largeSlots = new Semaphore(LARGE_SLOTS)
+  /** large files whose reading started during the scan */
+  private readonly early = new Map<string, Promise<void>>()
 
   constructor(
     readonly store: Store,
     readonly root: string,
     readonly cache: StatCacheView,
     readonly patterns: string[],
-    readonly filesTotal: number,
-    readonly bytesTotal: number,
     readonly opts: SnapshotOptions,
   ) {
     this.ingest = new Ingestor(store, opts.signal)
     this.samePatterns = cache.patterns !== undefined && cache.patterns.length === patterns.length && cache.patterns.every((p, i) => p === patterns[i])
+  }
+
+  /** The scan's totals, for progress. */
+  scanned(files: number, bytes: number): void {
+    this.filesTotal = files
+    this.bytesTotal = bytes
+  }
+
+  /** Starts reading a large file the scan just found, unless the cache says it is unchanged. */
+  readEarly(node: ScanNode): void {
+    if (this.isUnchanged(node) || this.early.has(node.rel)) return
+    const reading = this.largeSlots.run(() => this.storeFile(node))
+    reading.catch(() => {}) // awaited in storeFiles, or settled by settleEarly
+    this.early.set(node.rel, reading)
+  }
+
+  /** Waits for the reads readEarly started (when the scan failed: their errors are not the one to report). */
+  async settleEarly(): Promise<void> {
+    await Promise.allSettled(this.early.values())
   }
 
   /**
@@ -289,8 +322,12 @@ class SnapshotRun {
     visit(dir)
     // files are read: what they share with reused ones is known to be held without a lookup
     if (small.length > 0 || large.length > 0) this.accountDeferred()
-    // both lanes settle before an error propagates: nothing may still write after the lock is released
-    const lanes = await Promise.allSettled([mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)), mapLimit(large, LARGE_SLOTS, (n) => this.storeFile(n))])
+    // every read settles before an error propagates: nothing may still write after the lock is released
+    const lanes = await Promise.allSettled([
+      mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)),
+      ...large.map((n) => this.early.get(n.rel) ?? this.largeSlots.run(() => this.storeFile(n))),
+      this.settleEarly(),
+    ])
     for (const lane of lanes) if (lane.status === "rejected") throw lane.reason
   }
 

@@ -87,6 +87,57 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("large files read while the scan goes on give what a full read gives; unchanged ones are not read", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    const spec: DirSpec = { "a-big.bin": { file: seededBytes("big", 700_000) }, "hard.bin": { file: seededBytes("hard", 300_000) }, "hard-2.bin": { hardlink: "hard.bin" } }
+    for (let d = 0; d < 40; d++) spec[`d${d}`] = { dir: Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`f${i}.txt`, { file: `file ${d}/${i}` }])) }
+    spec["z-big.bin"] = { file: seededBytes("z", 400_000) }
+    await buildTree(src, spec)
+    const first = await createSnapshot(store, src)
+    let small = 0
+    for (let d = 0; d < 40; d++) for (let i = 0; i < 30; i++) small += `file ${d}/${i}`.length
+    expect(first.readBytes).toBe(700_000 + 300_000 + 400_000 + small) // every byte once, the hardlinked file too
+    expect(first.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    const unchanged = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(unchanged.readBytes).toBe(0)
+    const big = await fsp.open(path.join(src, "a-big.bin"), "r+")
+    await big.write(Buffer.from("an edit in the middle"), 0, 21, 350_000)
+    await big.close()
+    const changed = await createSnapshot(store, src, { parent: unchanged.snapshot })
+    expect(changed.readBytes).toBe(700_000)
+    expect(changed.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    await store.close()
+  })
+
+  it("a snapshot aborted while large files are read early settles every read before it rejects", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    // large files first, then enough small ones that the scan is still walking when they are being read
+    const spec: DirSpec = {}
+    for (let d = 0; d < 4; d++) spec[`a${d}`] = { dir: { "big.bin": { file: seededBytes(`b${d}`, 1_000_000) } } }
+    for (let d = 0; d < 60; d++) spec[`d${d}`] = { dir: Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`f${i}.txt`, { file: `${d}/${i}` }])) }
+    await buildTree(src, spec)
+    const warm = await createSnapshot(store, path.join(src, "a0")) // the chunk reader's thread is started: a read's first batch comes back within the scan
+    for (const after of [1, 3]) {
+      const ctl = new AbortController()
+      let seen = 0
+      const onProgress = (p: { filesDone: number }) => {
+        if (p.filesDone > 0 && ++seen === after) ctl.abort()
+      }
+      await expect(createSnapshot(store, src, { signal: ctl.signal, onProgress, full: true, cacheKey: `abort-${after}` })).rejects.toMatchObject({ code: "ABORTED" })
+      // nothing of it is still running: no pack appears later, the lock is free, no snapshot is listed
+      const packs = (await store.backend.list("data/")).length
+      await new Promise((r) => setTimeout(r, 200))
+      expect((await store.backend.list("data/")).length).toBe(packs)
+      await store.withLock(true, "check", async () => {})
+      expect((await store.listRecords<{ id: string }>("snapshots")).records.map((r) => r.id)).toEqual([warm.snapshot.id])
+    }
+    const done = await createSnapshot(store, src)
+    expect(done.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    await store.close()
+  })
+
   it("an unchanged tree takes its stored total from the cache only while the cache's index files exist", async () => {
     const store = await newStore()
     const src = await tempDir()
