@@ -87,6 +87,8 @@ export function parseCairnId(stdout: string): string {
 
 function cairn(): Tool {
   const cli = (repo: Repo, ...args: string[]): string[] => [CAIRN_CLI, "--repo", repo.path, ...args]
+  // the host-local cache (index, stat caches, trees, restored files) goes to aux, as restic's and borg's do
+  const env = (repo: Repo): { env: NodeJS.ProcessEnv } => ({ env: { ...process.env, CAIRN_CACHE_DIR: join(repo.aux, "cairn-cache") } })
   const tool: Tool = {
     name: "cairn",
     kind: "cairn",
@@ -103,26 +105,26 @@ function cairn(): Tool {
       return { ok: true, version: "cairn (version unknown)" }
     },
     async init(repo, m) {
-      await m.run("node", cli(repo, "init"))
+      await m.run("node", cli(repo, "init"), env(repo))
     },
     async snapshot(repo, dir, tag, m) {
-      const r = await m.run("node", cli(repo, "snapshot", dir, "--name", tag, "--json"))
+      const r = await m.run("node", cli(repo, "snapshot", dir, "--name", tag, "--json"), env(repo))
       return parseCairnId(r.stdout)
     },
     async restore(repo, id, dest, m) {
       try {
-        await m.run("node", cli(repo, "restore", id, dest))
+        await m.run("node", cli(repo, "restore", id, dest), env(repo))
       } catch (e) {
         // Tolerate a CLI that wants DEST not to exist yet.
         if (!(e instanceof CommandError) || (await readdir(dest)).length > 0) throw e
         await rmdir(dest)
-        await m.run("node", cli(repo, "restore", id, dest))
+        await m.run("node", cli(repo, "restore", id, dest), env(repo))
       }
     },
     async list(repo, m) {
       for (const cmd of ["list", "ls", "snapshots"]) {
         try {
-          const r = await m.run("node", cli(repo, cmd, "--json"))
+          const r = await m.run("node", cli(repo, cmd, "--json"), env(repo))
           const j = JSON.parse(r.stdout) as unknown
           const arr = Array.isArray(j) ? j : ((j as Record<string, unknown>).snapshots as unknown[]) ?? []
           return arr.map((s) => (typeof s === "string" ? s : String((s as Record<string, unknown>).id)))
@@ -133,22 +135,22 @@ function cairn(): Tool {
       return []
     },
     async forget(repo, ids, m) {
-      await m.run("node", cli(repo, "rm", ...ids))
+      await m.run("node", cli(repo, "rm", ...ids), env(repo))
     },
     async gc(repo, m) {
-      await m.run("node", cli(repo, "gc"))
+      await m.run("node", cli(repo, "gc"), env(repo))
     },
     repoSize: defaultSize,
     fanoutVariants: {
       // One `box create` per destination, concurrently; boxes live where the
       // CLI puts them, so only time and memory are measured.
       "box-create-4": async (repo, id, dests, m) => {
-        await m.parallel(dests.map(() => (mm: Meter) => mm.run("node", cli(repo, "box", "create", "--from", id, "--json"))))
+        await m.parallel(dests.map(() => (mm: Meter) => mm.run("node", cli(repo, "box", "create", "--from", id, "--json"), env(repo))))
       },
       // One process, N restores through the library with Promise.all.
       "promise-all-4": async (repo, id, dests, m) => {
         const script = join(PROJECT_ROOT, "dist", "bench", "cairn-fanout.js")
-        await m.run("node", [script, repo.path, id, ...dests])
+        await m.run("node", [script, repo.path, id, ...dests], env(repo))
       },
     },
   }
