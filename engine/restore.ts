@@ -85,8 +85,6 @@ export interface RestoreResult {
   failed: RestoreFailure[]
 }
 
-/** segments handed to the file writers and not yet written, per restore */
-const WRITER_SEGMENTS = 2
 /** Files from which a restore starts every writer thread before the first segment. */
 const WARM_WRITERS = 256
 const SEGMENT_GAP = 256 * 1024
@@ -136,12 +134,16 @@ class Restorer {
     this.owners = opts.owners ?? process.getuid?.() === 0
     this.cache = opts.cache === false && !opts.link ? undefined : new MaterializationCache(store.cacheDir)
     this.writers = opts.writers === false ? undefined : fileWriterPool()
+    this.writerWindow = new Semaphore(this.writers?.size ?? 1)
   }
 
   private readonly cache: MaterializationCache | undefined
   /** writer threads for single-chunk files; off with opts.writers === false */
   private readonly writers: FileWriterPool | undefined
+  /** segments in the writers */
   private readonly inWriters = new Set<Promise<void>>()
+  /** one segment per writer thread at a time (see restorePack) */
+  private readonly writerWindow: Semaphore
 
   /** What a cached copy of this file must hold (undefined if a chunk is missing from the index): checked chunk by chunk before the copy is used. */
   private expected(e: FileEntry): ExpectedContent | undefined {
@@ -385,12 +387,14 @@ class Restorer {
   /** Restores the files, their chunks located first (the cache's copies are checked against the chunks' lengths). */
   private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
     const all: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
-    // large files the cache may hold are placed from it while the rest is rebuilt from packs
+    // large files the cache holds are placed from it while the rest is rebuilt from packs
+    // (the others are rebuilt with it: their chunks lie between the small files' in the packs,
+    // and leaving them for later would cut each pack into many small reads)
     const cached: Array<[FileJob, ExpectedContent]> = []
     const direct: FileJob[] = []
     for (const job of all) {
       const expect = this.cache && job.entry.size >= MIN_SIZE && job.entry.chunks ? this.expected(job.entry) : undefined
-      if (expect) cached.push([job, expect])
+      if (expect && fs.existsSync(this.cache!.file(this.cacheKey(job.entry)))) cached.push([job, expect])
       else direct.push(job)
     }
     const placing = this.fromCache(cached)
@@ -440,7 +444,12 @@ class Restorer {
     const packs = [...byPack.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
     // a local disk reads best as two sequential streams; S3 wants many requests in flight
     const parallel = Math.max(1, this.store.backend.readParallelism ?? 2)
-    await mapLimit(packs, parallel, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
+    // a pack is done once its last segment is handed over: the next one is read while the writers finish it
+    try {
+      await mapLimit(packs, parallel, ([pack, reads]) => this.restorePack(pack, [...reads.values()]))
+    } finally {
+      await Promise.allSettled(this.inWriters) // also when a pack failed or the restore was aborted: nothing may write after it returns
+    }
   }
 
   private async restorePack(pack: string, reads: BlobRead[]): Promise<void> {
@@ -473,7 +482,15 @@ class Restorer {
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
       // a segment the writers take whole is handed over, not copied
-      const offloaded = toWriters.length > 0 ? this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0) : undefined
+      let offloaded: Promise<void> | undefined
+      if (toWriters.length > 0) {
+        // a segment waits here, read, until a writer is free: queued behind a long one, it would leave another writer idle
+        const release = await this.writerWindow.acquire()
+        offloaded = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
+        this.inWriters.add(offloaded)
+        const done = offloaded
+        void done.finally(() => this.inWriters.delete(done))
+      }
       await Promise.all(
         inline.map(async (r) => {
           const stored = segment.subarray(r.loc.offset - start, r.loc.offset - start + r.loc.length)
@@ -489,14 +506,7 @@ class Restorer {
           )
         }),
       )
-      // keep a few segments in the writers while the next one is read
-      if (offloaded) {
-        this.inWriters.add(offloaded)
-        void offloaded.finally(() => this.inWriters.delete(offloaded))
-        while (this.inWriters.size >= WRITER_SEGMENTS) await Promise.race(this.inWriters)
-      }
     }
-    await Promise.all(this.inWriters)
   }
 
   /**
