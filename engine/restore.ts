@@ -482,14 +482,12 @@ class Restorer {
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
       // a segment the writers take whole is handed over, not copied
-      let offloaded: Promise<void> | undefined
       if (toWriters.length > 0) {
         // a segment waits here, read, until a writer is free: queued behind a long one, it would leave another writer idle
         const release = await this.writerWindow.acquire()
-        offloaded = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
-        this.inWriters.add(offloaded)
-        const done = offloaded
-        void done.finally(() => this.inWriters.delete(done))
+        const written = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
+        this.inWriters.add(written)
+        void written.finally(() => this.inWriters.delete(written))
       }
       await Promise.all(
         inline.map(async (r) => {

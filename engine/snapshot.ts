@@ -2,7 +2,8 @@
 // then commit a snapshot record.
 //
 // Phases: (1) scan the whole tree (metadata only; gives totals for progress
-// and a deterministic hardlink order); (2) store file contents, a bounded
+// and a deterministic hardlink order), reading each large file the cache
+// does not vouch for as soon as the scan finds it; (2) store file contents, a bounded
 // number of files at a time, reusing the incremental cache's chunk lists
 // (statcache.ts) for files whose size, mtime, ctime and inode are unchanged,
 // synchronously and without index lookups while the cache can vouch for its
@@ -326,7 +327,7 @@ class SnapshotRun {
     const lanes = await Promise.allSettled([
       mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)),
       ...large.map((n) => this.early.get(n.rel) ?? this.largeSlots.run(() => this.storeFile(n))),
-      this.settleEarly(),
+      this.settleEarly(), // every early read is in `large` as well; named again so that none can outlive the lock
     ])
     for (const lane of lanes) if (lane.status === "rejected") throw lane.reason
   }
