@@ -17,8 +17,8 @@
 
 import os from "node:os"
 import { WorkerPool } from "../store/worker-pool.js"
-import type { BlobId } from "../store/ids.js"
-import { CUT_SOURCE, resolve, type ChunkerParams } from "./fastcdc.js"
+import { hashBytes, type BlobId } from "../store/ids.js"
+import { CUT_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
 
 /** Bytes of chunk starts per request: a few dozen chunks per message. */
 const SPAN = 4 << 20
@@ -54,7 +54,7 @@ parentPort.on("message", (job) => {
       pos += len
     }
     const stat = { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
-    parentPort.postMessage({ id: job.id, buffer: buf.buffer, lengths, ids, used: pos, done: end && pos >= n, stat }, [buf.buffer])
+    parentPort.postMessage({ id: job.id, buffer: buf.buffer, read: n, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [buf.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String((err && err.message) || err), code: err && err.code })
   } finally {
@@ -83,6 +83,10 @@ export interface ChunkBatch {
 
 interface Reply {
   buffer: ArrayBuffer
+  /** bytes of buffer that hold the file's bytes from the request's start */
+  read: number
+  /** the read reached the end of the file */
+  eof: boolean
   lengths: number[]
   ids: BlobId[]
   used: number
@@ -93,36 +97,115 @@ interface Reply {
 let shared: WorkerPool | undefined
 
 function pool(): WorkerPool {
-  shared ??= new WorkerPool(WORKER_SOURCE, Math.min(2, Math.max(1, os.availableParallelism() - 1)), { maxYoungGenerationSizeMb: 4 })
+  // two readers even on two cores: a changed large file is otherwise read by one core while the other waits
+  shared ??= new WorkerPool(WORKER_SOURCE, Math.min(2, os.availableParallelism()), { maxYoungGenerationSizeMb: 4 })
   return shared
 }
 
+interface Pending {
+  from: number
+  reply: Promise<Reply>
+}
+
+/** Chunks that joining a span to the true chain may cut on this thread before it gives the span up. */
+const RESYNC_LIMIT = 16
+
 /**
- * Reads a file as batches of chunks, in order; each batch's request is sent
- * as soon as the previous one is back, so the reader works while the caller
- * stores the previous batch. Errors (ENOENT, ELOOP: the path became a
- * symlink) keep their code.
+ * Reads a file as batches of chunks, in order, with two spans in flight:
+ * the span after the one being read is requested at once, from where it
+ * would start if the current one ended exactly SPAN bytes on (a guess: it
+ * ends at the first boundary at or after that). The guessed start is taken
+ * as a chunk start, so that span's first boundaries may differ from a
+ * whole-file pass; FastCDC restarts at every boundary, so from the first
+ * boundary both share on they agree. Each reply is joined to the true chain
+ * here: from the true position the chunker runs on the reply's bytes until it
+ * meets one of the reply's boundaries (usually within a chunk or two), and
+ * the reply's chunks from there on are used as they are. A reply that shares
+ * no boundary soon enough (data with no content-defined cut points, where
+ * every chunk is maxSize long, keeps its phase) is dropped and the span is
+ * requested again from the true position. Errors (ENOENT, ELOOP: the path
+ * became a symlink) keep their code.
  */
-export async function* chunkFile(path: string, params: ChunkerParams, gear: Uint32Array): AsyncGenerator<ChunkBatch> {
+export async function* chunkFile(
+  path: string,
+  params: ChunkerParams,
+  gear: Uint32Array,
+  opts: { span?: number; /** the size the scan saw: no second span is asked for a file it fits in */ sizeHint?: number } = {},
+): AsyncGenerator<ChunkBatch> {
+  const span = opts.span ?? SPAN
   const r = resolve(params, gear)
-  const request = (from: number) => {
-    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span: SPAN, r })
+  const request = (from: number): Pending => {
+    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r })
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
-    return reply
+    return { from, reply }
   }
-  let from = 0
-  let next = request(from)
+  let pos = 0
+  let current = request(0)
+  let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span)
   for (;;) {
-    const reply = await next
-    from += reply.used
-    if (!reply.done) next = request(from)
+    const reply = await current.reply
+    const batch = join(reply, current.from, pos, params, gear)
+    if (!batch) {
+      current = request(pos)
+      ahead = request(pos + span)
+      continue
+    }
+    const done = reply.done
+    pos = batch.end
+    if (!done) {
+      // the span ahead is of use if it starts at or before the true position, within its reach
+      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos)
+      ahead = request(current.from + span)
+    }
     const s = reply.stat
     yield {
-      data: new Uint8Array(reply.buffer),
-      lengths: reply.lengths,
-      ids: reply.ids,
+      data: batch.data,
+      lengths: batch.lengths,
+      ids: batch.ids,
       stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile },
     }
-    if (reply.done) return
+    if (done) return
   }
+}
+
+/**
+ * The chunks of a reply (read from `from`) that continue the true chain at
+ * `pos`, or undefined if the reply shares no boundary with it soon enough.
+ */
+function join(
+  reply: Reply,
+  from: number,
+  pos: number,
+  params: ChunkerParams,
+  gear: Uint32Array,
+): { data: Uint8Array; lengths: number[]; ids: BlobId[]; end: number } | undefined {
+  const buf = new Uint8Array(reply.buffer, 0, reply.read)
+  const end = from + reply.used
+  if (pos < from || pos > end) return undefined
+  // the reply's boundaries, absolute
+  const at = new Map<number, number>()
+  let b = from
+  reply.lengths.forEach((len, k) => {
+    at.set(b, k)
+    b += len
+  })
+  at.set(end, reply.lengths.length)
+  const lengths: number[] = []
+  const ids: BlobId[] = []
+  let p = pos
+  while (!at.has(p)) {
+    if (lengths.length >= RESYNC_LIMIT) return undefined
+    const o = p - from
+    // a cut needs maxSize bytes ahead, or the end of the file
+    if (!reply.eof && buf.length - o < params.maxSize) return undefined
+    const len = cutPoint(buf, o, buf.length, params, gear)
+    lengths.push(len)
+    ids.push(hashBytes(buf.subarray(o, o + len)))
+    p += len
+    if (p > end) return undefined
+  }
+  const k = at.get(p)!
+  lengths.push(...reply.lengths.slice(k))
+  ids.push(...reply.ids.slice(k))
+  return { data: buf.subarray(pos - from, end - from), lengths, ids, end }
 }

@@ -382,7 +382,7 @@ class SnapshotRun {
       return { chunks: await this.ingest.ingestBuffer(data), size: data.length, after: seen(after), steady: true }
     }
     if (expected > SMALL_FILE) {
-      const { chunks, size, stat, steady } = await this.ingest.ingestBatches(chunkFile(abs, this.ingest.params, this.ingest.gear), onBytes)
+      const { chunks, size, stat, steady } = await this.ingest.ingestBatches(chunkFile(abs, this.ingest.params, this.ingest.gear, { sizeHint: expected }), onBytes)
       return { chunks, size, after: stat, steady }
     }
     const handle = await fsp.open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
