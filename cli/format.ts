@@ -56,7 +56,8 @@ export class ProgressBar {
     const width = 24
     const fill = Math.round(frac * width)
     const bar = "#".repeat(fill) + "-".repeat(width - fill)
-    const text = `${p.phase} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}%  ${p.filesDone}/${p.filesTotal} files  ${bytes(p.bytesDone)}/${bytes(p.bytesTotal)}`
+    const total = (n: number, show: (n: number) => string) => (n > 0 ? show(n) : "?")
+    const text = `${p.phase} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}%  ${p.filesDone}/${total(p.filesTotal, String)} files  ${bytes(p.bytesDone)}/${total(p.bytesTotal, bytes)}`
     process.stderr.write(`\r${text.slice(0, (process.stderr.columns ?? 100) - 1)}\x1b[K`)
     this.shown = true
   }

@@ -215,6 +215,7 @@ class SnapshotRun {
   private bytesDone = 0
   private filesTotal = 0
   private bytesTotal = 0
+  private scanDone = false
   /** large files, read LARGE_SLOTS at a time */
   private readonly largeSlots = new Semaphore(LARGE_SLOTS)
   /** large files whose reading started during the scan */
@@ -235,6 +236,7 @@ class SnapshotRun {
   scanned(files: number, bytes: number): void {
     this.filesTotal = files
     this.bytesTotal = bytes
+    this.scanDone = true
   }
 
   /** Starts reading a large file the scan just found, unless the cache says it is unchanged. */
@@ -444,7 +446,8 @@ class SnapshotRun {
       phase: "snapshot",
       filesDone: this.filesDone,
       filesTotal: this.filesTotal,
-      bytesDone: Math.min(this.bytesDone, this.bytesTotal),
+      // while the scan runs (a large file read early) the totals are not known yet: 0
+      bytesDone: this.scanDone ? Math.min(this.bytesDone, this.bytesTotal) : this.bytesDone,
       bytesTotal: this.bytesTotal,
     })
   }

@@ -41,7 +41,9 @@ export interface SnapshotRecord {
 export interface Progress {
   phase: "snapshot" | "restore" | "import" | "verify" | "gc"
   filesDone: number
+  /** 0 while not known yet (a snapshot reads large files while its scan still counts) */
   filesTotal: number
   bytesDone: number
+  /** 0 while not known yet */
   bytesTotal: number
 }
