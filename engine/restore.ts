@@ -481,9 +481,9 @@ class Restorer {
       }
       const toWriters = this.writers ? group.filter((r) => r.targets.every((t) => this.offloadable(t.job))) : []
       const inline = toWriters.length === group.length ? [] : group.filter((r) => !toWriters.includes(r))
-      // a segment the writers take whole is handed over, not copied
       if (toWriters.length > 0) {
-        // a segment waits here, read, until a writer is free: queued behind a long one, it would leave another writer idle
+        // the segment waits here, read, until a writer is free: queued behind a long job, it would leave another writer
+        // idle. One the writers take whole is handed over, not copied.
         const release = await this.writerWindow.acquire()
         const written = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
         this.inWriters.add(written)

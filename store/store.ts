@@ -213,8 +213,7 @@ export class Store {
 
   private async syncInto(index: BlobIndex): Promise<{ loaded: number; rebuilt: boolean; damaged: string[] }> {
     this.lastSync = Date.now()
-    const files = (await this.backend.list("index/")).map((o) => o.key.slice("index/".length))
-    const present = new Set(files)
+    const present = await this.indexFileNames()
     for (const name of this.damagedIndex) if (!present.has(name)) this.damagedIndex.delete(name)
     let known = await index.loadedFiles()
     let rebuilt = false
@@ -223,7 +222,7 @@ export class Store {
       known = new Set()
       rebuilt = true
     }
-    const missing = files.filter((f) => !known.has(f))
+    const missing = [...present].filter((f) => !known.has(f))
     await mapLimit(missing, 8, async (name) => {
       let listing
       try {
