@@ -5,7 +5,10 @@
 // gear loop in JavaScript) and hashing, while the compression worker waited:
 // a first snapshot of a workspace with a few hundred MiB of binaries was
 // bound by one core. A reader does that work on another thread and hands
-// back the bytes (transferred, not copied) with the chunks' lengths and ids.
+// back the bytes with the chunks' lengths and ids. It reads into the memory
+// of its WebAssembly cut loop (fastcdc.ts) and sends a copy (~0.3 ms per
+// span, against ~3 ms to cut it); without WebAssembly it reads into a fresh
+// buffer and transfers that.
 //
 // Requests are stateless, so any worker of the pool can serve one: FastCDC's
 // hash restarts at every chunk start, so cutting from a known boundary gives
@@ -18,7 +21,7 @@
 import os from "node:os"
 import { WorkerPool } from "../store/worker-pool.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
-import { CUT_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
+import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
 
 /** Bytes of chunk starts per request: a few dozen chunks per message. */
 const SPAN = 4 << 20
@@ -27,14 +30,16 @@ const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const fs = require("node:fs")
 const { createHash } = require("node:crypto")
-const cut = ${CUT_SOURCE}
+// the WebAssembly cut loop, reading into its memory; the JavaScript one where there is no WebAssembly
+const wasm = ${WASM_CUTTER_SOURCE}
+const jsCut = ${CUT_SOURCE}
 parentPort.on("message", (job) => {
   let fd
   try {
     fd = fs.openSync(job.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
     const r = job.r
     const want = job.span + r.max
-    const buf = new Uint8Array(want)
+    const buf = wasm ? wasm.view(want) : new Uint8Array(want)
     let n = 0
     for (;;) {
       const k = fs.readSync(fd, buf, n, want - n, job.from + n)
@@ -48,13 +53,15 @@ parentPort.on("message", (job) => {
     const ids = []
     let pos = 0
     while (pos < n && pos < job.span && (end || n - pos >= r.max)) {
-      const len = cut(buf, pos, n, r)
+      const len = wasm ? wasm.cut(pos, n, r) : jsCut(buf, pos, n, r)
       ids.push(createHash("sha256").update(buf.subarray(pos, pos + len)).digest("hex"))
       lengths.push(len)
       pos += len
     }
     const stat = { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
-    parentPort.postMessage({ id: job.id, buffer: buf.buffer, read: n, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [buf.buffer])
+    // the WebAssembly memory stays here: its bytes leave as a copy
+    const out = wasm ? buf.slice(0, n) : buf
+    parentPort.postMessage({ id: job.id, buffer: out.buffer, read: n, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String((err && err.message) || err), code: err && err.code })
   } finally {

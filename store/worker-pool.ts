@@ -13,6 +13,16 @@
 
 import { Worker, type ResourceLimits } from "node:worker_threads"
 
+/**
+ * A worker inherits the process's flags, and under `node --input-type=module
+ * -e ...` its source would be read as a module, without require: then it
+ * gets none (the sources use only Node's built-in modules, and V8's flags,
+ * such as --jitless, hold for the whole process anyway). Otherwise it keeps
+ * them (--cpu-prof profiles the workers too); a list given here would be
+ * checked, and refused if it held a process-wide flag.
+ */
+const WORKER_EXEC_ARGV = process.execArgv.some((a) => a.startsWith("--input-type")) ? [] : undefined
+
 interface Slot {
   worker: Worker
   inflight: number
@@ -66,7 +76,7 @@ export class WorkerPool {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(this.source, { eval: true, ...(this.limits ? { resourceLimits: this.limits } : {}) })
+    const worker = new Worker(this.source, { eval: true, ...(WORKER_EXEC_ARGV ? { execArgv: WORKER_EXEC_ARGV } : {}), ...(this.limits ? { resourceLimits: this.limits } : {}) })
     const slot: Slot = { worker, inflight: 0 }
     worker.unref()
     worker.on("message", (msg: { id: number; error?: string } & Record<string, unknown>) => {
