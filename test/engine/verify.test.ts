@@ -163,6 +163,33 @@ describe("verifyRepository", () => {
     await store.close()
   })
 
+  it("with readData, a byte flipped where no snapshot reads is a warning: the pack no longer hashes to its name", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
+    const src = await tempDir()
+    const kept = seededBytes("kept", 6000)
+    const dropped = seededBytes("dropped", 6000)
+    await buildTree(src, { "kept.bin": { file: kept }, "dropped.bin": { file: dropped } })
+    const first = (await createSnapshot(store, src)).snapshot
+    await fsp.rm(path.join(src, "dropped.bin"))
+    const second = (await createSnapshot(store, src)).snapshot
+    await store.deleteRecord("snapshots", first.id) // dropped.bin's blob is now dead, in the pack that holds kept.bin's
+    const dead = await locate(store, hashBytes(dropped))
+    const live = await locate(store, hashBytes(kept))
+    expect(dead.pack).toBe(live.pack)
+    backend.tamper(packKey(dead.pack), (b) => flipByte(b, dead.offset + 10))
+    expect(await verifyRepository(store)).toMatchObject({ ok: true, warnings: [] }) // the header is intact; data is not read
+    const report = await verifyRepository(store, { readData: true })
+    expect(report).toMatchObject({ ok: true, damage: [], snapshots: 1 })
+    expect(report.warnings).toEqual([expect.stringContaining(`pack ${dead.pack}: its bytes do not hash to its name`)])
+    // damage in a blob a snapshot reads is damage, and not also a warning
+    backend.tamper(packKey(live.pack), (b) => flipByte(b, live.offset + 10))
+    const worse = await verifyRepository(store, { readData: true })
+    expect(worse).toMatchObject({ ok: false, warnings: [] })
+    expect(worse.damage).toEqual([expect.objectContaining({ blob: hashBytes(kept), pack: live.pack, snapshots: [second.id], paths: ["/kept.bin"] })])
+    await store.close()
+  })
+
   it("an I/O error of the backend aborts verify instead of being reported as damage", async () => {
     const backend = new FlakyReads(new MemoryObjectStore())
     const { store } = await setup(backend)
