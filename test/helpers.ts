@@ -5,8 +5,36 @@ import os from "node:os"
 import path from "node:path"
 import type { ObjectStore } from "../store/backend.js"
 
+const made: string[] = []
+
+/** A fresh directory under the OS temp dir, removed after the test file (test/setup.ts). */
 export async function tempDir(prefix = "cairn-test-"): Promise<string> {
-  return fsp.mkdtemp(path.join(os.tmpdir(), prefix))
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix))
+  made.push(dir)
+  return dir
+}
+
+/**
+ * Removes the directories tempDir made in this process. Restores reproduce
+ * read-only directories, whose entries cannot be removed: those are made
+ * writable first.
+ */
+export async function removeTempDirs(): Promise<void> {
+  for (const dir of made.splice(0)) {
+    try {
+      await fsp.rm(dir, { recursive: true, force: true })
+    } catch {
+      await makeWritable(dir)
+      await fsp.rm(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+async function makeWritable(dir: string): Promise<void> {
+  await fsp.chmod(dir, 0o700).catch(() => {})
+  for (const e of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    if (e.isDirectory()) await makeWritable(path.join(dir, e.name))
+  }
 }
 
 /** Deterministic pseudo-random bytes (sha256 in counter mode). */
