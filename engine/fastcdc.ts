@@ -32,7 +32,7 @@
 //   keep their backing buffer, max(4 * maxSize, 1 MiB) bytes, alive).
 //
 // Two implementations of the cut loop: `cut` below, in JavaScript, is the
-// reference, and fastcdc.wat, in WebAssembly, runs ~2.5x faster
+// reference, and fastcdc.wat, in WebAssembly, runs ~2.3x faster
 // (bench/micro-chunker.ts). The WebAssembly one is used wherever the runtime
 // has WebAssembly (not under --jitless); tests check that both give the same
 // boundaries. It cuts bytes in its own memory, so callers with bytes in a JS

@@ -1,5 +1,5 @@
 ;; FastCDC's cut loop in WebAssembly: the same rule as `cut` in fastcdc.ts
-;; (which documents the algorithm and stays the reference), ~2.5x faster
+;; (which documents the algorithm and stays the reference), ~2.3x faster
 ;; than V8's code for the JavaScript loop on this machine
 ;; (bench/micro-chunker.ts). Compiled by scripts/build-wasm.mjs into
 ;; fastcdc-wasm.ts; a test checks that the two match.
