@@ -78,7 +78,6 @@ export class WorkerPool {
   private spawn(): Slot {
     const worker = new Worker(this.source, { eval: true, ...(WORKER_EXEC_ARGV ? { execArgv: WORKER_EXEC_ARGV } : {}), ...(this.limits ? { resourceLimits: this.limits } : {}) })
     const slot: Slot = { worker, inflight: 0 }
-    worker.unref()
     worker.on("message", (msg: { id: number; error?: string } & Record<string, unknown>) => {
       const p = this.pending.get(msg.id)
       if (!p) return
@@ -96,6 +95,8 @@ export class WorkerPool {
         p.reject(err)
       }
     })
+    // after the listeners: adding a "message" listener refs the worker's port again
+    worker.unref()
     return slot
   }
 }

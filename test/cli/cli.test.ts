@@ -77,6 +77,20 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
   })
 
+  it("a refused restore of a large snapshot exits (its writer threads had started)", async () => {
+    const many = await tempDir()
+    await buildTree(many, Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`f${i}.txt`, { file: `file ${i}` }])))
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", many], env)).stdout)
+    const dest = await tempDir()
+    await fsp.writeFile(path.join(dest, "mine.txt"), "keep")
+    const started = Date.now()
+    const r = await cairn(["--repo", repo, "restore", id, dest], env)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/^cairn: .*not empty/)
+    expect(Date.now() - started).toBeLessThan(20_000)
+    expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
+  })
+
   it("latest names the newest snapshot; restore --no-cache and --link", async () => {
     const big = await tempDir()
     await buildTree(big, { "big.bin": { file: seededBytes("cli-link", 400_000), mode: 0o644 }, "s.txt": { file: "s\n" } })

@@ -1,4 +1,6 @@
 // The worker pool under the codec pool and restore's writers: jobs, errors, spawning.
+import { execFileSync } from "node:child_process"
+import path from "node:path"
 import { threadId } from "node:worker_threads"
 import { describe, expect, it } from "vitest"
 import { WorkerPool } from "../../store/worker-pool.js"
@@ -25,6 +27,23 @@ describe("WorkerPool", () => {
     expect(new Set(both.map((r) => r.thread)).size).toBe(2)
     expect(both.every((r) => r.thread !== threadId)).toBe(true)
     await pool.close()
+  })
+
+  it("an idle pool, even one warmed and never used, does not keep its process alive", async () => {
+    // a restore refused after warming its writers (a non-empty destination) printed its error and never exited
+    const pool = path.resolve(import.meta.dirname, "../../dist/store/worker-pool.js")
+    const child = `
+      import { WorkerPool } from ${JSON.stringify(pool)}
+      const warmed = new WorkerPool("require('node:worker_threads').parentPort.on('message', () => {})", 2)
+      warmed.warm()
+      const used = new WorkerPool(${JSON.stringify(SOURCE)}, 1)
+      await used.run({})
+      console.log("done")
+    `
+    const started = Date.now()
+    const out = execFileSync(process.execPath, ["--input-type=module", "-e", child], { encoding: "utf8", timeout: 20_000 })
+    expect(out.trim()).toBe("done")
+    expect(Date.now() - started).toBeLessThan(15_000)
   })
 
   it("warm() starts every worker at once, and no more", async () => {
