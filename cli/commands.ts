@@ -3,7 +3,7 @@
 
 import { promises as fsp } from "node:fs"
 import type { Readable, Writable } from "node:stream"
-import { Box, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
+import { Box, isCairnError, NotFoundError, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
@@ -81,7 +81,10 @@ export const COMMANDS: Command[] = [
         ;({ snapshot, warnings } = await repo.snapshots.create(target, { ...opts, parent }))
       } else {
         if (ctx.flags.parent) throw new UsageError("--parent applies to a directory; a box's snapshot follows its last one", "snapshot")
-        const box = await Box.get(target, { repo })
+        const box = await Box.get(target, { repo }).catch((err: unknown) => {
+          if (!isCairnError(err, "NOT_FOUND")) throw err
+          throw new NotFoundError(`cannot snapshot ${target}: it is neither a directory nor a box's name or id; "cairn box ls" lists the boxes`, { target })
+        })
         snapshot = await box.snapshot(opts)
       }
       ctx.progress.done()

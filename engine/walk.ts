@@ -46,10 +46,10 @@ export async function resolvePath(store: Store, rootTree: BlobId, p: string): Pr
   const names = splitSnapshotPath(p)
   let entry: TreeEntry = { name: "", type: "dir", mode: 0o755, mtime: "0", uid: 0, gid: 0, size: 0, tree: rootTree }
   for (let i = 0; i < names.length; i++) {
-    if (entry.type !== "dir") throw new NotFoundError(`${names.slice(0, i).join("/")} is not a directory in the snapshot`)
+    if (entry.type !== "dir") throw new NotFoundError(`/${names.slice(0, i).join("/")} is not a directory in the snapshot`, { path: p })
     const tree = await loadTree(store, (entry as DirEntry).tree)
     const next = tree.entries.find((e) => e.name === names[i])
-    if (!next) throw new NotFoundError(`no ${names.slice(0, i + 1).join("/")} in the snapshot`, { path: p })
+    if (!next) throw new NotFoundError(`there is no /${names.slice(0, i + 1).join("/")} in the snapshot`, { path: p })
     entry = next
   }
   return entry

@@ -173,6 +173,12 @@ describe("cairn CLI", () => {
 
   it("missing things exit 5; a missing or foreign --repo is refused and left untouched", async () => {
     expect((await cairn(["--repo", repo, "restore", "no-such-snap", path.join(await tempDir(), "x")], env)).code).toBe(5)
+    // each message names what is missing
+    const nowhere = path.join(await tempDir(), "no-such-dir")
+    const snap = await cairn(["--repo", repo, "snapshot", nowhere], env)
+    expect(snap).toMatchObject({ code: 5, stderr: `cairn: cannot snapshot ${nowhere}: it is neither a directory nor a box's name or id; "cairn box ls" lists the boxes\n` })
+    expect((await cairn(["--repo", repo, "cat", "first", "/bin/nope/deeper"], env)).stderr).toBe("cairn: there is no /bin/nope in the snapshot\n")
+    expect((await cairn(["--repo", repo, "cat", "first", "/a.txt/x"], env)).stderr).toBe("cairn: /a.txt is not a directory in the snapshot\n")
     const missing = path.join(await tempDir(), "nowhere")
     const r = await cairn(["--repo", missing, "ls"], env)
     expect(r.code).toBe(1)
