@@ -399,6 +399,7 @@ class Restorer {
     }
     const placing = this.fromCache(cached)
     placing.catch(() => {}) // awaited below, also when the rebuild fails first
+    let stopped = true
     try {
       await this.fromPacks(direct)
       const missed = await placing
@@ -406,9 +407,12 @@ class Restorer {
       const rebuilt = [...direct, ...missed]
       // files whose writes failed part-way
       for (const job of rebuilt) if (job.remaining > 0 && !job.failed) await this.fail(job, "not all chunks were written", "IO")
+      stopped = false
     } finally {
       // nothing this restore started may still write once it returns or throws
       await Promise.allSettled([placing, ...this.caching])
+      // stopped part-way (aborted, or a pack could not be read): no temp file stays behind
+      if (stopped) await this.removeTemps(all)
     }
     await this.finishCache()
     this.result.fromCache = this.fromCacheCount
@@ -467,6 +471,7 @@ class Restorer {
       }
       const group = reads.slice(i, j)
       i = j
+      throwIfAborted(this.opts.signal) // segment by segment: a pack can hold a whole small restore
       let segment: Uint8Array
       try {
         segment = await this.store.readPackRange(pack, start, end - start)
@@ -620,6 +625,19 @@ class Restorer {
       }
     })()
     return job.opening
+  }
+
+  /**
+   * Removes the temp files of a restore stopped part-way. Every write has
+   * settled; a finished file's temp name is gone (renamed), and temp names
+   * are unique, so removing every job's is safe.
+   */
+  private async removeTemps(jobs: FileJob[]): Promise<void> {
+    await mapLimit(jobs, 16, async (job) => {
+      await job.opening?.catch(() => {})
+      await this.closeTemp(job)
+      if (job.temp) await fsp.rm(job.temp, { force: true }).catch(() => {})
+    })
   }
 
   private async closeTemp(job: FileJob): Promise<void> {

@@ -72,7 +72,7 @@ describe("materialization cache", () => {
     await store.close()
   })
 
-  it("a restore stopped by its signal leaves nothing writing behind it", async () => {
+  it("a restore stopped by its signal leaves nothing writing behind it, and no temp file", async () => {
     const many: DirSpec = {}
     for (let i = 0; i < 200; i++) many[`f${i}`] = { file: seededBytes(`f${i}`, 3000) }
     const { store, snapshot } = await setup({ many: { dir: many } })
@@ -91,6 +91,7 @@ describe("materialization cache", () => {
       expect((err as { code?: string }).code).toBe("ABORTED")
       const listing = async () => (await fsp.readdir(dest, { recursive: true })).sort().join("\n")
       const before = await listing()
+      expect(before).not.toContain(".cairn-") // no temp file of a file left unfinished
       await new Promise((r) => setTimeout(r, 300))
       expect(await listing()).toBe(before)
     }
