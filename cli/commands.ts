@@ -22,6 +22,12 @@ export interface Context {
   /** human text, or with --json the data (default: the text) */
   out(human: string, data?: unknown): void
   close(): Promise<void>
+  /**
+   * Aborted by SIGINT or SIGTERM. A command that reads it is stopped cleanly
+   * by the first signal (and exits at once on a second); for the others a
+   * signal ends the process as usual.
+   */
+  readonly signal: AbortSignal
   readInput(file: string): Readable | NodeJS.ReadableStream
   writeOutput<T>(file: string | undefined, produce: (out: Writable) => Promise<T>): Promise<T>
 }
@@ -72,6 +78,7 @@ export const COMMANDS: Command[] = [
         pinned: Boolean(ctx.flags.pin),
         expiresAt: expiry(ctx.flags.expires, "snapshot"),
         onProgress: ctx.progress.update,
+        signal: ctx.signal,
       }
       const isDir = (await fsp.stat(target).catch(() => undefined))?.isDirectory()
       let snapshot: SnapshotRecord
@@ -120,6 +127,7 @@ export const COMMANDS: Command[] = [
         cache: !ctx.flags["no-cache"],
         link: Boolean(ctx.flags.link),
         onProgress: ctx.progress.update,
+        signal: ctx.signal,
       })
       const cached = result.fromCache ? `, ${result.fromCache} from the cache` : ""
       ctx.out(`restored ${result.files} files, ${result.dirs} dirs, ${result.symlinks} symlinks (${bytes(result.bytes)}${cached}) into ${result.dest}`, result)
@@ -219,7 +227,7 @@ export const COMMANDS: Command[] = [
       const repo = await ctx.repo()
       const file = str(ctx.flags.output)
       if (!file && process.stdout.isTTY) throw new UsageError('refusing to write a tar stream to a terminal; use -o FILE or a pipe', "export")
-      const result = await ctx.writeOutput(file, (out) => repo.snapshots.exportTar(ctx.args[0]!, out, { subPath: str(ctx.flags.path) }))
+      const result = await ctx.writeOutput(file, (out) => repo.snapshots.exportTar(ctx.args[0]!, out, { subPath: str(ctx.flags.path), signal: ctx.signal }))
       if (file) ctx.out(`wrote ${result.files} files (${bytes(result.bytes)}) to ${file}`, result)
     },
   },
@@ -227,7 +235,7 @@ export const COMMANDS: Command[] = [
     spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"], flags: { name: { kind: "string", help: "a name for the snapshot" } } },
     async run(ctx) {
       const repo = await ctx.repo()
-      const { snapshot, warnings } = await repo.snapshots.importTar(ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name) })
+      const { snapshot, warnings } = await repo.snapshots.importTar(ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name), signal: ctx.signal })
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
       for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
       process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)
@@ -257,7 +265,7 @@ export const COMMANDS: Command[] = [
     async run(ctx) {
       const repo = await ctx.repo()
       const opts = { repo, name: str(ctx.flags.name), dir: str(ctx.flags.dir), labels: labels(ctx.flags.label, "box create") }
-      const box = ctx.flags.from ? await Box.fromSnapshot(String(ctx.flags.from), { ...opts, onProgress: ctx.progress.update }) : await Box.create(opts)
+      const box = ctx.flags.from ? await Box.fromSnapshot(String(ctx.flags.from), { ...opts, onProgress: ctx.progress.update, signal: ctx.signal }) : await Box.create(opts)
       ctx.progress.done()
       if (ctx.json) return ctx.out("", box.info)
       if (!ctx.quiet) process.stdout.write(`box ${box.id}${box.name ? ` (${box.name})` : ""} at ${box.dir}\n`)

@@ -3,6 +3,7 @@
 // codes. It holds no logic the library lacks.
 
 import { createReadStream, createWriteStream, promises as fsp, realpathSync } from "node:fs"
+import os from "node:os"
 import { fileURLToPath } from "node:url"
 import path from "node:path"
 import { CairnError, FORMAT_VERSION, Repository, defaultRepoPath } from "../engine/index.js"
@@ -110,10 +111,17 @@ export async function run(argv: string[]): Promise<number> {
       process.stdout.write(commandHelp(cmd.spec) + "\n")
       return EXIT.ok
     }
-    const ctx = makeContext(parsed, cmd.spec)
+    const interrupts = new Interrupts()
+    const ctx = makeContext(parsed, cmd.spec, interrupts)
     try {
       return (await cmd.run(ctx)) ?? EXIT.ok
+    } catch (err) {
+      if (!interrupts.received || !(err instanceof CairnError && err.code === "ABORTED")) throw err
+      ctx.progress.done()
+      report(new CliError(`interrupted by ${interrupts.received}: ${cmd.spec.name} stopped cleanly`, "INTERRUPTED"), { debug: false, json })
+      return 128 + os.constants.signals[interrupts.received]
     } finally {
+      interrupts.remove()
       ctx.progress.done()
       await ctx.close()
     }
@@ -123,7 +131,39 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-function makeContext(parsed: Parsed, spec: CommandSpec): Context {
+/**
+ * SIGINT and SIGTERM for a command that takes its context's signal: the
+ * first aborts the command, which stops cleanly (no partial snapshot, no
+ * temp file, the lock released); a second exits at once. Handlers are
+ * installed only once a command reads the signal, so a signal ends any
+ * other command as usual.
+ */
+class Interrupts {
+  received?: "SIGINT" | "SIGTERM"
+  private readonly controller = new AbortController()
+  private installed = false
+  private readonly onSignal = (sig: "SIGINT" | "SIGTERM"): void => {
+    if (this.received) process.exit(128 + os.constants.signals[sig])
+    this.received = sig
+    this.controller.abort()
+  }
+
+  get signal(): AbortSignal {
+    if (!this.installed) {
+      this.installed = true
+      process.on("SIGINT", this.onSignal)
+      process.on("SIGTERM", this.onSignal)
+    }
+    return this.controller.signal
+  }
+
+  remove(): void {
+    process.off("SIGINT", this.onSignal)
+    process.off("SIGTERM", this.onSignal)
+  }
+}
+
+function makeContext(parsed: Parsed, spec: CommandSpec, interrupts: Interrupts): Context {
   // --repo must name an existing repository; the default ($CAIRN_REPO, else ~/.cairn) is created on first use
   const explicit = parsed.flags.repo as string | undefined
   const location = explicit ?? defaultRepoPath()
@@ -138,6 +178,9 @@ function makeContext(parsed: Parsed, spec: CommandSpec): Context {
     json,
     quiet,
     progress: new ProgressBar(Boolean(process.stderr.isTTY) && !json && !quiet),
+    get signal() {
+      return interrupts.signal
+    },
     repo: (opts = {}) => {
       const where = location.startsWith("s3://") ? { url: location } : { path: location }
       // init makes a new one; an explicit repository must exist; the default one is created on first use

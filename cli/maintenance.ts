@@ -130,7 +130,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
     },
     async run(ctx) {
       const repo = await ctx.repo()
-      const r = await repo.verify({ readData: Boolean(ctx.flags["read-data"]), onProgress: ctx.progress.update })
+      const r = await repo.verify({ readData: Boolean(ctx.flags["read-data"]), onProgress: ctx.progress.update, signal: ctx.signal })
       ctx.progress.done()
       if (ctx.json) ctx.out("", r)
       else {
@@ -154,7 +154,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
     async run(ctx) {
       const repackThreshold = fraction(ctx.flags["repack-threshold"], "repack-threshold", "gc")
       const repo = await ctx.repo()
-      const r = await repo.gc({ dryRun: Boolean(ctx.flags["dry-run"]), repackThreshold, onProgress: ctx.progress.update })
+      const r = await repo.gc({ dryRun: Boolean(ctx.flags["dry-run"]), repackThreshold, onProgress: ctx.progress.update, signal: ctx.signal })
       ctx.progress.done()
       ctx.out(
         r.dryRun

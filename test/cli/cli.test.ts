@@ -91,6 +91,31 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
   })
 
+  it("SIGINT or SIGTERM stops a restore cleanly: no temp file, the lock released, exit 128+signal", async () => {
+    const many = await tempDir()
+    await buildTree(many, { d: { dir: Object.fromEntries(Array.from({ length: 6000 }, (_, i) => [`f${i}.bin`, { file: seededBytes(`sig${i}`, 3000) }])) } })
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", many], env)).stdout)
+    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      const dest = path.join(await tempDir(), "out")
+      const child = execFile(process.execPath, [MAIN, "--repo", repo, "restore", id, dest], { env: { ...process.env, ...env } })
+      let stderr = ""
+      child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()))
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)))
+      // the signal lands once the restore has made its destination, long before 6,000 files are in place
+      while (!(await fsp.stat(dest).catch(() => undefined))) await new Promise((r) => setTimeout(r, 2))
+      child.kill(signal)
+      expect(await exited).toBe(code)
+      expect(stderr).toBe(`cairn: interrupted by ${signal}: restore stopped cleanly\n`)
+      const left = await fsp.readdir(dest, { recursive: true })
+      expect(left.length).toBeLessThan(6001)
+      expect(left.filter((n) => n.includes(".cairn-"))).toEqual([])
+      // the lock is released: the same restore runs to the end
+      const again = await cairn(["--repo", repo, "restore", "--overwrite", id, dest], env)
+      expect(again.code).toBe(0)
+      expect(await fsp.readdir(path.join(dest, "d"))).toHaveLength(6000)
+    }
+  })
+
   it("latest names the newest snapshot; restore --no-cache and --link", async () => {
     const big = await tempDir()
     await buildTree(big, { "big.bin": { file: seededBytes("cli-link", 400_000), mode: 0o644 }, "s.txt": { file: "s\n" } })
