@@ -28,7 +28,8 @@ export interface Context {
    * signal ends the process as usual.
    */
   readonly signal: AbortSignal
-  readInput(file: string): Readable | NodeJS.ReadableStream
+  /** a file's bytes ("-": stdin); rejects with a clear error when it cannot be read */
+  readInput(file: string): Promise<Readable | NodeJS.ReadableStream>
   writeOutput<T>(file: string | undefined, produce: (out: Writable) => Promise<T>): Promise<T>
 }
 
@@ -235,7 +236,7 @@ export const COMMANDS: Command[] = [
     spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"], flags: { name: { kind: "string", help: "a name for the snapshot" } } },
     async run(ctx) {
       const repo = await ctx.repo()
-      const { snapshot, warnings } = await repo.snapshots.importTar(ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name), signal: ctx.signal })
+      const { snapshot, warnings } = await repo.snapshots.importTar(await ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name), signal: ctx.signal })
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
       for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
       process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)

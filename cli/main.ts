@@ -2,11 +2,11 @@
 // The cairn command line: parse, call the library, print, map errors to exit
 // codes. It holds no logic the library lacks.
 
-import { createReadStream, createWriteStream, promises as fsp, realpathSync } from "node:fs"
+import { promises as fsp, realpathSync } from "node:fs"
 import os from "node:os"
 import { fileURLToPath } from "node:url"
 import path from "node:path"
-import { CairnError, FORMAT_VERSION, Repository, defaultRepoPath } from "../engine/index.js"
+import { CairnError, FORMAT_VERSION, NotFoundError, Repository, defaultRepoPath } from "../engine/index.js"
 import { CliError, commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { COMMANDS, type Context } from "./commands.js"
 import { ProgressBar } from "./format.js"
@@ -194,28 +194,45 @@ function makeContext(parsed: Parsed, spec: CommandSpec, interrupts: Interrupts):
     close: async () => {
       if (repo) await (await repo.catch(() => undefined))?.close()
     },
-    readInput: (file) => (file === "-" ? process.stdin : createReadStream(file)),
+    readInput: async (file) => {
+      if (file === "-") return process.stdin
+      // opened here, so that a missing or unreadable file is a clear error, not a stream's unhandled one
+      const handle = await fsp.open(file, "r").catch((err: NodeJS.ErrnoException) => {
+        throw fileError(err, `cannot read ${file}`)
+      })
+      return handle.createReadStream()
+    },
     writeOutput: async (file, produce) => {
       if (!file || file === "-") return produce(process.stdout)
       const temp = `${file}.tmp-${process.pid}`
-      const out = createWriteStream(temp)
+      const handle = await fsp.open(temp, "wx", 0o644).catch((err: NodeJS.ErrnoException) => {
+        throw fileError(err, `cannot write ${file}`)
+      })
+      const out = handle.createWriteStream()
+      const done = new Promise<void>((resolve, reject) => {
+        out.on("close", resolve)
+        out.on("error", reject)
+      })
+      done.catch(() => {}) // awaited below, after produce; a write error must not go unhandled meanwhile
       try {
-        const done = new Promise<void>((resolve, reject) => {
-          out.on("finish", resolve)
-          out.on("close", resolve)
-          out.on("error", reject)
-        })
         const result = await produce(out)
         await done
         await fsp.rename(temp, file)
         return result
       } catch (err) {
+        out.destroy()
         await fsp.rm(temp, { force: true })
         throw err
       }
     },
   }
   return ctx
+}
+
+/** A file the user named could not be opened: NOT_FOUND when it (or its directory) does not exist. */
+function fileError(err: NodeJS.ErrnoException, what: string): Error {
+  if (err.code === "ENOENT") return new NotFoundError(`${what}: no such file or directory`, { path: err.path })
+  return new CliError(`${what}: ${err.code ?? err.message}`)
 }
 
 function report(err: unknown, opts: { debug: boolean; json: boolean }): void {

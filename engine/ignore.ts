@@ -240,6 +240,6 @@ function escapeClassChar(c: string): string {
 }
 
 function invalid(line: string, reason: string, cause?: unknown): Error {
-  const message = `Invalid ignore pattern ${JSON.stringify(line)}: ${reason}.`
+  const message = `invalid ignore pattern ${JSON.stringify(line)}: ${reason}`
   return cause === undefined ? new Error(message) : new Error(message, { cause })
 }

@@ -204,6 +204,14 @@ describe("cairn CLI", () => {
     expect(snap).toMatchObject({ code: 5, stderr: `cairn: cannot snapshot ${nowhere}: it is neither a directory nor a box's name or id; "cairn box ls" lists the boxes\n` })
     expect((await cairn(["--repo", repo, "cat", "first", "/bin/nope/deeper"], env)).stderr).toBe("cairn: there is no /bin/nope in the snapshot\n")
     expect((await cairn(["--repo", repo, "cat", "first", "/a.txt/x"], env)).stderr).toBe("cairn: /a.txt is not a directory in the snapshot\n")
+    // files named on the command line: a clear error, no stack trace, nothing left behind
+    const noTar = path.join(await tempDir(), "missing.tar")
+    expect(await cairn(["--repo", repo, "import", noTar], env)).toMatchObject({ code: 5, stderr: `cairn: cannot read ${noTar}: no such file or directory\n` })
+    const noDir = path.join(await tempDir(), "no-such-dir")
+    expect(await cairn(["--repo", repo, "export", "first", "-o", path.join(noDir, "x.tar")], env)).toMatchObject({
+      code: 5,
+      stderr: `cairn: cannot write ${path.join(noDir, "x.tar")}: no such file or directory\n`,
+    })
     const missing = path.join(await tempDir(), "nowhere")
     const r = await cairn(["--repo", missing, "ls"], env)
     expect(r.code).toBe(1)
