@@ -2,7 +2,7 @@
 // gc, forget. Each calls one library method and prints its result.
 
 import { promises as fsp } from "node:fs"
-import type { Change, KeepPolicy, SnapshotRecord, VerifyDamage } from "../engine/index.js"
+import { isCairnError, NotFoundError, type Change, type KeepPolicy, type SnapshotRecord, type VerifyDamage } from "../engine/index.js"
 import { fraction, int, UsageError, type FlagSpec } from "./args.js"
 import type { Command, Context } from "./commands.js"
 import { bytes, kv, plural, seconds, table } from "./format.js"
@@ -77,7 +77,10 @@ export const MAINTENANCE_COMMANDS: Command[] = [
     async run(ctx) {
       const [a, b] = [ctx.args[0]!, ctx.args[1]!]
       const repo = await ctx.repo()
-      const result = await repo.snapshots.diff(a, b, { live: await isDir(b) })
+      const result = await repo.snapshots.diff(a, b, { live: await isDir(b) }).catch((err: unknown) => {
+        if (!(isCairnError(err, "NOT_FOUND") && err.data.snapshot === b && a !== b)) throw err
+        throw new NotFoundError(`${b} is neither a directory nor a snapshot's id or name; "cairn ls" lists the snapshots`, { snapshot: b })
+      })
       if (ctx.json) return ctx.out("", result)
       if (result.changes.length === 0) return ctx.out("no differences")
       const count = (k: Change["change"]) => result.changes.filter((c) => c.change === k).length

@@ -349,7 +349,11 @@ describe("cairn maintenance commands", () => {
     expect(human.stdout).toMatch(/new\.txt/)
     expect(human.stdout).toMatch(/1 added \(39\.\d+ KiB\), 1 removed/)
     expect((await m(["diff", "m1", "m1"])).stdout).toBe("no differences\n")
-    expect((await m(["diff", "m1", "no-such-snap"])).code).toBe(5)
+    expect(await m(["diff", "m1", "/no/such/dir"])).toMatchObject({
+      code: 5,
+      stderr: `cairn: /no/such/dir is neither a directory nor a snapshot's id or name; "cairn ls" lists the snapshots\n`,
+    })
+    expect((await m(["diff", "no-such-snap", "m1"])).stderr).toMatch(/^cairn: no snapshot with id or name "no-such-snap"/)
   })
 
   it("du, per directory; stats, for the repository", async () => {
