@@ -13,6 +13,12 @@ import type { SnapshotRecord } from "./types.js"
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
 const optional = (v: unknown, type: "string" | "boolean") => v === undefined || typeof v === type
 
+const isUint = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0
+
+function isRootMeta(v: unknown): boolean {
+  return isObject(v) && isUint(v.mode) && (v.mode as number) <= 0o7777 && typeof v.mtime === "string" && /^-?\d{1,30}$/.test(v.mtime) && isUint(v.uid) && isUint(v.gid)
+}
+
 /** What is wrong with a stored snapshot record, or undefined when it is well formed. */
 export function snapshotRecordProblem(v: unknown, name: string): string | undefined {
   if (!isObject(v)) return "it is not a JSON object"
@@ -31,6 +37,7 @@ export function snapshotRecordProblem(v: unknown, name: string): string | undefi
   }
   if (v.stats !== undefined && !isObject(v.stats)) return "its stats are not an object"
   if (v.sizeBytes !== undefined && typeof v.sizeBytes !== "number") return "its size is not a number"
+  if (v.root !== undefined && !isRootMeta(v.root)) return "its root metadata is not { mode, mtime, uid, gid }"
   return undefined
 }
 

@@ -274,7 +274,9 @@ class Restorer {
     if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
       await this.guard(".", async () => this.setMeta(this.dest, top, false))
     } else if (top.type === "dir") {
-      await this.guard(".", async () => this.setMeta(this.dest, { ...top, mode: snapshotRootMode(placed, top) }, false))
+      // the snapshotted directory's own metadata is in the record; older snapshots lack it: 0755, the mtime left as it is
+      const root = snapshot.root
+      await this.guard(".", async () => (root ? this.setMeta(this.dest, { ...top, ...root }, false) : fs.chmodSync(this.dest, 0o755)))
     }
     this.result.dirs = dirs.length
     if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
@@ -717,11 +719,6 @@ class Restorer {
       this.result.failed.push({ path: rel, reason: describe(err), code: codeOf(err) })
     }
   }
-}
-
-/** The root directory's own metadata lives in no tree; keep the destination's mode. */
-function snapshotRootMode(_placed: PlacedEntry[], _top: TreeEntry): number {
-  return 0o755
 }
 
 /** Unique within this process by the counter, across processes by the random part; created with O_EXCL anyway. */

@@ -138,6 +138,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       sizeBytes: rootTree.size,
       status: "ready",
       stats,
+      root: { mode: scan.root.mode, mtime: String(scan.root.mtimeNs), uid: scan.root.uid, gid: scan.root.gid },
     }
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {

@@ -36,6 +36,20 @@ export interface SnapshotRecord {
   stats: SnapshotStats
   pinned?: boolean
   expiresAt?: string
+  /**
+   * The snapshotted directory's own mode, mtime (nanoseconds, decimal) and
+   * owner, which no tree holds; a whole-snapshot restore gives them to its
+   * destination. Absent in tar imports and in snapshots taken before it was
+   * recorded.
+   */
+  root?: RootMeta
+}
+
+export interface RootMeta {
+  mode: number
+  mtime: string
+  uid: number
+  gid: number
 }
 
 export interface Progress {

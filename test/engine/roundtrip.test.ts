@@ -40,6 +40,31 @@ describe("snapshot and restore", () => {
     await store.close()
   })
 
+  it("gives the destination the snapshotted directory's own mode and mtime (records before them: 0755, mtime left)", async () => {
+    const store = await setup()
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "a" }, sub: { dir: { "b.txt": { file: "b" } } } })
+    await fsp.chmod(src, 0o750)
+    const mtimeNs = 1_650_000_000_987_654_000n
+    const t = new Date(Number(mtimeNs / 1_000_000n))
+    await fsp.utimes(src, t, t)
+    const { snapshot } = await createSnapshot(store, src)
+    expect(snapshot.root).toMatchObject({ mode: 0o750, mtime: String((await fsp.stat(src, { bigint: true })).mtimeNs) })
+    const dest = path.join(await tempDir(), "out")
+    await restoreSnapshot(store, snapshot, dest)
+    const st = await fsp.stat(dest, { bigint: true })
+    expect(Number(st.mode & 0o7777n)).toBe(0o750)
+    expect(st.mtimeNs).toBe((await fsp.stat(src, { bigint: true })).mtimeNs)
+    // a record from before root metadata was kept: 0755, and not an mtime of 1970
+    const { root: _, ...legacy } = snapshot
+    const old = path.join(await tempDir(), "old")
+    await restoreSnapshot(store, legacy, old)
+    const ost = await fsp.stat(old)
+    expect(ost.mode & 0o7777).toBe(0o755)
+    expect(Date.now() - ost.mtimeMs).toBeLessThan(60_000)
+    await store.close()
+  })
+
   it("an unchanged tree is re-snapshotted without reading any file", async () => {
     const store = await setup()
     const src = await tempDir()

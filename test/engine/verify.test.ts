@@ -136,14 +136,17 @@ describe("verifyRepository", () => {
     await store.close()
   })
 
-  it("reports damaged snapshot records: not JSON, or naming no valid tree", async () => {
+  it("reports damaged snapshot records: not JSON, naming no valid tree, or with malformed root metadata", async () => {
     const { store, first } = await setup()
     await store.backend.put("snapshots/snap_00000000000000ff", Buffer.from("{not json"))
     const bad: Partial<SnapshotRecord> = { ...first, id: "snap_00000000000000ee", tree: "nope" as BlobId }
     await store.putRecord("snapshots", "snap_00000000000000ee", bad)
+    const badRoot = { ...first, id: "snap_00000000000000dd", root: { mode: "0755", mtime: 1, uid: 0, gid: 0 } }
+    await store.putRecord("snapshots", "snap_00000000000000dd", badRoot)
     const report = await verifyRepository(store)
     expect(report.ok).toBe(false)
     expect(report.damage.map((d) => [d.record, d.snapshots])).toEqual([
+      ["snapshots/snap_00000000000000dd", ["snap_00000000000000dd"]],
       ["snapshots/snap_00000000000000ee", ["snap_00000000000000ee"]],
       ["snapshots/snap_00000000000000ff", ["snap_00000000000000ff"]],
     ])
