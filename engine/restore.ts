@@ -646,7 +646,11 @@ class Restorer {
     const handle = job.handle
     job.handle = undefined
     if (handle) await handle.close().catch(() => {})
-    ;(job as { release?: () => void }).release?.()
+    // once: a failed file is closed again when a stopped restore removes its temp files
+    const held = job as { release?: () => void }
+    const release = held.release
+    held.release = undefined
+    release?.()
   }
 
   private async finishFile(job: FileJob): Promise<void> {
