@@ -57,6 +57,8 @@ export interface ScanOptions {
    * is done), so that reading it can start while the walk goes on.
    */
   onLargeFile?: { size: number; fn: (node: ScanNode) => void }
+  /** Directories left out, by "dev:ino", with the warning that says why (a repository inside the tree it snapshots). */
+  skipDirs?: { ids: ReadonlySet<string>; reason: string }
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
@@ -132,6 +134,10 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       }
       const child = toNode(name, rel, st)
       if (opts.ignore?.ignores(rel, child.type === "dir")) continue
+      if (child.type === "dir" && opts.skipDirs?.ids.has(`${st.dev}:${st.ino}`)) {
+        result.warnings.push({ path: rel, reason: opts.skipDirs.reason })
+        continue
+      }
       if (child.type === "symlink") {
         try {
           child.target = fs.readlinkSync(full)

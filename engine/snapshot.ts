@@ -99,7 +99,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     const onLargeFile = { size: SMALL_FILE + 1, fn: (node: ScanNode) => void ready.then((run) => run.readEarly(node)) }
     let scan: ScanResult
     try {
-      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile })
+      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, skipDirs: await ownDirs(store) })
     } catch (err) {
       await (await ready).settleEarly() // nothing may still write once the lock is released
       throw err
@@ -147,6 +147,21 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
+}
+
+/**
+ * The repository's own directory (when it is on this host) and its cache
+ * directory, by "dev:ino": a tree that contains them is snapshotted without
+ * them (they change while the snapshot is written, and would hold every
+ * earlier snapshot again), as borg leaves its repository out.
+ */
+async function ownDirs(store: Store): Promise<{ ids: Set<string>; reason: string }> {
+  const ids = new Set<string>()
+  for (const dir of [store.backend.localRoot, store.cacheDir]) {
+    const st = dir === undefined ? undefined : await fsp.lstat(dir, { bigint: true }).catch(() => undefined)
+    if (st?.isDirectory()) ids.add(`${st.dev}:${st.ino}`)
+  }
+  return { ids, reason: "skipped: it is the repository being written to, or its cache" }
 }
 
 /**

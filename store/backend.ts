@@ -61,6 +61,11 @@ export interface ObjectStore {
    * on every read, so never stale and never trusted).
    */
   readonly remote?: boolean
+  /**
+   * The directory the objects live in, when they live on this host's file
+   * system: a snapshot of a tree that contains it leaves it out.
+   */
+  readonly localRoot?: string
 }
 
 import { BadInputError } from "./errors.js"

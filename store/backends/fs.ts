@@ -27,6 +27,10 @@ export class FsObjectStore implements ObjectStore {
     this.location = root
   }
 
+  get localRoot(): string {
+    return this.root
+  }
+
   private file(key: string): string {
     checkKey(key)
     return path.join(this.root, ...key.split("/"))

@@ -1,6 +1,7 @@
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
+import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { Store } from "../../store/store.js"
 import { restoreSnapshot } from "../../engine/restore.js"
@@ -62,6 +63,27 @@ describe("snapshot and restore", () => {
     const ost = await fsp.stat(old)
     expect(ost.mode & 0o7777).toBe(0o755)
     expect(Date.now() - ost.mtimeMs).toBeLessThan(60_000)
+    await store.close()
+  })
+
+  it("leaves out the repository and its cache when they are inside the tree, with a warning", async () => {
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "a" }, sub: { dir: { "b.txt": { file: "b" } } } })
+    const store = await Store.init({ backend: new FsObjectStore(path.join(src, "sub", "repo")), cacheDir: path.join(src, "cache", "r1") })
+    const first = await createSnapshot(store, src)
+    const second = await createSnapshot(store, src) // the repository now holds the first snapshot's packs
+    for (const { snapshot, warnings } of [first, second]) {
+      expect(warnings).toEqual([
+        { path: "cache/r1", reason: "skipped: it is the repository being written to, or its cache" },
+        { path: "sub/repo", reason: "skipped: it is the repository being written to, or its cache" },
+      ])
+      expect(snapshot.stats).toMatchObject({ files: 2, dirs: 2 }) // sub and cache, without what they hold
+    }
+    expect(second.snapshot.tree).toBe(first.snapshot.tree)
+    const dest = path.join(await tempDir(), "out")
+    await restoreSnapshot(store, second.snapshot, dest)
+    const expected = Object.fromEntries(Object.entries(await describeTree(src)).filter(([p]) => !/^(sub\/repo|cache\/r1)(\/|$)/.test(p)))
+    expect(await describeTree(dest)).toEqual(expected)
     await store.close()
   })
 
