@@ -239,6 +239,9 @@ describe("incremental snapshots", () => {
     expect(again).toMatchObject({ readBytes: 0, reusedFiles: 3, reusedTrees: await countDirs(box) })
     expect(again.snapshot.tree).toBe(original.snapshot.tree)
     expect(again.snapshot.stats).toEqual({ ...original.snapshot.stats, addedBytes: 0 })
+    // and the box's own directory is as the workspace's was (mtimes to the microsecond, as restores keep them)
+    const micros = (r: typeof original.snapshot.root) => ({ ...r, mtime: String(BigInt(r!.mtime) / 1000n) })
+    expect(micros(again.snapshot.root)).toEqual(micros(original.snapshot.root))
     // read-only links (x.bin) differ from the tree in mode: the directories above them are built anew
     const linked = path.join(await tempDir(), "linked")
     await restoreSnapshot(store, original.snapshot, linked, { statCacheKey: "box-2", link: true })
