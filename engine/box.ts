@@ -12,6 +12,7 @@ import { constants as fsConstants, promises as fsp } from "node:fs"
 import path from "node:path"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
 import { randomId } from "../store/ids.js"
+import { checkRecordFields } from "./records.js"
 import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./repository.js"
 import type { RestoreOptions } from "./restore.js"
 import type { Progress, SnapshotRecord } from "./types.js"
@@ -75,6 +76,7 @@ export class Box {
 
   /** A new, empty workspace. */
   static async create(opts: BoxOptions = {}): Promise<Box> {
+    checkRecordFields({ name: opts.name, labels: opts.labels }, "box")
     const repo = await resolveRepo(opts.repo)
     const id = randomId("box")
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
@@ -88,6 +90,7 @@ export class Box {
     idOrName: string,
     opts: BoxOptions & Pick<RestoreOptions, "signal" | "onProgress"> = {},
   ): Promise<Box> {
+    checkRecordFields({ name: opts.name, labels: opts.labels }, "box")
     const repo = await resolveRepo(opts.repo)
     const snapshot = await repo.snapshots.get(idOrName)
     const id = randomId("box")

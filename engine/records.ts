@@ -6,6 +6,7 @@
 // strings) must surface as damage (IntegrityError, via Store.getRecord), not
 // as a TypeError deep in a restore.
 
+import { BadInputError } from "../store/errors.js"
 import { isBlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import type { SnapshotRecord } from "./types.js"
@@ -39,6 +40,19 @@ export function snapshotRecordProblem(v: unknown, name: string): string | undefi
   if (v.sizeBytes !== undefined && typeof v.sizeBytes !== "number") return "its size is not a number"
   if (v.root !== undefined && !isRootMeta(v.root)) return "its root metadata is not { mode, mtime, uid, gid }"
   return undefined
+}
+
+/**
+ * Refuses what a caller asks a snapshot (or box) record to hold (name,
+ * labels, expiry) when a snapshot record with it would not read back as well
+ * formed: a JavaScript caller's numeric label was written, and the snapshot
+ * then read back as damage.
+ */
+export function checkRecordFields(fields: { name?: unknown; labels?: unknown; expiresAt?: unknown; boxId?: unknown }, what = "snapshot"): void {
+  const probe = { id: "snap_probe", tree: "0".repeat(64), createdAt: new Date(0).toISOString(), ...fields }
+  for (const key of Object.keys(fields) as Array<keyof typeof fields>) if (fields[key] === undefined) delete probe[key]
+  const problem = snapshotRecordProblem(probe, "snap_probe")
+  if (problem) throw new BadInputError(`cannot record this ${what}: ${problem}; names, labels (keys and values) and expiry must be strings`)
 }
 
 /** Fills the optional fields older or hand-written records may lack, so callers can rely on the type. */

@@ -27,7 +27,7 @@ import type { RestoreOptions, RestoreResult } from "./restore.js"
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
-import { listSnapshots, readSnapshot } from "./records.js"
+import { checkRecordFields, listSnapshots, readSnapshot } from "./records.js"
 
 export interface OpenOptions {
   /** Local repository directory; default $CAIRN_REPO, else ~/.cairn. */
@@ -241,6 +241,7 @@ class SnapshotApi {
     changes: { name?: string; labels?: Record<string, string>; pinned?: boolean; expiresAt?: string | null },
   ): Promise<SnapshotRecord> {
     const s = await this.get(idOrName)
+    checkRecordFields({ name: changes.name, labels: changes.labels })
     if (changes.expiresAt && Number.isNaN(Date.parse(changes.expiresAt))) {
       throw new BadInputError(`expiresAt ${JSON.stringify(changes.expiresAt)} is not a date; give an ISO-8601 time`)
     }

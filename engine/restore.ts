@@ -112,6 +112,7 @@ interface BlobRead {
 }
 
 export async function restoreSnapshot(store: Store, snapshot: SnapshotRecord, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  if (typeof dest !== "string" || dest === "") throw new BadInputError(`a restore needs a destination directory, not ${JSON.stringify(dest)}`)
   return store.withLock(false, "restore", () => new Restorer(store, path.resolve(dest), opts).run(snapshot))
 }
 

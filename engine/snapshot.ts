@@ -22,6 +22,7 @@ import { mapLimit, Semaphore } from "../store/concurrency.js"
 import { BadInputError, throwIfAborted } from "../store/errors.js"
 import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
+import { checkRecordFields } from "./records.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor } from "./ingest.js"
@@ -77,6 +78,14 @@ const LOOKUP_BATCH = 8192
 export const IGNORE_FILE = ".cairnignore"
 
 export async function createSnapshot(store: Store, dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
+  // before any work: a record that could not be written would waste the snapshot
+  checkRecordFields({ name: opts.name, labels: opts.labels, boxId: opts.boxId })
+  if (opts.expiresAt !== undefined && (typeof opts.expiresAt !== "string" || Number.isNaN(Date.parse(opts.expiresAt)))) {
+    throw new BadInputError(`expiresAt ${JSON.stringify(opts.expiresAt)} is not a date; give an ISO-8601 time`)
+  }
+  if (opts.exclude !== undefined && (!Array.isArray(opts.exclude) || opts.exclude.some((p) => typeof p !== "string"))) {
+    throw new BadInputError("exclude must be a list of glob patterns (strings)")
+  }
   const root = path.resolve(dir)
   const st = await fsp.stat(root).catch(() => undefined)
   if (!st?.isDirectory()) throw new BadInputError(`cannot snapshot ${dir}: it is not a directory`)

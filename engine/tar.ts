@@ -60,6 +60,7 @@ import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
 import { Ingestor } from "./ingest.js"
 import type { Warning } from "./scan.js"
+import { checkRecordFields } from "./records.js"
 import { compareNames, isSafeName, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 import { flattenTree, resolvePath, splitSnapshotPath, type PlacedEntry } from "./walk.js"
@@ -397,6 +398,7 @@ type Node = DirNode | FileNode | SymlinkNode
  * is left of it will not be read).
  */
 export async function importTar(store: Store, input: NodeJS.ReadableStream, opts: ImportTarOptions = {}): Promise<ImportTarResult> {
+  checkRecordFields({ name: opts.name, labels: opts.labels, boxId: opts.boxId })
   // the input may fail while we wait for the lock: keep that error for read()
   const early: { err?: unknown } = {}
   const onEarlyError = (err: unknown) => void (early.err ??= err)

@@ -80,3 +80,29 @@ describe("Box API", () => {
     expect(await Box.get("box_0000000000000000", { repo: r }).catch((e) => e.code)).toBe("NOT_FOUND")
   })
 })
+
+describe("values a JavaScript caller can pass that a record could not hold", () => {
+  it("are refused before any work, and nothing unreadable is ever written", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r, name: "dev" })
+    await fsp.writeFile(path.join(box.dir, "a.txt"), "a")
+    const bad = { a: 1 } as unknown as Record<string, string>
+    const refused = async (p: Promise<unknown>, message: RegExp) => {
+      const err = await p.then(() => undefined, (e: unknown) => e)
+      expect(isCairnError(err, "BAD_INPUT"), String(err)).toBe(true)
+      expect((err as Error).message).toMatch(message)
+    }
+    await refused(box.snapshot({ labels: bad }), /cannot record this snapshot: its labels are not a map of strings/)
+    await refused(box.snapshot({ name: 7 as unknown as string }), /its name is not a string/)
+    await refused(box.snapshot({ expiresAt: "someday" }), /expiresAt "someday" is not a date/)
+    await refused(box.snapshot({ exclude: [1] as unknown as string[] }), /exclude must be a list/)
+    await refused(Box.create({ repo: r, labels: bad }), /cannot record this box/)
+    const good = await box.snapshot({ name: "ok" })
+    await refused(r.snapshots.update(good.id, { labels: bad }), /its labels are not a map of strings/)
+    await refused(r.snapshots.restore(good.id, null as unknown as string), /a restore needs a destination directory/)
+    // every snapshot that was written reads back: only the good one exists
+    expect((await r.snapshots.list()).map((s) => s.name)).toEqual(["ok"])
+    expect((await r.verify()).ok).toBe(true)
+    await r.close()
+  })
+})
