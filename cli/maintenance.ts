@@ -116,7 +116,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
           ["packs", String(s.packs)],
           ["logical (all snapshots)", bytes(s.logicalBytes)],
           ["referenced (stored, live)", bytes(s.referencedBytes)],
-          ["physical (packs)", bytes(s.physicalBytes)],
+          ["physical (packs, index, records)", bytes(s.physicalBytes)],
           ["dedup ratio", `${s.dedupRatio.toFixed(2)}x`],
         ]),
         s,
