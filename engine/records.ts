@@ -44,14 +44,17 @@ export function snapshotRecordProblem(v: unknown, name: string): string | undefi
 
 /**
  * Refuses what a caller asks a snapshot (or box) record to hold (name,
- * labels, expiry) when a snapshot record with it would not read back as well
- * formed: a JavaScript caller's numeric label was written, and the snapshot
- * then read back as damage.
+ * labels, box id, expiry) when a snapshot record with it would not read back
+ * as well formed: a JavaScript caller's numeric label was written, and the
+ * snapshot then read back as damage. Undefined and null mean "not given".
  */
-export function checkRecordFields(fields: { name?: unknown; labels?: unknown; expiresAt?: unknown; boxId?: unknown }, what = "snapshot"): void {
-  const probe = { id: "snap_probe", tree: "0".repeat(64), createdAt: new Date(0).toISOString(), ...fields }
-  for (const key of Object.keys(fields) as Array<keyof typeof fields>) if (fields[key] === undefined) delete probe[key]
-  const problem = snapshotRecordProblem(probe, "snap_probe")
+export function checkRecordFields(fields: { name?: unknown; labels?: unknown; boxId?: unknown; expiresAt?: unknown }, what = "snapshot"): void {
+  const { expiresAt } = fields
+  if (expiresAt != null && (typeof expiresAt !== "string" || Number.isNaN(Date.parse(expiresAt)))) {
+    throw new BadInputError(`expiresAt ${JSON.stringify(expiresAt)} is not a date; give an ISO-8601 time`)
+  }
+  const given = Object.fromEntries(Object.entries(fields).filter(([, v]) => v != null))
+  const problem = snapshotRecordProblem({ id: "snap_probe", tree: "0".repeat(64), createdAt: new Date(0).toISOString(), ...given }, "snap_probe")
   if (problem) throw new BadInputError(`cannot record this ${what}: ${problem}; names, labels (keys and values) and expiry must be strings`)
 }
 

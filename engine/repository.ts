@@ -241,10 +241,7 @@ class SnapshotApi {
     changes: { name?: string; labels?: Record<string, string>; pinned?: boolean; expiresAt?: string | null },
   ): Promise<SnapshotRecord> {
     const s = await this.get(idOrName)
-    checkRecordFields({ name: changes.name, labels: changes.labels })
-    if (changes.expiresAt && Number.isNaN(Date.parse(changes.expiresAt))) {
-      throw new BadInputError(`expiresAt ${JSON.stringify(changes.expiresAt)} is not a date; give an ISO-8601 time`)
-    }
+    checkRecordFields({ name: changes.name, labels: changes.labels, expiresAt: changes.expiresAt })
     const next: SnapshotRecord = { ...s }
     if (changes.name !== undefined) next.name = changes.name
     if (changes.labels !== undefined) next.labels = changes.labels

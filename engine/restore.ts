@@ -93,9 +93,12 @@ const SEGMENT_MAX = 4 * 1024 * 1024
 interface FileJob {
   rel: string
   entry: FileEntry
+  /** its temporary name while it is being written; cleared once renamed into place or removed */
   temp?: string
   handle?: fsp.FileHandle
   opening?: Promise<fsp.FileHandle>
+  /** gives back the open-file slot its handle holds */
+  release?: () => void
   remaining: number
   failed?: RestoreFailure
 }
@@ -620,7 +623,7 @@ class Restorer {
         await this.clearWay(job.rel, false)
         job.temp = tempName(this.abs(job.rel))
         job.handle = await fsp.open(job.temp, "wx", 0o600)
-        ;(job as { release?: () => void }).release = release
+        job.release = release
         return job.handle
       } catch (err) {
         release()
@@ -631,12 +634,11 @@ class Restorer {
   }
 
   /**
-   * Removes the temp files of a restore stopped part-way. Every write has
-   * settled; a finished file's temp name is gone (renamed), and temp names
-   * are unique, so removing every job's is safe.
+   * Removes the temp files of a restore stopped part-way, once every write
+   * has settled: only files neither finished nor failed still have one.
    */
   private async removeTemps(jobs: FileJob[]): Promise<void> {
-    await mapLimit(jobs, 16, async (job) => {
+    await mapLimit(jobs.filter((job) => job.temp !== undefined), 16, async (job) => {
       await job.opening?.catch(() => {})
       await this.closeTemp(job)
       if (job.temp) await fsp.rm(job.temp, { force: true }).catch(() => {})
@@ -647,10 +649,8 @@ class Restorer {
     const handle = job.handle
     job.handle = undefined
     if (handle) await handle.close().catch(() => {})
-    // once: a failed file is closed again when a stopped restore removes its temp files
-    const held = job as { release?: () => void }
-    const release = held.release
-    held.release = undefined
+    const release = job.release
+    job.release = undefined
     release?.()
   }
 
@@ -664,6 +664,7 @@ class Restorer {
 
   /** Counts a finished file; one rebuilt from packs goes to the cache too. */
   private fileDone(job: FileJob, rebuilt = true): void {
+    job.temp = undefined // renamed into place
     if (rebuilt) this.cacheLater(job)
     this.result.files++
     this.result.bytes += job.entry.size
@@ -679,6 +680,7 @@ class Restorer {
     await job.opening?.catch(() => {})
     await this.closeTemp(job)
     if (job.temp) await fsp.rm(job.temp, { force: true })
+    job.temp = undefined
   }
 
   private async makeSymlink(rel: string, entry: TreeEntry & { type: "symlink" }): Promise<void> {

@@ -79,10 +79,7 @@ export const IGNORE_FILE = ".cairnignore"
 
 export async function createSnapshot(store: Store, dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
   // before any work: a record that could not be written would waste the snapshot
-  checkRecordFields({ name: opts.name, labels: opts.labels, boxId: opts.boxId })
-  if (opts.expiresAt !== undefined && (typeof opts.expiresAt !== "string" || Number.isNaN(Date.parse(opts.expiresAt)))) {
-    throw new BadInputError(`expiresAt ${JSON.stringify(opts.expiresAt)} is not a date; give an ISO-8601 time`)
-  }
+  checkRecordFields({ name: opts.name, labels: opts.labels, boxId: opts.boxId, expiresAt: opts.expiresAt })
   if (opts.exclude !== undefined && (!Array.isArray(opts.exclude) || opts.exclude.some((p) => typeof p !== "string"))) {
     throw new BadInputError("exclude must be a list of glob patterns (strings)")
   }
