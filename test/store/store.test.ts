@@ -124,13 +124,40 @@ describe("Store", () => {
           copy[loc.offset + (pos % loc.length)]! ^= 1 << pos % 8
           return copy
         })
-        const err = await store.getBlob(id).catch((e) => e)
-        expect(isCairnError(err, "INTEGRITY")).toBe(true)
-        expect(String(err.message)).toContain(id)
+        const got = await store.getBlob(id).catch((e: unknown) => e)
+        if (got instanceof Uint8Array) {
+          // Brotli streams hold a few bits the decoder never acts on (1 flip in
+          // ~1,000 here): the content is intact, so it comes back whole. Never
+          // anything else; and verify --read-data still names the pack.
+          expect(truncate).toBe(false)
+          expect(Buffer.from(got).equals(data)).toBe(true)
+        } else {
+          expect(isCairnError(got, "INTEGRITY")).toBe(true)
+          expect(String((got as Error).message)).toContain(id)
+        }
         await store.close()
       }),
       { numRuns: 30 },
     )
+  })
+
+  it("returns a blob whole when a flipped bit is one its decoder never reads", async () => {
+    // found by the property above: bit 6 of byte 3,038 of this 6,384-byte brotli stream
+    const { backend, store } = await memStore()
+    const data = textBytes("victim", 30_000)
+    const { id } = await store.putBlob(BLOB_DATA, data)
+    await store.flush()
+    const [key] = (await backend.list("data/")).map((o) => o.key)
+    const [loc] = await store.locateMany([id])
+    if (!loc || loc === "pending") throw new Error("not indexed")
+    expect(loc.length).toBe(6384)
+    backend.tamper(key!, (bytes) => {
+      const copy = Uint8Array.from(bytes)
+      copy[loc.offset + 3038]! ^= 1 << 6
+      return copy
+    })
+    expect(Buffer.from(await store.getBlob(id)).equals(data)).toBe(true)
+    await store.close()
   })
 
   it("refuses newer formats, foreign directories and missing repositories", async () => {
