@@ -13,10 +13,17 @@
 import os from "node:os"
 import { WorkerPool } from "./worker-pool.js"
 
+/**
+ * Brotli's settings for blobs: quality 1, and a window (log2 bytes) as large
+ * as most chunks (a longer one finds no more matches in a chunk-sized input).
+ */
+export const BROTLI_QUALITY = 1
+export const BROTLI_LGWIN = 18
+
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
-const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1, [zlib.constants.BROTLI_PARAM_LGWIN]: 18 } }
+const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: ${BROTLI_QUALITY}, [zlib.constants.BROTLI_PARAM_LGWIN]: ${BROTLI_LGWIN} } }
 const compress = (codec, input) => codec === 2
   ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
   : zlib.deflateRawSync(input, { level: 1 })
