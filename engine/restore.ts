@@ -249,6 +249,7 @@ class Restorer {
     const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
     const placed: PlacedEntry[] =
       top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }]
+    this.checkPathLengths(placed)
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
     if (files.length >= WARM_WRITERS) this.writers?.warm()
@@ -338,6 +339,34 @@ class Restorer {
       withTree("", top, size, await fsp.lstat(this.dest, { bigint: true }))
     }
     await saveStatCache(this.store.cacheDir, this.opts.statCacheKey!, cache)
+  }
+
+  /**
+   * Refuses, before anything is written, a snapshot whose paths would be
+   * longer under this destination than the kernel takes (a tree deeper than
+   * PATH_MAX, which a tar import can hold): a restore that made the rest
+   * would stop at the first such path with a partial tree.
+   */
+  private checkPathLengths(placed: PlacedEntry[]): void {
+    const destBytes = Buffer.byteLength(this.dest)
+    let longest: PlacedEntry | undefined
+    let most = 0
+    for (const p of placed) {
+      let bytes = destBytes + 1 + Buffer.byteLength(p.rel)
+      if (p.entry.type === "file") {
+        // a file is written under a temporary name beside it first
+        const slash = p.rel.lastIndexOf("/")
+        bytes = Math.max(bytes, destBytes + (slash < 0 ? 0 : 1 + Buffer.byteLength(p.rel.slice(0, slash))) + 1 + TEMP_NAME_BYTES)
+      }
+      if (bytes > most) [most, longest] = [bytes, p]
+    }
+    if (longest && most > PATH_MAX_BYTES) {
+      const shown = longest.rel.length > 120 ? `${longest.rel.slice(0, 60)}...${longest.rel.slice(-60)}` : longest.rel
+      throw new BadInputError(
+        `cannot restore into ${this.dest}: the snapshot holds paths longer than this system allows there (${most} bytes, at most ${PATH_MAX_BYTES}), such as ${shown}; restore a part of the snapshot (a sub-path), or export it as a tar`,
+        { path: longest.rel },
+      )
+    }
   }
 
   private abs(rel: string): string {
@@ -731,6 +760,10 @@ class Restorer {
 /** Unique within this process by the counter, across processes by the random part; created with O_EXCL anyway. */
 const TEMP_PREFIX = `.cairn-${randomBytes(4).toString("hex")}-`
 let tempCount = 0
+/** The longest temporary name (the counter in base 36 stays under 13 digits). */
+const TEMP_NAME_BYTES = TEMP_PREFIX.length + 13 + ".tmp".length
+/** The longest path the kernel takes, without its terminating NUL (PATH_MAX: 4096 on Linux, 1024 on macOS). */
+const PATH_MAX_BYTES = (process.platform === "darwin" ? 1024 : 4096) - 1
 
 function tempName(final: string): string {
   return path.join(path.dirname(final), `${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`)

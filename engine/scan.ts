@@ -122,12 +122,9 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
     for (const name of names) {
       const rel = node.rel === "" ? name : `${node.rel}/${name}`
       const full = `${abs}/${name}`
-      const st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
+      const st = lstatOrWarn(full, rel, result.warnings)
       calls++
-      if (!st) {
-        result.warnings.push({ path: rel, reason: "vanished during scan" })
-        continue
-      }
+      if (!st) continue
       if (!st.isFile() && !st.isDirectory() && !st.isSymbolicLink()) {
         result.warnings.push({ path: rel, reason: `${kindOf(st)} skipped` })
         continue
@@ -160,6 +157,29 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       const c = children[i]!
       if (c.type === "dir") stack.push([`${abs}/${c.name}`, c])
     }
+  }
+}
+
+/**
+ * lstat, or undefined with a warning: the entry vanished (its directory may
+ * have been replaced too: ENOTDIR), or its path is longer than the kernel
+ * takes (PATH_MAX, 4096 bytes on Linux), or it cannot be examined.
+ */
+function lstatOrWarn(full: string, rel: string, warnings: Warning[]): BigIntStats | undefined {
+  try {
+    const st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
+    if (!st) warnings.push({ path: rel, reason: "vanished during scan" })
+    return st
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const reason =
+      code === "ENOTDIR"
+        ? "vanished during scan"
+        : code === "ENAMETOOLONG"
+          ? `skipped: its path is longer than the system allows (${Buffer.byteLength(full)} bytes)`
+          : `skipped: cannot be examined (${code ?? String(err)})`
+    warnings.push({ path: rel, reason })
+    return undefined
   }
 }
 

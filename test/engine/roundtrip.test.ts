@@ -1,11 +1,16 @@
-import { promises as fsp } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { existsSync, promises as fsp } from "node:fs"
 import path from "node:path"
+import { Readable } from "node:stream"
+import tarStream from "tar-stream"
 import { describe, expect, it } from "vitest"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { Store } from "../../store/store.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot } from "../../engine/snapshot.js"
+import { importTar } from "../../engine/tar.js"
+import { isCairnError } from "../../store/errors.js"
 import { buildTree, describeTree } from "../fixtures.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
@@ -104,6 +109,52 @@ describe("snapshot and restore", () => {
     const third = await createSnapshot(store, src, { parent: second.snapshot })
     expect(third.reusedFiles).toBe(299)
     expect(third.snapshot.tree).not.toBe(first.snapshot.tree)
+    await store.close()
+  })
+})
+
+describe("paths longer than the system allows (PATH_MAX)", () => {
+  /** 22 directories of 200-byte names: the deepest ones lie past 4,096 bytes from any temp dir. */
+  const NAME = "d".repeat(200)
+  const LEVELS = 22
+
+  it("a snapshot leaves out what lies too deep, with a warning, and keeps the rest", async () => {
+    const store = await setup()
+    const src = await tempDir()
+    await fsp.writeFile(path.join(src, "a.txt"), "shallow")
+    // made and removed by relative steps: node's fs takes whole paths, which the kernel refuses past PATH_MAX
+    execFileSync("bash", ["-c", `for i in $(seq ${LEVELS}); do mkdir ${NAME} && cd ${NAME}; done; echo deep > f.txt`], { cwd: src })
+    try {
+      const { snapshot, warnings } = await createSnapshot(store, src)
+      const fits = Math.floor((4095 - Buffer.byteLength(src)) / (NAME.length + 1)) // directories whose path fits
+      expect(warnings).toHaveLength(1)
+      expect(warnings[0]!.reason).toMatch(/^skipped: its path is longer than the system allows \(\d+ bytes\)$/)
+      expect(warnings[0]!.path).toBe(Array(fits + 1).fill(NAME).join("/"))
+      expect(snapshot.stats).toMatchObject({ files: 1, dirs: fits })
+      const dest = path.join(await tempDir(), "out")
+      await restoreSnapshot(store, snapshot, dest)
+      expect(await fsp.readFile(path.join(dest, "a.txt"), "utf8")).toBe("shallow")
+    } finally {
+      execFileSync("rm", ["-rf", path.join(src, NAME)])
+    }
+    await store.close()
+  })
+
+  it("a restore of a snapshot holding such a path is refused before anything is written; a part of it restores", async () => {
+    const store = await setup()
+    const pack = tarStream.pack()
+    const deep = `${Array(LEVELS).fill(NAME).join("/")}/f.txt`
+    pack.entry({ name: deep }, "deep\n")
+    pack.entry({ name: "ok.txt" }, "ok\n")
+    pack.finalize()
+    const { snapshot } = await importTar(store, Readable.from(pack), { name: "deep" })
+    const dest = path.join(await tempDir(), "out")
+    const err = await restoreSnapshot(store, snapshot, dest).catch((e: unknown) => e)
+    expect(isCairnError(err, "BAD_INPUT")).toBe(true)
+    expect((err as Error).message).toMatch(/holds paths longer than this system allows there \(\d+ bytes, at most 4095\).*restore a part of the snapshot/)
+    expect(existsSync(dest)).toBe(false)
+    await restoreSnapshot(store, snapshot, dest, { subPath: "ok.txt" })
+    expect(await fsp.readdir(dest)).toEqual(["ok.txt"])
     await store.close()
   })
 })
