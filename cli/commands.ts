@@ -7,7 +7,7 @@ import { Box, isCairnError, NotFoundError, parseDuration, type Repository, type 
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
-import { bytes, ProgressBar, table } from "./format.js"
+import { bytes, ProgressBar, shownPath, table } from "./format.js"
 
 export interface Context {
   spec: CommandSpec
@@ -97,7 +97,7 @@ export const COMMANDS: Command[] = [
       }
       ctx.progress.done()
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
-      for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
+      for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
       if (!ctx.quiet) {
         const s = snapshot.stats
         process.stdout.write(
@@ -172,7 +172,7 @@ export const COMMANDS: Command[] = [
         f.mode.toString(8).padStart(4, "0"),
         f.isDir ? "" : bytes(f.size),
         date(f.modTime),
-        f.path + (f.type === "symlink" ? ` -> ${f.target}` : ""),
+        shownPath(f.path) + (f.type === "symlink" ? ` -> ${shownPath(f.target ?? "")}` : ""),
       ])
       ctx.out(table(["type", "mode", "size", "modified", "path"], rows), files)
     },
@@ -238,7 +238,7 @@ export const COMMANDS: Command[] = [
       const repo = await ctx.repo()
       const { snapshot, warnings } = await repo.snapshots.importTar(await ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name), signal: ctx.signal })
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
-      for (const w of warnings) process.stderr.write(`warning: ${w.path}: ${w.reason}\n`)
+      for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
       process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)
     },
   },

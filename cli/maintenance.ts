@@ -5,7 +5,7 @@ import { promises as fsp } from "node:fs"
 import { isCairnError, NotFoundError, type Change, type KeepPolicy, type SnapshotRecord, type VerifyDamage } from "../engine/index.js"
 import { fraction, int, UsageError, type FlagSpec } from "./args.js"
 import type { Command, Context } from "./commands.js"
-import { bytes, kv, plural, seconds, table } from "./format.js"
+import { bytes, kv, plural, seconds, shownPath, table } from "./format.js"
 
 const isDir = async (p: string) => (await fsp.stat(p).catch(() => undefined))?.isDirectory() === true
 const list = (v: string | string[] | undefined) => (v === undefined ? "" : Array.isArray(v) ? v.join(",") : v)
@@ -20,14 +20,14 @@ function diffLine(c: Change): string[] {
         : c.oldSize !== undefined
           ? bytes(c.oldSize)
           : ""
-  return [sign[c.change], c.type, c.path, list(c.what), size]
+  return [sign[c.change], c.type, shownPath(c.path), list(c.what), size]
 }
 
 function damageLine(d: VerifyDamage): string {
   const what = [d.blob && `blob ${d.blob}`, d.pack && `pack ${d.pack}`, d.record && `record ${d.record}`].filter(Boolean).join(", ")
   const hit = [
     d.snapshots.length ? `snapshots ${d.snapshots.join(", ")}` : "",
-    d.paths.length ? `paths ${d.paths.slice(0, 5).join(", ")}${d.paths.length > 5 ? ` and ${d.paths.length - 5} more` : ""}` : "",
+    d.paths.length ? `paths ${d.paths.slice(0, 5).map(shownPath).join(", ")}${d.paths.length > 5 ? ` and ${d.paths.length - 5} more` : ""}` : "",
   ]
     .filter(Boolean)
     .join("; ")
@@ -99,7 +99,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
       ctx.out(
         table(
           ["logical", "stored", "unique", "path"],
-          rows.map((r) => [bytes(r.logicalBytes), bytes(r.storedBytes), bytes(r.uniqueBytes), r.path]),
+          rows.map((r) => [bytes(r.logicalBytes), bytes(r.storedBytes), bytes(r.uniqueBytes), shownPath(r.path)]),
         ),
         rows,
       )

@@ -272,6 +272,23 @@ describe("cairn CLI", () => {
     expect(human.stdout).toContain("/link -> a.txt")
   })
 
+  it("human output quotes names with control characters, quotes or backslashes; --json keeps them exact", async () => {
+    const odd = await tempDir()
+    await buildTree(odd, { "new\nline.txt": { file: "a" }, "tab\tx": { file: "b" }, 'say "hi"': { symlink: "back\\slash" }, "plain é.txt": { file: "c" } })
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", odd, "--name", "odd"], env)).stdout)
+    const show = await cairn(["--repo", repo, "show", id], env)
+    expect(show.stdout).toContain('"/new\\nline.txt"')
+    expect(show.stdout).toContain('"/tab\\tx"')
+    expect(show.stdout).toContain('"/say \\"hi\\"" -> "back\\\\slash"')
+    expect(show.stdout).toContain(" /plain é.txt\n") // printable names stay as they are
+    expect(show.stdout.trim().split("\n")).toHaveLength(5) // header + one line per entry
+    const json = JSON.parse((await cairn(["--repo", repo, "show", id, "--json"], env)).stdout) as Array<{ path: string }>
+    expect(json.map((f) => f.path)).toContain("/new\nline.txt")
+    await fsp.writeFile(path.join(odd, "new\nline.txt"), "changed")
+    const diff = await cairn(["--repo", repo, "diff", id, odd], env)
+    expect(diff.stdout).toMatch(/^M\s+file\s+"new\\nline\.txt"\s+content/m)
+  })
+
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {
     const tar = await cairn(["--repo", repo, "export", "first", "--path", "bin"], env)
     expect(tar.code).toBe(0)
