@@ -78,6 +78,7 @@ export class Box {
   static async create(opts: BoxOptions = {}): Promise<Box> {
     checkRecordFields({ name: opts.name, labels: opts.labels }, "box")
     const repo = await resolveRepo(opts.repo)
+    await assertNameFree(repo, opts.name)
     const id = randomId("box")
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
     await assertFreshDir(dir)
@@ -92,12 +93,14 @@ export class Box {
   ): Promise<Box> {
     checkRecordFields({ name: opts.name, labels: opts.labels }, "box")
     const repo = await resolveRepo(opts.repo)
+    await assertNameFree(repo, opts.name)
     const snapshot = await repo.snapshots.get(idOrName)
     const id = randomId("box")
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
     await assertFreshDir(dir)
     try {
       await repo.snapshots.restore(snapshot.id, dir, { signal: opts.signal, onProgress: opts.onProgress, statCacheKey: id })
+      await assertNameFree(repo, opts.name) // again: another box may have taken the name while this one was restored
     } catch (err) {
       await fsp.rm(dir, { recursive: true, force: true })
       throw err
@@ -228,6 +231,19 @@ export class Box {
 }
 
 const osSignals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }
+
+/**
+ * A box name picks one box: refuses a name another box of the repository
+ * has, and one that could be read as a box id (ids are "box_<16 hex>").
+ */
+async function assertNameFree(repo: Repository, name: string | undefined): Promise<void> {
+  if (name === undefined) return
+  if (name.startsWith("box_")) throw new BadInputError(`a box name cannot start with "box_" (box ids do); choose another name than ${JSON.stringify(name)}`)
+  const other = (await Box.list({ repo })).find((b) => b.name === name)
+  if (other) {
+    throw new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${other.id}); choose another name, or remove that box first (cairn box rm ${other.id})`, { box: other.id })
+  }
+}
 
 async function assertFreshDir(dir: string): Promise<void> {
   const st = await fsp.lstat(dir).catch(() => undefined)

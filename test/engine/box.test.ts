@@ -81,6 +81,30 @@ describe("Box API", () => {
   })
 })
 
+describe("box names", () => {
+  it("name one box: a taken name or one read as an id is refused before any work; a removed box frees its name", async () => {
+    const r = await repo()
+    const dev = await Box.create({ repo: r, name: "dev" })
+    await dev.files.write({ path: "/a.txt", content: "a" })
+    const snap = await dev.snapshot({ name: "s" })
+    const workspaces = async () => (await fsp.readdir(r.workspaceRoot)).sort()
+    const before = await workspaces()
+    for (const attempt of [() => Box.create({ repo: r, name: "dev" }), () => Box.fromSnapshot(snap.id, { repo: r, name: "dev" })]) {
+      const err = await attempt().catch((e: unknown) => e)
+      expect(isCairnError(err, "ALREADY_EXISTS")).toBe(true)
+      expect((err as Error).message).toBe(`a box named "dev" already exists (${dev.id}); choose another name, or remove that box first (cairn box rm ${dev.id})`)
+    }
+    const idLike = await Box.create({ repo: r, name: "box_1" }).catch((e: unknown) => e)
+    expect(isCairnError(idLike, "BAD_INPUT")).toBe(true)
+    expect(await workspaces()).toEqual(before)
+    expect((await Box.list({ repo: r })).map((b) => b.id)).toEqual([dev.id])
+    expect((await Box.get("dev", { repo: r })).id).toBe(dev.id)
+    await dev.delete()
+    const again = await Box.fromSnapshot(snap.id, { repo: r, name: "dev" })
+    expect((await Box.get("dev", { repo: r })).id).toBe(again.id)
+  })
+})
+
 describe("values a JavaScript caller can pass that a record could not hold", () => {
   it("are refused before any work, and nothing unreadable is ever written", async () => {
     const r = await repo()
