@@ -13,7 +13,6 @@ export function bytes(n: number): string {
   return u === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`
 }
 
-/** Columns aligned; numbers (cells ending in a unit or digits) right-aligned. */
 /**
  * A path (or link target) as human-readable output shows it: as is, unless it
  * holds control characters, a double quote or a backslash; then quoted with
@@ -21,10 +20,10 @@ export function bytes(n: number): string {
  * for two lines. --json output carries names exactly.
  */
 export function shownPath(p: string): string {
-  // eslint-disable-next-line no-control-regex
   return /[\u0000-\u001f\u007f"\\]/.test(p) ? JSON.stringify(p) : p
 }
 
+/** Columns aligned; numbers (cells ending in a unit or digits) right-aligned. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
   const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => /^[\d.,]+( ?[KMGT]?i?B|x|%)?$/.test(r[i] ?? "")))
