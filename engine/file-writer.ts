@@ -74,6 +74,24 @@ export interface BlobOutcome {
   integrity?: string
   /** index in files -> [errno code, message] for files that failed */
   failed?: Record<number, [string, string]>
+  /** the blob is all zeros: written as a hole (see isZeroChunk) */
+  zero?: boolean
+}
+
+/**
+ * Whether a decoded chunk is all zero bytes, so that it is written as a hole
+ * (a sparse file stays sparse, as cp keeps it). memcmp against a zero block
+ * stops at the first non-zero byte: data costs almost nothing to rule out.
+ * Chunks under a file-system block are written as they are.
+ */
+export function isZeroChunk(b: Uint8Array): boolean {
+  if (b.length < 4096 || b[0] !== 0 || b[b.length - 1] !== 0) return false
+  const zeros: Buffer = ((isZeroChunk as { zeros?: Buffer }).zeros ??= Buffer.alloc(65536))
+  for (let at = 0; at < b.length; at += zeros.length) {
+    const n = Math.min(zeros.length, b.length - at)
+    if (Buffer.compare(b.subarray(at, at + n), zeros.subarray(0, n)) !== 0) return false
+  }
+  return true
 }
 
 const WORKER_SOURCE = `
@@ -91,7 +109,10 @@ function decode(codec, bytes, rawLength) {
   throw new Error("unknown codec " + codec)
 }
 
-function writePart(f, raw) {
+${isZeroChunk.toString()}
+
+function writePart(f, raw, zero) {
+  if (zero) return // a hole: the main thread sizes the file when it finishes it
   const fd = fs.openSync(f.part, "r+")
   try {
     let done = 0
@@ -101,12 +122,12 @@ function writePart(f, raw) {
   }
 }
 
-function writeFile(f, raw) {
-  if (f.part !== undefined) return writePart(f, raw)
+function writeFile(f, raw, zero) {
+  if (f.part !== undefined) return writePart(f, raw, zero)
   const fd = fs.openSync(f.temp, "wx", 0o600)
   try {
-    let done = 0
-    while (done < raw.length) done += fs.writeSync(fd, raw, done, raw.length - done)
+    if (zero) fs.ftruncateSync(fd, raw.length)
+    else for (let done = 0; done < raw.length; ) done += fs.writeSync(fd, raw, done, raw.length - done)
     if (f.owner) fs.fchownSync(fd, f.owner.uid, f.owner.gid)
     fs.fchmodSync(fd, f.mode)
     fs.futimesSync(fd, f.mtime, f.mtime)
@@ -157,15 +178,16 @@ function writeAll(job) {
       return { integrity: "does not match its hash: the pack is damaged" }
     }
     let failed
+    const zero = isZeroChunk(raw)
     b.files.forEach((f, i) => {
       try {
-        writeFile(f, raw)
+        writeFile(f, raw, zero)
       } catch (err) {
         if (f.part === undefined) try { fs.rmSync(f.temp, { force: true }) } catch {}
         ;(failed ??= {})[i] = [String(err && err.code || "IO"), String(err && err.message || err)]
       }
     })
-    return failed ? { failed } : undefined
+    return failed || zero ? { ...(failed ? { failed } : {}), ...(zero ? { zero } : {}) } : undefined
   })
 }
 `

@@ -9,6 +9,8 @@
 // one chunk (most of a workspace) are handed, a segment at a time, to writer
 // threads that decode, check and write them the same way (file-writer.ts).
 // Then symlinks, hardlinks, and finally directory modes and mtimes bottom-up.
+// A chunk of zeros is not written but left as a hole (the file is sized when
+// it is finished), so sparse files stay sparse.
 //
 // Safety: names come from validated trees (no "", ".", "..", "/", NUL), the
 // restore creates every directory it descends into (or, with overwrite,
@@ -28,7 +30,7 @@ import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwI
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
-import { fileWriterPool, type BlobOutcome, type FileWriterPool, type WriteBlob, type WriteFile } from "./file-writer.js"
+import { fileWriterPool, isZeroChunk, type BlobOutcome, type FileWriterPool, type WriteBlob, type WriteFile } from "./file-writer.js"
 import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
@@ -101,6 +103,8 @@ interface FileJob {
   release?: () => void
   remaining: number
   failed?: RestoreFailure
+  /** a chunk was all zeros and left as a hole: the file is sized when finished, and not cached (a copy would fill the holes) */
+  sparse?: boolean
 }
 
 interface Target {
@@ -211,7 +215,7 @@ class Restorer {
    * rest of the restore; finishCache() waits for them all.
    */
   private cacheLater(job: FileJob): void {
-    if (!this.cache || job.entry.size < MIN_SIZE || !job.entry.chunks) return
+    if (!this.cache || job.entry.size < MIN_SIZE || !job.entry.chunks || job.sparse) return
     // best effort: a file the cache cannot take is still restored (in link mode, as a private copy)
     this.caching.push(this.cacheSlot.run(() => this.addToCache(job)).catch(() => {}))
   }
@@ -583,6 +587,7 @@ class Restorer {
     for (const [i, r] of reads.entries()) {
       const o = outcomes[i]
       for (const [k, t] of r.targets.entries()) {
+        if (o?.zero) t.job.sparse = true
         const failed = o?.integrity !== undefined ? undefined : o?.failed?.[k]
         if (o?.integrity !== undefined) await this.fail(t.job, `blob ${r.id} in pack ${pack} ${o.integrity}`, "INTEGRITY")
         else if (failed) await this.fail(t.job, failed[1], "IO")
@@ -612,8 +617,12 @@ class Restorer {
       job.temp = tempName(final)
       const fd = fs.openSync(job.temp, "wx", 0o600)
       try {
-        let done = 0
-        while (done < raw.length) done += fs.writeSync(fd, raw, done, raw.length - done)
+        if (isZeroChunk(raw)) {
+          fs.ftruncateSync(fd, raw.length)
+          job.sparse = true
+        } else {
+          for (let done = 0; done < raw.length; ) done += fs.writeSync(fd, raw, done, raw.length - done)
+        }
         if (this.needsChown(job.entry)) fs.fchownSync(fd, job.entry.uid, job.entry.gid)
         fs.fchmodSync(fd, job.entry.mode)
         const t = utimesSeconds(BigInt(job.entry.mtime))
@@ -635,8 +644,8 @@ class Restorer {
     if (job.failed) return
     try {
       const handle = await this.openTemp(job)
-      let done = 0
-      while (done < raw.length) done += (await handle.write(raw, done, raw.length - done, t.offset + done)).bytesWritten
+      if (isZeroChunk(raw)) job.sparse = true // a hole; finishFile sizes the file
+      else for (let done = 0; done < raw.length; ) done += (await handle.write(raw, done, raw.length - done, t.offset + done)).bytesWritten
       this.bytesDone += raw.length
       if (--job.remaining === 0) await this.finishFile(job)
     } catch (err) {
@@ -686,6 +695,8 @@ class Restorer {
   private async finishFile(job: FileJob): Promise<void> {
     if (job.entry.size === 0 && !job.handle) await this.openTemp(job)
     await this.closeTemp(job)
+    // chunks left as holes may end the file: its size comes from the entry
+    if (job.sparse) await fsp.truncate(job.temp!, job.entry.size)
     this.setMeta(job.temp!, job.entry, false)
     await fsp.rename(job.temp!, this.abs(job.rel))
     this.fileDone(job)

@@ -2,8 +2,10 @@ import { execFileSync } from "node:child_process"
 import { existsSync, promises as fsp } from "node:fs"
 import path from "node:path"
 import { Readable } from "node:stream"
+import fc from "fast-check"
 import tarStream from "tar-stream"
 import { describe, expect, it } from "vitest"
+import { isZeroChunk } from "../../engine/file-writer.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { Store } from "../../store/store.js"
@@ -155,6 +157,47 @@ describe("paths longer than the system allows (PATH_MAX)", () => {
     expect(existsSync(dest)).toBe(false)
     await restoreSnapshot(store, snapshot, dest, { subPath: "ok.txt" })
     expect(await fsp.readdir(dest)).toEqual(["ok.txt"])
+    await store.close()
+  })
+})
+
+describe("sparse files", () => {
+  it("isZeroChunk: all zeros and at least a block long, whatever the length and where a non-zero byte sits", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 300_000 }), fc.option(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 }))), (len, poke) => {
+        const b = new Uint8Array(len)
+        if (poke && len > 0) b[poke[0] % len] = poke[1]
+        expect(isZeroChunk(b)).toBe(len >= 4096 && b.every((x) => x === 0))
+      }),
+      { numRuns: 300 },
+    )
+    expect(isZeroChunk(new Uint8Array(65536 * 3 + 5))).toBe(true)
+    const late = new Uint8Array(65536 * 3 + 5)
+    late[65536 * 2 + 17] = 1 // past the first compare window
+    expect(isZeroChunk(late)).toBe(false)
+  })
+
+  it("restore leaves zero chunks as holes: same bytes, few blocks; with and without writer threads, and again later", async () => {
+    const store = await setup()
+    const src = await tempDir()
+    const MiB = 1 << 20
+    // data, a 3 MiB run of zeros, data, then a 2 MiB zero tail (a file ending in a hole)
+    const img = Buffer.concat([seededBytes("head", MiB), Buffer.alloc(3 * MiB), seededBytes("mid", 100_000), Buffer.alloc(2 * MiB)])
+    await fsp.writeFile(path.join(src, "disk.img"), img)
+    await fsp.writeFile(path.join(src, "zeros.bin"), Buffer.alloc(300_000)) // one chunk, all zeros
+    await fsp.writeFile(path.join(src, "tiny-zeros"), Buffer.alloc(1000)) // under a block: written
+    const { snapshot } = await createSnapshot(store, src)
+    for (const [n, opts] of [[1, {}], [2, { writers: false }], [3, {}]] as const) {
+      const dest = path.join(await tempDir(), `out${n}`)
+      await restoreSnapshot(store, snapshot, dest, opts)
+      expect(await describeTree(dest)).toEqual(await describeTree(src))
+      const disk = await fsp.stat(path.join(dest, "disk.img"))
+      expect(disk.size).toBe(img.length)
+      // the zero runs are holes: at most the data chunks (and the chunks the runs share with data) are allocated
+      expect(disk.blocks * 512).toBeLessThan(img.length - 4 * MiB)
+      expect((await fsp.stat(path.join(dest, "zeros.bin"))).blocks).toBe(0)
+      expect((await fsp.readFile(path.join(dest, "tiny-zeros"))).equals(Buffer.alloc(1000))).toBe(true)
+    }
     await store.close()
   })
 })
