@@ -156,7 +156,10 @@ export class Ingestor {
   private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array) => Promise<void>) => Promise<void>): Promise<void> {
     const window: Promise<void>[] = []
     const put = async (id: BlobId, piece: Uint8Array) => {
-      window.push(this.putChunk(BLOB_DATA, id, piece))
+      const stored = this.putChunk(BLOB_DATA, id, piece)
+      // awaited later (by the window or below); handled now, since it may fail while produce waits for input
+      stored.catch(() => {})
+      window.push(stored)
       if (window.length >= WINDOW) await window.shift()
     }
     try {

@@ -531,7 +531,8 @@ class Restorer {
         const release = await this.writerWindow.acquire()
         const written = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
         this.inWriters.add(written)
-        void written.finally(() => this.inWriters.delete(written))
+        const forget = () => void this.inWriters.delete(written)
+        written.then(forget, forget) // (a finally() would be a second promise, unhandled if written failed)
       }
       await Promise.all(
         inline.map(async (r) => {

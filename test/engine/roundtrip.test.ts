@@ -12,7 +12,7 @@ import { Store } from "../../store/store.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import { importTar } from "../../engine/tar.js"
-import { isCairnError } from "../../store/errors.js"
+import { IoError, isCairnError } from "../../store/errors.js"
 import { buildTree, describeTree } from "../fixtures.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
@@ -199,5 +199,44 @@ describe("sparse files", () => {
       expect((await fsp.readFile(path.join(dest, "tiny-zeros"))).equals(Buffer.alloc(1000))).toBe(true)
     }
     await store.close()
+  })
+})
+
+describe("a pack write that fails part-way through a snapshot", () => {
+  /** A slow disk that fills up: every pack write takes a while, and those after the first `room` fail with ENOSPC. */
+  class FillingStore extends MemoryObjectStore {
+    constructor(private room: number) {
+      super()
+    }
+    override async put(key: string, data: Uint8Array): Promise<void> {
+      if (key.startsWith("data/")) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+        if (this.room-- <= 0) throw new IoError(`could not write ${key} (ENOSPC): the disk is full`, { key, errno: "ENOSPC" })
+      }
+      return super.put(key, data)
+    }
+  }
+
+  it("fails with the write's error and nothing else: no unhandled rejection, no snapshot record", async () => {
+    const unhandled: unknown[] = []
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason)
+    process.on("unhandledRejection", onUnhandled)
+    try {
+      const src = await tempDir()
+      // many chunks of large files in flight (the reader threads' path) while packs fill and fail
+      for (let i = 0; i < 3; i++) await fsp.writeFile(path.join(src, `big-${i}.bin`), textBytes(`big ${i}`, 6_000_000))
+      for (let i = 0; i < 50; i++) await fsp.writeFile(path.join(src, `small-${i}.txt`), textBytes(`small ${i}`, 20_000))
+      const backend = new FillingStore(2)
+      const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
+      const err = await createSnapshot(store, src).catch((e: unknown) => e)
+      expect(isCairnError(err, "IO")).toBe(true)
+      expect((err as Error).message).toMatch(/ENOSPC/)
+      await new Promise((resolve) => setTimeout(resolve, 50)) // let any stray rejection surface
+      expect(unhandled).toEqual([])
+      expect((await backend.list("snapshots/")).length).toBe(0)
+      await store.close().catch(() => store.releaseIndex())
+    } finally {
+      process.off("unhandledRejection", onUnhandled)
+    }
   })
 })
