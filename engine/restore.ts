@@ -26,7 +26,7 @@ import { randomBytes } from "node:crypto"
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import { mapLimit, Semaphore } from "../store/concurrency.js"
-import { AlreadyExistsError, BadInputError, IntegrityError, isCairnError, throwIfAborted } from "../store/errors.js"
+import { AlreadyExistsError, BadInputError, CairnError, IntegrityError, IoError, isCairnError, throwIfAborted } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
@@ -289,16 +289,7 @@ class Restorer {
     }
     this.result.dirs = dirs.length
     if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
-    if (this.result.failed.length > 0) {
-      const first = this.result.failed[0]!
-      const code = this.result.failed.some((f) => f.code === "INTEGRITY") ? "INTEGRITY" : first.code
-      const err = new IntegrityError(
-        `restore into ${this.dest} left ${this.result.failed.length} path(s) unrestored (first: ${first.path}: ${first.reason}); run "cairn verify --read-data" to see the damage`,
-        { failed: this.result.failed, result: this.result },
-      )
-      ;(err as { code: string }).code = code
-      throw err
-    }
+    if (this.result.failed.length > 0) throw restoreFailed(this.dest, this.result)
     return this.result
   }
 
@@ -794,6 +785,24 @@ export function utimesSeconds(ns: bigint): number {
     rem += 1_000_000_000n
   }
   return Number(sec) + (Number(rem / 1000n) + 0.5) / 1e6
+}
+
+/**
+ * The error of a restore that left paths unrestored: damage in the
+ * repository (INTEGRITY: verify names it), or a failure writing the
+ * destination (a full disk, say), which says so and what to do; the first
+ * failure shown is one of the kind reported.
+ */
+export function restoreFailed(dest: string, result: RestoreResult): CairnError {
+  const damaged = result.failed.filter((f) => f.code === "INTEGRITY")
+  const first = damaged[0] ?? result.failed[0]!
+  const left = `restore into ${dest} left ${result.failed.length} path(s) unrestored (first: ${first.path}: ${first.reason})`
+  const data = { failed: result.failed, result }
+  if (damaged.length > 0) return new IntegrityError(`${left}; run "cairn verify --read-data" to see the damage`, data)
+  const fix = /\b(ENOSPC|EDQUOT)\b/.test(first.reason) ? "the destination's disk is full: free some space" : "fix that"
+  const err = new IoError(`${left}; ${fix}, then restore again into an empty directory (or with overwrite)`, data)
+  if (first.code !== "IO") (err as { code: string }).code = first.code
+  return err
 }
 
 function describe(err: unknown): string {

@@ -8,7 +8,8 @@ import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { BLOB_TREE } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
-import { restoreSnapshot } from "../../engine/restore.js"
+import { restoreFailed, restoreSnapshot, type RestoreResult } from "../../engine/restore.js"
+import { isCairnError } from "../../store/errors.js"
 import type { FileEntry } from "../../engine/tree.js"
 import { flattenTree, loadTree } from "../../engine/walk.js"
 import { createSnapshot } from "../../engine/snapshot.js"
@@ -300,5 +301,22 @@ describe("reading a snapshot's trees", () => {
     expect(second).toEqual(first)
     expect(packReads.length).toBe(afterFirst + 1)
     await reader.close()
+  })
+})
+
+describe("a restore that leaves paths unrestored", () => {
+  const result = (failed: RestoreResult["failed"]): RestoreResult => ({ dest: "/d", files: 1, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed })
+  it("blames the destination, not the repository, when writing failed; damage first when there is some", () => {
+    const full = restoreFailed("/d", result([{ path: "a.bin", reason: "ENOSPC: no space left on device, write", code: "IO" }, { path: "b", reason: "ENOSPC: no space left on device, open", code: "IO" }]))
+    expect(isCairnError(full, "IO")).toBe(true)
+    expect(full.message).toBe(
+      "restore into /d left 2 path(s) unrestored (first: a.bin: ENOSPC: no space left on device, write); the destination's disk is full: free some space, then restore again into an empty directory (or with overwrite)",
+    )
+    const other = restoreFailed("/d", result([{ path: "a", reason: "EIO: i/o error, write", code: "IO" }]))
+    expect(other.message).toMatch(/; fix that, then restore again/)
+    expect(other.message).not.toMatch(/verify/)
+    const mixed = restoreFailed("/d", result([{ path: "a", reason: "EIO: i/o error, write", code: "IO" }, { path: "b", reason: "blob x does not match its hash", code: "INTEGRITY" }]))
+    expect(isCairnError(mixed, "INTEGRITY")).toBe(true)
+    expect(mixed.message).toBe('restore into /d left 2 path(s) unrestored (first: b: blob x does not match its hash); run "cairn verify --read-data" to see the damage')
   })
 })
