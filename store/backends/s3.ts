@@ -328,6 +328,8 @@ export class S3ObjectStore implements ObjectStore {
     if (name === "NoSuchKey" || name === "NotFound") return new NotFoundError(`object ${url} does not exist`, data, cause)
     let hint: string
     if (name === "NoSuchBucket") hint = `bucket ${this.bucket} does not exist; create it or fix the URL`
+    // no request was made: the SDK found no credentials anywhere it looks
+    else if (name === "CredentialsProviderError") hint = "no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
     else if (code === 403 || /AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Credentials/i.test(name))
       hint = "access denied; check the credentials and the bucket's policy"
     else if (attempts > 1) hint = `gave up after ${attempts} attempts; check the endpoint and try again`

@@ -289,6 +289,20 @@ describe("cairn CLI", () => {
     expect(diff.stdout).toMatch(/^M\s+file\s+"new\\nline\.txt"\s+content/m)
   })
 
+  it("an S3 repository without credentials: one line that says so, no SDK warning", async () => {
+    const home = await tempDir()
+    const bare = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AWS_")))
+    const run = await new Promise<Run>((resolve) => {
+      // nothing leaves the machine: no instance metadata, and an endpoint on loopback that refuses
+      const env = { ...bare, HOME: home, AWS_EC2_METADATA_DISABLED: "true", AWS_ENDPOINT_URL: "http://127.0.0.1:9", AWS_CONFIG_FILE: path.join(home, "none"), AWS_SHARED_CREDENTIALS_FILE: path.join(home, "none") }
+      execFile(process.execPath, [MAIN, "--repo", "s3://nobucket/x", "ls"], { env }, (err, stdout, stderr) => resolve({ code: err ? Number(err.code) : 0, stdout, stderr }))
+    })
+    expect(run.code).toBe(1)
+    expect(run.stderr).toBe(
+      "cairn: could not read s3://nobucket/x/config (CredentialsProviderError): no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)\n",
+    )
+  })
+
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {
     const tar = await cairn(["--repo", repo, "export", "first", "--path", "bin"], env)
     expect(tar.code).toBe(0)
