@@ -16,6 +16,9 @@
 // out of it, checked chunk by chunk and renamed into place here as well
 // (place), so that the copying and hashing overlap with the rest.
 //
+// A chunk of zeros is not written but left as a hole (isZeroChunk), so that
+// sparse files stay sparse.
+//
 // The contract is restore's: each file is written under a temporary name in
 // its (already created) directory and renamed into place only after its
 // blob decoded to exactly its raw length and hashed to its id; a file that
@@ -187,7 +190,7 @@ function writeAll(job) {
         ;(failed ??= {})[i] = [String(err && err.code || "IO"), String(err && err.message || err)]
       }
     })
-    return failed || zero ? { ...(failed ? { failed } : {}), ...(zero ? { zero } : {}) } : undefined
+    return failed || zero ? { failed, zero } : undefined
   })
 }
 `
