@@ -47,7 +47,8 @@ export function mainHelp(): string {
     ...Object.entries(GLOBAL_FLAGS).map(([n, f]) => `  --${n}${f.kind === "bool" ? "" : " V"}`.padEnd(width + 4) + `  ${f.help}`),
     "",
     "exit codes: 0 ok, 1 operation failed, 2 usage error, 3 integrity error (damaged data),",
-    "            4 repository locked by another process, 5 not found",
+    "            4 repository locked by another process, 5 not found, 128+N stopped by signal N",
+    "            (130 Ctrl-C, 143 SIGTERM; 141 when the output's reader left, as with cairn ... | head)",
     "",
     'Run "cairn help COMMAND" for one command.',
   ].join("\n")
@@ -112,10 +113,13 @@ export async function run(argv: string[]): Promise<number> {
       return EXIT.ok
     }
     const interrupts = new Interrupts()
+    watchStdout(interrupts)
     const ctx = makeContext(parsed, cmd.spec, interrupts)
     try {
-      return (await cmd.run(ctx)) ?? EXIT.ok
+      const code = (await cmd.run(ctx)) ?? EXIT.ok
+      return output.closed ? EXIT_PIPE : code
     } catch (err) {
+      if (output.closed) return EXIT_PIPE // whatever failed after that was its consequence
       if (!interrupts.received || !(err instanceof CairnError && err.code === "ABORTED")) throw err
       ctx.progress.done()
       report(new CliError(`interrupted by ${interrupts.received}: ${cmd.spec.name} stopped cleanly`, "INTERRUPTED"), { debug: false, json })
@@ -126,9 +130,31 @@ export async function run(argv: string[]): Promise<number> {
       await ctx.close()
     }
   } catch (err) {
+    if (output.closed) return EXIT_PIPE
     report(err, { debug, json })
     return exitCodeFor(err)
   }
+}
+
+/**
+ * When the reader of stdout goes away (`cairn show -r SNAP | head`), writing
+ * fails with EPIPE: the running command is stopped through its signal, and
+ * cairn exits as a process killed by SIGPIPE does (141), without a message,
+ * instead of dying of an unhandled stream error. The listener stays for the
+ * process's life: a write can fail after its command returned.
+ */
+const EXIT_PIPE = 128 + os.constants.signals.SIGPIPE
+const output: { closed: boolean; command?: Interrupts; watching: boolean } = { closed: false, watching: false }
+
+function watchStdout(command: Interrupts): void {
+  output.command = command
+  if (output.watching) return
+  output.watching = true
+  process.stdout.on("error", () => {
+    output.closed = true
+    output.command?.stop()
+    process.exitCode = EXIT_PIPE // also when the command had already returned its code
+  })
 }
 
 /**
@@ -145,6 +171,11 @@ class Interrupts {
   private readonly onSignal = (sig: "SIGINT" | "SIGTERM"): void => {
     if (this.received) process.exit(128 + os.constants.signals[sig])
     this.received = sig
+    this.controller.abort()
+  }
+
+  /** Stops the command without a signal (its output went away). */
+  stop(): void {
     this.controller.abort()
   }
 
@@ -272,7 +303,7 @@ if (isMain()) {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true"
   run(process.argv.slice(2)).then(
     (code) => {
-      process.exitCode = code
+      process.exitCode = output.closed ? EXIT_PIPE : code
     },
     (err) => {
       process.stderr.write(`cairn: ${err}\n`)

@@ -820,6 +820,12 @@ function describe(err: unknown): string {
 
 /** Resolves on the event; rejects if the emitter errors or closes first. */
 function waitFor(emitter: NodeJS.EventEmitter, event: string): Promise<void> {
+  // a stream destroyed earlier (stdout whose reader left: a queued write failed) emits nothing more
+  const gone = emitter as Partial<{ destroyed: boolean; errored: unknown }>
+  if (gone.destroyed) {
+    if (event === "finish" && !gone.errored) return Promise.resolve()
+    return Promise.reject(gone.errored ?? new CairnError("IO", `the stream closed while waiting for ${event}`))
+  }
   return new Promise((resolve, reject) => {
     const cleanup = () => {
       emitter.removeListener(event, onEvent)

@@ -1,5 +1,5 @@
 // The real CLI as a subprocess, on temp directories and a temp repository.
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { beforeAll, describe, expect, it } from "vitest"
@@ -301,6 +301,27 @@ describe("cairn CLI", () => {
     expect(run.stderr).toBe(
       "cairn: could not read s3://nobucket/x/config (CredentialsProviderError): no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)\n",
     )
+  })
+
+  it("a reader that leaves early (cairn ... | head): exit 141 as for SIGPIPE, no message, no lock left", async () => {
+    const big = await tempDir()
+    await fsp.writeFile(path.join(big, "big.bin"), seededBytes("pipe", 3_000_000))
+    // show -r prints ~400 KB, far more than a pipe holds: its write meets the closed pipe
+    for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(big, `${String(i).padStart(200, "f")}.txt`), `file ${i}\n`)
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", big, "--name", "piped"], env)).stdout)
+    /** Runs cairn, reads its first bytes of output, then closes the pipe, as head does. */
+    const headOf = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [MAIN, "--repo", repo, ...args], { env: { ...process.env, ...env } })
+        let stderr = ""
+        child.stderr.on("data", (d: Buffer) => (stderr += d.toString()))
+        child.stdout.once("data", () => child.stdout.destroy())
+        child.on("close", (code) => resolve({ code, stderr }))
+      })
+    for (const args of [["cat", id, "big.bin"], ["export", id], ["show", "-r", id]]) {
+      expect({ args, ...(await headOf(args)) }).toEqual({ args, code: 141, stderr: "" })
+    }
+    expect(await fsp.readdir(path.join(repo, "locks")).catch(() => [])).toEqual([])
   })
 
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {

@@ -265,6 +265,24 @@ describe("exportTar / importTar round trip", () => {
     expect(await store.listRecordNames("locks")).toEqual([])
   })
 
+  it("stops, its lock released, when the output failed before export waited for it (stdout after EPIPE)", async () => {
+    // like process.stdout on a pipe whose reader left: a queued write failed, the stream is destroyed,
+    // its error and close events are past, and each write returns false with no event to come
+    const out = new Writable({ write: (_chunk: Buffer, _enc, cb) => cb() })
+    out.on("error", () => {}) // the CLI's own listener, which keeps the error from being unhandled
+    out.destroy(Object.assign(new Error("write EPIPE"), { code: "EPIPE" }))
+    await new Promise((resolve) => setImmediate(resolve))
+    const outcome = await Promise.race([
+      exportTar(store, original, out).then(
+        () => "finished",
+        (err: Error) => err.message,
+      ),
+      new Promise((resolve) => setTimeout(() => resolve("hung"), 5_000)),
+    ])
+    expect(outcome).toMatch(/EPIPE|closed/)
+    expect(await store.listRecordNames("locks")).toEqual([])
+  })
+
   it("honours an aborted signal on export and import", async () => {
     const ctl = new AbortController()
     ctl.abort()
