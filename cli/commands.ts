@@ -296,15 +296,27 @@ export const COMMANDS: Command[] = [
       const seconds = ctx.flags.timeout === undefined ? undefined : Number(ctx.flags.timeout)
       if (seconds !== undefined && !(seconds > 0)) throw new UsageError("--timeout takes a number of seconds", "box exec")
       const command = ctx.rest.map(shellQuote).join(" ")
-      const result = await box.exec(command, seconds ? { timeoutMs: seconds * 1000 } : {})
+      const timeout = seconds ? { timeoutMs: seconds * 1000 } : {}
       if (ctx.json) {
+        const result = await box.exec(command, timeout)
         ctx.out("", result)
         return result.exitCode
       }
-      process.stdout.write(result.stdout)
-      process.stderr.write(result.stderr)
-      if (result.timedOut) process.stderr.write(`cairn: the command was killed after ${seconds} s\n`)
-      return result.exitCode
+      // the command gets the terminal: its output as it comes, stdin passed through, and Ctrl-C (it is in
+      // cairn's process group), which cairn itself ignores meanwhile; a SIGTERM to cairn is passed on
+      const term = new AbortController()
+      const ignore = () => {}
+      const pass = () => term.abort()
+      process.on("SIGINT", ignore)
+      process.on("SIGTERM", pass)
+      try {
+        const result = await box.exec(command, { ...timeout, inherit: true, signal: term.signal })
+        if (result.timedOut) process.stderr.write(`cairn: the command was killed after ${seconds} s\n`)
+        return result.exitCode
+      } finally {
+        process.off("SIGINT", ignore)
+        process.off("SIGTERM", pass)
+      }
     },
   },
   {

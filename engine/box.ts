@@ -9,6 +9,7 @@
 
 import { spawn } from "node:child_process"
 import { constants as fsConstants, promises as fsp } from "node:fs"
+import os from "node:os"
 import path from "node:path"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
 import { randomId } from "../store/ids.js"
@@ -142,43 +143,63 @@ export class Box {
     return new Box(repo, record)
   }
 
-  /** Runs a shell command with the box as its working directory. Not a sandbox. */
-  exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExecResult> {
+  /**
+   * Runs a shell command with the box as its working directory. Not a
+   * sandbox. Its output is captured into the result; with `inherit`, the
+   * command shares this process's stdin, stdout and stderr instead (output
+   * as it comes, input passed through; the result's stdout and stderr are
+   * empty), as a terminal user of `cairn box exec` expects.
+   *
+   * Captured, or with a timeout, the command runs in its own process group,
+   * and a timeout or an abort kills the whole group (SIGKILL). Inherited
+   * without a timeout, it stays in this process's group, so that it can read
+   * the terminal (an interactive shell) and gets the terminal's Ctrl-C
+   * itself; an abort sends it SIGTERM, and what it started is its own to stop.
+   */
+  exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; inherit?: boolean } = {}): Promise<ExecResult> {
     return new Promise((resolve, reject) => {
+      const inherit = opts.inherit === true
+      const group = !inherit || opts.timeoutMs !== undefined // its own process group: a timeout kills all of the command
       const child = spawn(command, {
         shell: true,
         cwd: this.dir,
         env: { ...process.env, ...opts.env },
-        stdio: ["ignore", "pipe", "pipe"],
-        detached: true, // its own process group, so a timeout kills the whole command
+        stdio: inherit ? "inherit" : ["ignore", "pipe", "pipe"],
+        detached: group,
       })
-      const killGroup = () => {
+      const kill = (sig: NodeJS.Signals) => {
         try {
-          process.kill(-child.pid!, "SIGKILL")
+          if (group) process.kill(-child.pid!, sig)
+          else child.kill(sig)
         } catch {
-          child.kill("SIGKILL")
+          child.kill(sig)
         }
       }
-      opts.signal?.addEventListener("abort", killGroup, { once: true })
+      const onAbort = () => kill(group ? "SIGKILL" : "SIGTERM")
+      opts.signal?.addEventListener("abort", onAbort, { once: true })
       const out: Buffer[] = []
       const err: Buffer[] = []
       let timedOut = false
       const timer = opts.timeoutMs
         ? setTimeout(() => {
             timedOut = true
-            killGroup()
+            kill("SIGKILL")
           }, opts.timeoutMs)
         : undefined
-      child.stdout.on("data", (d: Buffer) => out.push(d))
-      child.stderr.on("data", (d: Buffer) => err.push(d))
-      child.on("error", (e) => {
+      child.stdout?.on("data", (d: Buffer) => out.push(d))
+      child.stderr?.on("data", (d: Buffer) => err.push(d))
+      const settle = () => {
         clearTimeout(timer)
+        opts.signal?.removeEventListener("abort", onAbort)
+      }
+      child.on("error", (e) => {
+        settle()
         reject(e)
       })
       child.on("close", (code, signal) => {
-        clearTimeout(timer)
+        settle()
         resolve({
-          exitCode: code ?? (signal ? 128 + (osSignals[signal] ?? 9) : 1),
+          exitCode: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1),
           stdout: Buffer.concat(out).toString("utf8"),
           stderr: Buffer.concat(err).toString("utf8"),
           timedOut,
@@ -230,7 +251,6 @@ export class Box {
   }
 }
 
-const osSignals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }
 
 /**
  * A box name picks one box: refuses a name another box of the repository

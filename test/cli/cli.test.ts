@@ -324,6 +324,34 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(path.join(repo, "locks")).catch(() => [])).toEqual([])
   })
 
+  it("box exec gives the command the terminal: output as it comes, stdin passed through; --json captures", async () => {
+    const box = JSON.parse((await cairn(["--repo", repo, "box", "create", "--name", "live", "--json"], env)).stdout)
+    // the command prints, then waits for a file this test creates only once it has seen that output:
+    // with output held back until the command ends, it would wait until its --timeout
+    const script = "echo first; while [ ! -e GO ]; do sleep 0.05; done; echo second; read line; echo \"got $line\"; echo err >&2; exit 4"
+    const child = spawn(process.execPath, [MAIN, "--repo", repo, "box", "exec", "live", "--timeout", "20", "--", "sh", "-c", script], { env: { ...process.env, ...env } })
+    let stdout = ""
+    let stderr = ""
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()))
+    const exited = new Promise<number | null>((resolve) => child.on("close", resolve))
+    await new Promise<void>((resolve) => {
+      child.stdout.on("data", (d: Buffer) => {
+        stdout += d.toString()
+        if (stdout.includes("first")) resolve()
+      })
+    })
+    expect(stdout).toBe("first\n") // seen while the command still runs
+    await fsp.writeFile(path.join(box.dir, "GO"), "")
+    child.stdin.end("typed\n")
+    expect(await exited).toBe(4)
+    expect({ stdout, stderr }).toEqual({ stdout: "first\nsecond\ngot typed\n", stderr: "err\n" })
+    const json = await cairn(["--repo", repo, "box", "exec", "live", "--json", "--", "sh", "-c", "echo out; echo err >&2; exit 2"], env)
+    expect(json.code).toBe(2)
+    expect(JSON.parse(json.stdout)).toEqual({ exitCode: 2, stdout: "out\n", stderr: "err\n", timedOut: false })
+    const slow = await cairn(["--repo", repo, "box", "exec", "live", "--timeout", "0.5", "--", "sleep", "30"], env)
+    expect(slow).toMatchObject({ code: 137, stderr: "cairn: the command was killed after 0.5 s\n" })
+  })
+
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {
     const tar = await cairn(["--repo", repo, "export", "first", "--path", "bin"], env)
     expect(tar.code).toBe(0)
