@@ -1,6 +1,7 @@
 // The commands: each declares its arguments and flags, calls the library,
 // and prints a human table or, with --json, the library's own result.
 
+import { once } from "node:events"
 import { promises as fsp } from "node:fs"
 import type { Readable, Writable } from "node:stream"
 import { Box, isCairnError, NotFoundError, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
@@ -183,7 +184,9 @@ export const COMMANDS: Command[] = [
       const repo = await ctx.repo()
       const stream = await repo.snapshots.readFile(ctx.args[0]!, ctx.args[1]!)
       for await (const chunk of stream) {
-        if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once("drain", r))
+        // a stdout that failed (its reader left) never drains: the signal ends the wait (see watchStdout)
+        if (!process.stdout.write(chunk) && !process.stdout.destroyed) await once(process.stdout, "drain", { signal: ctx.signal })
+        if (process.stdout.destroyed) break
       }
     },
   },

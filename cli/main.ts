@@ -116,10 +116,9 @@ export async function run(argv: string[]): Promise<number> {
     watchStdout(interrupts)
     const ctx = makeContext(parsed, cmd.spec, interrupts)
     try {
-      const code = (await cmd.run(ctx)) ?? EXIT.ok
-      return output.closed ? EXIT_PIPE : code
+      return (await cmd.run(ctx)) ?? EXIT.ok
     } catch (err) {
-      if (output.closed) return EXIT_PIPE // whatever failed after that was its consequence
+      if (output.closed || output.failed) return EXIT.failed // a consequence of that, already reported (watchStdout)
       if (!interrupts.received || !(err instanceof CairnError && err.code === "ABORTED")) throw err
       ctx.progress.done()
       report(new CliError(`interrupted by ${interrupts.received}: ${cmd.spec.name} stopped cleanly`, "INTERRUPTED"), { debug: false, json })
@@ -130,7 +129,7 @@ export async function run(argv: string[]): Promise<number> {
       await ctx.close()
     }
   } catch (err) {
-    if (output.closed) return EXIT_PIPE
+    if (output.closed || output.failed) return EXIT.failed
     report(err, { debug, json })
     return exitCodeFor(err)
   }
@@ -140,20 +139,31 @@ export async function run(argv: string[]): Promise<number> {
  * When the reader of stdout goes away (`cairn show -r SNAP | head`), writing
  * fails with EPIPE: the running command is stopped through its signal, and
  * cairn exits as a process killed by SIGPIPE does (141), without a message,
- * instead of dying of an unhandled stream error. The listener stays for the
- * process's life: a write can fail after its command returned.
+ * instead of dying of an unhandled stream error. Any other failure to write
+ * stdout (a full disk under `cairn export SNAP > x.tar`) stops the command
+ * too and is reported. The listener stays for the process's life: a write
+ * can fail after its command returned.
  */
 const EXIT_PIPE = 128 + os.constants.signals.SIGPIPE
-const output: { closed: boolean; command?: Interrupts; watching: boolean } = { closed: false, watching: false }
+const output: { closed: boolean; failed?: CliError; command?: Interrupts; watching: boolean } = { closed: false, watching: false }
 
 function watchStdout(command: Interrupts): void {
   output.command = command
   if (output.watching) return
   output.watching = true
-  process.stdout.on("error", () => {
-    output.closed = true
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
     output.command?.stop()
-    process.exitCode = EXIT_PIPE // also when the command had already returned its code
+    if (output.closed || output.failed) return
+    // the exit status is set here, whether the command is still running or has returned (or never will: a
+    // write waiting for a drain that cannot come), and run() then stays quiet
+    if (err.code === "EPIPE") {
+      output.closed = true
+      process.exitCode = EXIT_PIPE
+    } else {
+      output.failed = new CliError(`cannot write the output (${err.code ?? err.message}${err.code === "ENOSPC" ? ": the disk is full" : ""})`, "IO")
+      process.stderr.write(`cairn: ${output.failed.message}\n`)
+      process.exitCode = EXIT.failed
+    }
   })
 }
 
@@ -303,7 +313,7 @@ if (isMain()) {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true"
   run(process.argv.slice(2)).then(
     (code) => {
-      process.exitCode = output.closed ? EXIT_PIPE : code
+      if (!output.closed && !output.failed) process.exitCode = code
     },
     (err) => {
       process.stderr.write(`cairn: ${err}\n`)

@@ -303,7 +303,7 @@ describe("cairn CLI", () => {
     )
   })
 
-  it("a reader that leaves early (cairn ... | head): exit 141 as for SIGPIPE, no message, no lock left", async () => {
+  it("a reader that leaves early (cairn ... | head): exit 141 as for SIGPIPE, no message, no lock left; a full disk: exit 1, said once", async () => {
     const big = await tempDir()
     await fsp.writeFile(path.join(big, "big.bin"), seededBytes("pipe", 3_000_000))
     // show -r prints ~400 KB, far more than a pipe holds: its write meets the closed pipe
@@ -320,6 +320,21 @@ describe("cairn CLI", () => {
       })
     for (const args of [["cat", id, "big.bin"], ["export", id], ["show", "-r", id]]) {
       expect({ args, ...(await headOf(args)) }).toEqual({ args, code: 141, stderr: "" })
+    }
+    // output that cannot be written (a full disk: /dev/full) is an error, said once
+    const full = await fsp.open("/dev/full", "w")
+    try {
+      for (const args of [["cat", id, "big.bin"], ["export", id]]) {
+        const run = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, [MAIN, "--repo", repo, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", full.fd, "pipe"] })
+          let stderr = ""
+          child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()))
+          child.on("close", (code) => resolve({ code, stderr }))
+        })
+        expect({ args, ...run }).toEqual({ args, code: 1, stderr: "cairn: cannot write the output (ENOSPC: the disk is full)\n" })
+      }
+    } finally {
+      await full.close()
     }
     expect(await fsp.readdir(path.join(repo, "locks")).catch(() => [])).toEqual([])
   })
