@@ -10,7 +10,13 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
     if (!opts.json) process.stdout.write(line + "\n")
   }
   log(`repository: ${repo.location}`)
-  const box = await Box.create({ repo, name: "demo-setup" })
+  // box names are unique, and an earlier demo's boxes may remain: this run's names get a number if need be
+  const taken = new Set((await Box.list({ repo })).map((b) => b.name))
+  let run = 1
+  const named = (name: string) => (run === 1 ? name : `${name}-${run}`)
+  const names = () => [named("demo-setup"), ...[1, 2, 3].map((i) => named(`demo-branch-${i}`))]
+  while (names().some((n) => taken.has(n))) run++
+  const box = await Box.create({ repo, name: named("demo-setup") })
   log(`1. created box ${box.id} at ${box.dir}`)
   const install = await box.exec(
     "npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts --loglevel=error is-number@7.0.0 left-pad@1.3.0",
@@ -29,7 +35,7 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
   opts.progress.done()
   log(`3. snapshot ${snapshot.id}: ${snapshot.stats.files} files, ${bytes(snapshot.stats.logicalBytes)} logical, ${bytes(snapshot.stats.storedBytes)} stored, ${bytes(snapshot.stats.addedBytes)} new to the store`)
   const t0 = performance.now()
-  const branches = await Promise.all([1, 2, 3].map((i) => Box.fromSnapshot(snapshot.id, { repo, name: `demo-branch-${i}` })))
+  const branches = await Promise.all([1, 2, 3].map((i) => Box.fromSnapshot(snapshot.id, { repo, name: named(`demo-branch-${i}`) })))
   log(`4. branched 3 boxes from it in parallel in ${((performance.now() - t0) / 1000).toFixed(2)} s`)
   await branches[0]!.files.write({ path: "/src/app.js", content: "console.log('branch 1 went its own way')\n" })
   const changed = await branches[0]!.snapshot({ name: "demo-branch-1-changed" })

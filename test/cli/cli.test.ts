@@ -367,6 +367,18 @@ describe("cairn CLI", () => {
     expect(slow).toMatchObject({ code: 137, stderr: "cairn: the command was killed after 0.5 s\n" })
   })
 
+  it("demo, the README's first command, runs end to end, and again on the same repository", async () => {
+    // npm may install only from its cache: nothing leaves the machine (without the packages, the demo writes files)
+    const demoEnv = { ...env, CAIRN_REPO: path.join(await tempDir(), "demo-repo"), npm_config_offline: "true", npm_config_registry: "http://127.0.0.1:9/" }
+    for (const round of [1, 2]) {
+      const run = await cairn(["demo"], demoEnv)
+      expect({ round, code: run.code, stderr: run.stderr }).toEqual({ round, code: 0, stderr: "" })
+      expect(run.stdout).toContain("the other branches are unaffected: yes")
+    }
+    const boxes = JSON.parse((await cairn(["box", "ls", "--json"], demoEnv)).stdout) as Array<{ name?: string }>
+    expect(boxes.map((b) => b.name).sort()).toEqual(["demo-setup", "demo-setup-2"]) // each run's branches were removed
+  })
+
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {
     const tar = await cairn(["--repo", repo, "export", "first", "--path", "bin"], env)
     expect(tar.code).toBe(0)
