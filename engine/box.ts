@@ -156,7 +156,8 @@ export class Box {
    * the terminal (an interactive shell) and gets the terminal's Ctrl-C
    * itself; an abort sends it SIGTERM, and what it started is its own to stop.
    */
-  exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; inherit?: boolean } = {}): Promise<ExecResult> {
+  async exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; inherit?: boolean } = {}): Promise<ExecResult> {
+    await this.assertDir()
     return new Promise((resolve, reject) => {
       const inherit = opts.inherit === true
       const group = !inherit || opts.timeoutMs !== undefined // its own process group: a timeout kills all of the command
@@ -208,6 +209,14 @@ export class Box {
     })
   }
 
+  /** Refuses to work in a box whose directory is gone (removed by hand): spawn would blame the shell. */
+  private async assertDir(): Promise<void> {
+    const st = await fsp.stat(this.dir).catch(() => undefined)
+    if (!st?.isDirectory()) {
+      throw new NotFoundError(`box ${this.id}'s directory ${this.dir} no longer exists; remove the box (cairn box rm ${this.id}) or make a new one from its last snapshot`, { box: this.id, dir: this.dir })
+    }
+  }
+
   /** Snapshots the box; unchanged files since its last snapshot or restore are not read again. */
   async snapshot(
     opts: {
@@ -221,6 +230,7 @@ export class Box {
       onProgress?: (p: Progress) => void
     } = {},
   ): Promise<SnapshotRecord> {
+    await this.assertDir()
     const parent = this.record.lastSnapshot ? await this.repo.snapshots.get(this.record.lastSnapshot).catch(() => undefined) : undefined
     const { snapshot } = await this.repo.snapshots.create(this.dir, {
       ...opts,

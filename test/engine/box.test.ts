@@ -105,6 +105,23 @@ describe("box names", () => {
   })
 })
 
+describe("a box whose directory was removed by hand", () => {
+  it("exec and snapshot say so (NOT_FOUND, how to clean up), not that the shell is missing; delete still works", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r, name: "gone" })
+    await fsp.rm(box.dir, { recursive: true })
+    const expected = `box ${box.id}'s directory ${box.dir} no longer exists; remove the box (cairn box rm ${box.id}) or make a new one from its last snapshot`
+    for (const attempt of [() => box.exec("true"), () => box.snapshot()]) {
+      const err = await attempt().catch((e: unknown) => e)
+      expect(isCairnError(err, "NOT_FOUND")).toBe(true)
+      expect((err as Error).message).toBe(expected)
+    }
+    expect((await r.snapshots.list()).length).toBe(0)
+    await box.delete()
+    expect(await Box.list({ repo: r })).toEqual([])
+  })
+})
+
 describe("values a JavaScript caller can pass that a record could not hold", () => {
   it("are refused before any work, and nothing unreadable is ever written", async () => {
     const r = await repo()
