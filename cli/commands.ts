@@ -4,7 +4,7 @@
 import { once } from "node:events"
 import { promises as fsp } from "node:fs"
 import type { Readable, Writable } from "node:stream"
-import { Box, isCairnError, NotFoundError, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
+import { AbortedError, Box, isCairnError, NotFoundError, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
@@ -185,7 +185,11 @@ export const COMMANDS: Command[] = [
       const stream = await repo.snapshots.readFile(ctx.args[0]!, ctx.args[1]!)
       for await (const chunk of stream) {
         // a stdout that failed (its reader left) never drains: the signal ends the wait (see watchStdout)
-        if (!process.stdout.write(chunk) && !process.stdout.destroyed) await once(process.stdout, "drain", { signal: ctx.signal })
+        if (!process.stdout.write(chunk) && !process.stdout.destroyed) {
+          await once(process.stdout, "drain", { signal: ctx.signal }).catch((err: unknown) => {
+            throw ctx.signal.aborted ? new AbortedError() : err // Ctrl-C while the reader is slow: a clean stop
+          })
+        }
         if (process.stdout.destroyed) break
       }
     },
