@@ -8,7 +8,7 @@ import { AbortedError, Box, isCairnError, NotFoundError, parseDuration, type Rep
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
-import { bytes, ProgressBar, shownPath, table } from "./format.js"
+import { bytes, plural, ProgressBar, shownPath, table } from "./format.js"
 
 export interface Context {
   spec: CommandSpec
@@ -236,7 +236,7 @@ export const COMMANDS: Command[] = [
       const file = str(ctx.flags.output)
       if (!file && process.stdout.isTTY) throw new UsageError('refusing to write a tar stream to a terminal; use -o FILE or a pipe', "export")
       const result = await ctx.writeOutput(file, (out) => repo.snapshots.exportTar(ctx.args[0]!, out, { subPath: str(ctx.flags.path), signal: ctx.signal }))
-      if (file) ctx.out(`wrote ${result.files} files (${bytes(result.bytes)}) to ${file}`, result)
+      if (file) ctx.out(`wrote ${plural(result.files, "file")} (${bytes(result.bytes)}) to ${file}`, result)
     },
   },
   {

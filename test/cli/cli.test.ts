@@ -174,7 +174,9 @@ describe("cairn CLI", () => {
 
   it("export and import a tar stream", async () => {
     const tarFile = path.join(await tempDir(), "snap.tar")
-    expect((await cairn(["--repo", repo, "export", "first", "-o", tarFile], env)).code).toBe(0)
+    expect(await cairn(["--repo", repo, "export", "first", "-o", tarFile], env)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^wrote 2 files \(/) })
+    const one = path.join(path.dirname(tarFile), "one.tar")
+    expect((await cairn(["--repo", repo, "export", "first", "--path", "a.txt", "-o", one], env)).stdout).toBe(`wrote 1 file (6 B) to ${one}\n`)
     const imported = await cairn(["--repo", repo, "import", "-", "--name", "from-tar"], env, await fsp.readFile(tarFile))
     expect(imported.code).toBe(0)
     const dest = path.join(await tempDir(), "t")
