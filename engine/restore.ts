@@ -251,8 +251,11 @@ class Restorer {
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
     const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
-    const placed: PlacedEntry[] =
-      top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }]
+    const placed = await this.adoptOutsideHolders(
+      top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }],
+      top.type === "dir" ? splitBase(this.opts.subPath ?? "") : undefined,
+      snapshot.tree,
+    )
     this.checkPathLengths(placed)
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
@@ -260,7 +263,7 @@ class Restorer {
     // the chunks are located (on LevelDB's thread) while the directories are made
     const locating = this.locate(files)
     locating.catch(() => {}) // awaited below; not unhandled if the destination is refused first
-    await this.prepareDest()
+    const madeDest = await this.prepareDest()
     throwIfAborted(this.opts.signal)
 
     const dirs = placed.filter((p) => p.entry.type === "dir")
@@ -286,6 +289,9 @@ class Restorer {
       // the snapshotted directory's own metadata is in the record; older snapshots lack it: 0755, the mtime left as it is
       const root = snapshot.root
       await this.guard(".", async () => (root ? this.setMeta(this.dest, { ...top, ...root }, false) : fs.chmodSync(this.dest, 0o755)))
+    } else if (madeDest) {
+      // a single entry's new directory: no longer owner-only, as mkdir would make it
+      await this.guard(".", async () => fs.chmodSync(this.dest, 0o755))
     }
     this.result.dirs = dirs.length
     if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
@@ -337,6 +343,43 @@ class Restorer {
   }
 
   /**
+   * A part of a snapshot can hold hardlinks whose group's first member, the
+   * one that holds the content, lies outside it (base: the part's path from
+   * the snapshot root; undefined: a single entry). The first member inside
+   * of each such group becomes a regular file with the holder's chunks, and
+   * the group's other members inside link to it, as a tar export of the part
+   * does. A holder that cannot be found leaves its members as they are (then
+   * reported as not restored).
+   */
+  private async adoptOutsideHolders(placed: PlacedEntry[], base: string | undefined, root: BlobId): Promise<PlacedEntry[]> {
+    if (base === "") return placed // the whole snapshot: every holder is in it
+    const inside = (link: string) => base !== undefined && link.startsWith(`${base}/`)
+    const adopted = new Map<string, string>() // holder's path -> the member that holds its content now
+    const out: PlacedEntry[] = []
+    for (const p of placed) {
+      const e = p.entry
+      if (e.type !== "file" || e.link === undefined || inside(e.link)) {
+        out.push(p)
+        continue
+      }
+      const taken = adopted.get(e.link)
+      if (taken !== undefined) {
+        out.push({ rel: p.rel, entry: { ...e, link: base ? `${base}/${taken}` : taken } })
+        continue
+      }
+      const holder = await resolvePath(this.store, root, `/${e.link}`).catch(() => undefined)
+      if (holder?.type !== "file" || holder.link !== undefined) {
+        out.push(p)
+        continue
+      }
+      adopted.set(e.link, p.rel)
+      const { link: _holderPath, ...own } = e
+      out.push({ rel: p.rel, entry: { ...own, size: holder.size, chunks: holder.chunks ?? [] } })
+    }
+    return out
+  }
+
+  /**
    * Refuses, before anything is written, a snapshot whose paths would be
    * longer under this destination than the kernel takes (a tree deeper than
    * PATH_MAX, which a tar import can hold): a restore that made the rest
@@ -368,16 +411,18 @@ class Restorer {
     return rel === "" || rel === "." ? this.dest : path.join(this.dest, ...rel.split("/"))
   }
 
-  private async prepareDest(): Promise<void> {
+  /** Makes the destination (owner-only while it is filled; true) or checks the one there (false). */
+  private async prepareDest(): Promise<boolean> {
     const st = await fsp.lstat(this.dest).catch(() => undefined)
     if (!st) {
       await fsp.mkdir(this.dest, { recursive: true, mode: 0o700 })
-      return
+      return true
     }
     if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${this.dest}: it exists and is not a directory`)
     if (!this.opts.overwrite && (await fsp.readdir(this.dest)).length > 0) {
       throw new AlreadyExistsError(`cannot restore into ${this.dest}: it is not empty; choose an empty or new directory, or pass overwrite`)
     }
+    return false
   }
 
   /** With overwrite, removes whatever is at rel unless it is a real directory and a directory is wanted. */

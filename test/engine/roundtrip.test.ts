@@ -240,3 +240,29 @@ describe("a pack write that fails part-way through a snapshot", () => {
     }
   })
 })
+
+describe("restoring a part of a snapshot that holds hardlinks", () => {
+  it("a member whose holder lies outside the part gets its content; the group's other members inside link to it", async () => {
+    const store = await setup()
+    const src = await tempDir()
+    await buildTree(src, {
+      a: { dir: { one: { file: "shared\n", mode: 0o640 } } },
+      b: { dir: { two: { hardlink: "a/one" }, c: { dir: { three: { hardlink: "a/one" } } }, link: { symlink: "../a/one" } } },
+    })
+    const { snapshot } = await createSnapshot(store, src)
+    const part = path.join(await tempDir(), "part")
+    const result = await restoreSnapshot(store, snapshot, part, { subPath: "b" })
+    expect(result.failed).toEqual([])
+    const two = await fsp.stat(path.join(part, "two"))
+    const three = await fsp.stat(path.join(part, "c", "three"))
+    expect(await fsp.readFile(path.join(part, "c", "three"), "utf8")).toBe("shared\n")
+    expect([three.ino, two.nlink, two.mode & 0o7777]).toEqual([two.ino, 2, 0o640])
+    expect(await fsp.readlink(path.join(part, "link"))).toBe("../a/one")
+    // a single member: a file of its own, in a directory as mkdir makes one
+    const single = path.join(await tempDir(), "single")
+    await restoreSnapshot(store, snapshot, single, { subPath: "b/c/three" })
+    expect(await fsp.readFile(path.join(single, "three"), "utf8")).toBe("shared\n")
+    expect((await fsp.stat(single)).mode & 0o777).toBe(0o755)
+    await store.close()
+  })
+})
