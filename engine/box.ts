@@ -79,12 +79,13 @@ export class Box {
   static async create(opts: BoxOptions = {}): Promise<Box> {
     checkRecordFields({ name: opts.name, labels: opts.labels }, "box")
     const repo = await resolveRepo(opts.repo)
-    await assertNameFree(repo, opts.name)
     const id = randomId("box")
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
-    await assertFreshDir(dir)
-    await fsp.mkdir(dir, { recursive: true })
-    return Box.register(repo, { id, name: opts.name, dir, labels: opts.labels ?? {}, createdAt: new Date().toISOString() })
+    return withFreeName(repo, opts.name, async () => {
+      await assertFreshDir(dir)
+      await fsp.mkdir(dir, { recursive: true })
+      return Box.register(repo, { id, name: opts.name, dir, labels: opts.labels ?? {}, createdAt: new Date().toISOString() })
+    })
   }
 
   /** A new box holding exactly the state of a snapshot; the source is unaffected. */
@@ -101,20 +102,22 @@ export class Box {
     await assertFreshDir(dir)
     try {
       await repo.snapshots.restore(snapshot.id, dir, { signal: opts.signal, onProgress: opts.onProgress, statCacheKey: id })
-      await assertNameFree(repo, opts.name) // again: another box may have taken the name while this one was restored
+      // checked again as it is claimed: another box may have taken the name while this one was restored
+      return await withFreeName(repo, opts.name, () =>
+        Box.register(repo, {
+          id,
+          name: opts.name,
+          dir,
+          labels: opts.labels ?? { ...snapshot.labels },
+          createdAt: new Date().toISOString(),
+          fromSnapshot: snapshot.id,
+          lastSnapshot: snapshot.id,
+        }),
+      )
     } catch (err) {
       await fsp.rm(dir, { recursive: true, force: true })
       throw err
     }
-    return Box.register(repo, {
-      id,
-      name: opts.name,
-      dir,
-      labels: opts.labels ?? { ...snapshot.labels },
-      createdAt: new Date().toISOString(),
-      fromSnapshot: snapshot.id,
-      lastSnapshot: snapshot.id,
-    })
   }
 
   static async get(idOrName: string, opts: Pick<BoxOptions, "repo"> = {}): Promise<Box> {
@@ -273,6 +276,33 @@ async function assertNameFree(repo: Repository, name: string | undefined): Promi
   if (other) {
     throw new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${other.id}); choose another name, or remove that box first (cairn box rm ${other.id})`, { box: other.id })
   }
+}
+
+/**
+ * Runs register once no box of the repository has the name, one caller at a
+ * time per repository in this process, so that boxes created at once with
+ * one name (Promise.all) cannot both take it. Two processes creating boxes
+ * of one name at the same moment can still both succeed: the repository has
+ * no atomic claim on a name.
+ */
+const naming = new Map<string, Promise<unknown>>()
+
+async function withFreeName<T>(repo: Repository, name: string | undefined, register: () => Promise<T>): Promise<T> {
+  if (name === undefined) return register()
+  const before = naming.get(repo.location) ?? Promise.resolve()
+  const mine = before.then(async () => {
+    await assertNameFree(repo, name)
+    return register()
+  })
+  const settled = mine.then(
+    () => {},
+    () => {},
+  )
+  naming.set(repo.location, settled)
+  void settled.then(() => {
+    if (naming.get(repo.location) === settled) naming.delete(repo.location)
+  })
+  return mine
 }
 
 async function assertFreshDir(dir: string): Promise<void> {

@@ -103,6 +103,23 @@ describe("box names", () => {
     const again = await Box.fromSnapshot(snap.id, { repo: r, name: "dev" })
     expect((await Box.get("dev", { repo: r })).id).toBe(again.id)
   })
+
+  it("boxes created at once with one name: one gets it, the others are refused and leave nothing", async () => {
+    const r = await repo()
+    const seed = await Box.create({ repo: r })
+    await seed.files.write({ path: "/a.txt", content: "a" })
+    const snap = await seed.snapshot()
+    for (const make of [() => Box.create({ repo: r, name: "twin" }), () => Box.fromSnapshot(snap.id, { repo: r, name: "twin" })]) {
+      const before = (await fsp.readdir(r.workspaceRoot)).length
+      const results = await Promise.allSettled([make(), make(), make(), make()])
+      expect(results.filter((x) => x.status === "fulfilled")).toHaveLength(1)
+      for (const x of results) if (x.status === "rejected") expect(isCairnError(x.reason, "ALREADY_EXISTS")).toBe(true)
+      const twins = (await Box.list({ repo: r })).filter((b) => b.name === "twin")
+      expect(twins).toHaveLength(1)
+      expect((await fsp.readdir(r.workspaceRoot)).length).toBe(before + 1)
+      await twins[0]!.delete()
+    }
+  })
 })
 
 describe("a box whose directory was removed by hand", () => {
