@@ -6,7 +6,7 @@ import { promises as fsp, realpathSync } from "node:fs"
 import os from "node:os"
 import { fileURLToPath } from "node:url"
 import path from "node:path"
-import { CairnError, FORMAT_VERSION, NotFoundError, Repository, defaultRepoPath } from "../engine/index.js"
+import { CairnError, FORMAT_VERSION, NotFoundError, Repository, defaultRepoPath, type LockInfo } from "../engine/index.js"
 import { CliError, commandHelp, GLOBAL_FLAGS, parseArgs, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { COMMANDS, type Context } from "./commands.js"
 import { ProgressBar } from "./format.js"
@@ -223,7 +223,11 @@ function makeContext(parsed: Parsed, spec: CommandSpec, interrupts: Interrupts):
       return interrupts.signal
     },
     repo: (opts = {}) => {
-      const where = location.startsWith("s3://") ? { url: location } : { path: location }
+      // a command that waits for another process's lock says so (gc waits for running snapshots, and they for it)
+      const onLockWait = (h: LockInfo) => {
+        if (!quiet) process.stderr.write(`cairn: waiting for the repository: ${h.what} (process ${h.pid} on ${h.host}, since ${h.time}) holds ${h.exclusive ? "it" : "a lock on it"}\n`)
+      }
+      const where = location.startsWith("s3://") ? { url: location, onLockWait } : { path: location, onLockWait }
       // init makes a new one; an explicit repository must exist; the default one is created on first use
       repo ??= opts.init ? Repository.init(where) : Repository.open({ ...where, create: explicit === undefined })
       return repo

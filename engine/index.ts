@@ -5,6 +5,7 @@ export { Repository, defaultRepoPath, type FileInfo, type OpenOptions, type Snap
 export type { RestoreOptions, RestoreResult, RestoreFailure } from "./restore.js"
 export type { SnapshotOptions, SnapshotResult } from "./snapshot.js"
 export type { Warning } from "./scan.js"
+export type { LockInfo } from "../store/lock.js"
 export type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 export { parseDuration, planForget, type ForgetPlan, type KeepPolicy } from "./forget.js"
 export type { GcOptions, GcReport } from "./gc.js"

@@ -16,6 +16,7 @@ import type { ObjectStore } from "../store/backend.js"
 import { FsObjectStore } from "../store/backends/fs.js"
 import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
+import type { LockInfo } from "../store/lock.js"
 import { Store } from "../store/store.js"
 import type { DuRow, RepositoryStats } from "./accounting.js"
 import type { DiffResult } from "./diff.js"
@@ -43,6 +44,8 @@ export interface OpenOptions {
   create?: boolean
   /** How long to wait for another process's lock (default 60 s). */
   lockWaitMs?: number
+  /** Told once per operation that must wait for another process's lock, with that lock's holder. */
+  onLockWait?: (holder: LockInfo) => void
 }
 
 export interface FileInfo {
@@ -117,7 +120,7 @@ export class Repository {
 
   private static async openFresh(location: string, opts: OpenOptions, mustInit = false): Promise<Repository> {
     const { backend, cacheDir, workspaceRoot } = await makeBackend(location, opts)
-    const storeOpts = { backend, cacheDir, lockWaitMs: opts.lockWaitMs }
+    const storeOpts = { backend, cacheDir, lockWaitMs: opts.lockWaitMs, onLockWait: opts.onLockWait }
     let store: Store
     if (mustInit) store = await Store.init(storeOpts)
     else {

@@ -47,6 +47,8 @@ export interface LockOptions {
   what: string
   /** How long to wait for a conflicting lock to go away; default 60 s. */
   waitMs?: number
+  /** Called once, with the holder, when the lock is not free and waiting begins. */
+  onWait?: (holder: LockInfo) => void
 }
 
 export async function acquireLock(backend: ObjectStore, opts: LockOptions): Promise<Lock> {
@@ -54,6 +56,7 @@ export async function acquireLock(backend: ObjectStore, opts: LockOptions): Prom
   const deadline = Date.now() + waitMs
   const key = `locks/${randomId("lock")}`
   let pause = 20
+  let waiting = false
   for (;;) {
     let holder = await findConflict(backend, opts.exclusive, key)
     if (!holder) {
@@ -78,6 +81,10 @@ export async function acquireLock(backend: ObjectStore, opts: LockOptions): Prom
         `the repository at ${backend.location} is locked by process ${holder.pid} on ${holder.host} (${holder.what}, since ${holder.time}); wait for it to finish, or remove the stale lock if that process is gone`,
         { holder },
       )
+    }
+    if (!waiting) {
+      waiting = true
+      opts.onWait?.(holder)
     }
     await sleep(Math.min(pause + Math.random() * pause, Math.max(1, deadline - Date.now())))
     pause = Math.min(pause * 2, 500)

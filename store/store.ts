@@ -31,7 +31,7 @@ import {
 import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file.js"
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
-import { acquireLock, type Lock } from "./lock.js"
+import { acquireLock, type Lock, type LockInfo } from "./lock.js"
 import { BLOB_TREE, encodeHeader, encodeTrailer, packKey, parsePack, type PackEntry } from "./pack.js"
 import { Semaphore, mapLimit } from "./concurrency.js"
 
@@ -61,6 +61,8 @@ export interface StoreOptions {
   cacheDir: string
   /** How long to wait for another process's lock; default 60 s. */
   lockWaitMs?: number
+  /** Told once per lock when it must wait for another process's (see LockOptions.onWait). */
+  onLockWait?: (holder: LockInfo) => void
 }
 
 export interface PutResult {
@@ -113,6 +115,7 @@ export class Store {
     readonly config: RepoConfig,
     readonly cacheDir: string,
     private readonly lockWaitMs: number,
+    private readonly onLockWait?: (holder: LockInfo) => void,
   ) {
     this.codec = codecFromName(config.codec)
   }
@@ -173,7 +176,7 @@ export class Store {
     }
     validateConfig(config, opts.backend.location)
     await fsp.mkdir(opts.cacheDir, { recursive: true, mode: 0o700 })
-    return new Store(opts.backend, config, opts.cacheDir, opts.lockWaitMs ?? 60_000)
+    return new Store(opts.backend, config, opts.cacheDir, opts.lockWaitMs ?? 60_000, opts.onLockWait)
   }
 
   /**
@@ -332,7 +335,7 @@ export class Store {
   // ---- locks ----------------------------------------------------------
 
   lock(exclusive: boolean, what: string): Promise<Lock> {
-    return acquireLock(this.backend, { exclusive, what, waitMs: this.lockWaitMs })
+    return acquireLock(this.backend, { exclusive, what, waitMs: this.lockWaitMs, onWait: this.onLockWait })
   }
 
   /**

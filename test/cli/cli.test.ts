@@ -1,8 +1,10 @@
 // The real CLI as a subprocess, on temp directories and a temp repository.
 import { execFile, spawn } from "node:child_process"
 import { promises as fsp } from "node:fs"
+import os from "node:os"
 import path from "node:path"
 import { beforeAll, describe, expect, it } from "vitest"
+import { pidSpace } from "../../store/lock.js"
 import { buildTree, describeTree } from "../fixtures.js"
 import { seededBytes, tempDir } from "../helpers.js"
 
@@ -379,6 +381,22 @@ describe("cairn CLI", () => {
     }
     const boxes = JSON.parse((await cairn(["box", "ls", "--json"], demoEnv)).stdout) as Array<{ name?: string }>
     expect(boxes.map((b) => b.name).sort()).toEqual(["demo-setup", "demo-setup-2"]) // each run's branches were removed
+  })
+
+  it("a command that waits for another process's lock says so once, then goes on when it is released", async () => {
+    const now = new Date().toISOString()
+    const space = pidSpace()
+    const holder = { exclusive: true, host: os.hostname(), pid: process.pid, what: "gc", time: now, refreshed: now, ...(space ? { pidSpace: space } : {}) }
+    const lock = path.join(repo, "locks", "lock_0123456789abcdef")
+    await fsp.mkdir(path.dirname(lock), { recursive: true })
+    await fsp.writeFile(lock, JSON.stringify(holder))
+    setTimeout(() => void fsp.rm(lock, { force: true }), 1_000)
+    const run = await cairn(["--repo", repo, "verify"], env)
+    expect(run.code).toBe(0)
+    expect(run.stderr).toBe(`cairn: waiting for the repository: gc (process ${process.pid} on ${os.hostname()}, since ${now}) holds it\n`)
+    await fsp.writeFile(lock, JSON.stringify(holder))
+    setTimeout(() => void fsp.rm(lock, { force: true }), 500)
+    expect(await cairn(["--repo", repo, "verify", "--quiet"], env)).toMatchObject({ code: 0, stderr: "" }) // --quiet: not a word
   })
 
   it("export --path writes a sub-tree; a tar stream from stdin becomes a snapshot", async () => {

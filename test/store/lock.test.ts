@@ -37,11 +37,15 @@ describe("repository locks", () => {
     expect(await backend.list("locks/")).toEqual([])
   })
 
-  it("a waiting acquirer gets the lock once the holder releases it", async () => {
+  it("a waiting acquirer gets the lock once the holder releases it, and is told once that it waits, by whom", async () => {
     const backend = new MemoryObjectStore()
-    const holder = await acquireLock(backend, { exclusive: true, what: "gc" })
-    setTimeout(() => void holder.release(), 100)
-    const next = await acquireLock(backend, { exclusive: false, what: "snapshot", waitMs: 5_000 })
+    const free: LockInfo[] = []
+    const first = await acquireLock(backend, { exclusive: true, what: "gc", onWait: (h) => free.push(h) })
+    expect(free).toEqual([]) // a free lock is taken without waiting
+    setTimeout(() => void first.release(), 100)
+    const told: LockInfo[] = []
+    const next = await acquireLock(backend, { exclusive: false, what: "snapshot", waitMs: 5_000, onWait: (h) => told.push(h) })
+    expect(told).toEqual([expect.objectContaining({ what: "gc", exclusive: true, pid: process.pid })])
     await next.release()
   })
 
