@@ -11,6 +11,7 @@ import { spawn } from "node:child_process"
 import { constants as fsConstants, promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
+import { Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
 import { randomId } from "../store/ids.js"
 import { checkRecordFields } from "./records.js"
@@ -285,24 +286,16 @@ async function assertNameFree(repo: Repository, name: string | undefined): Promi
  * of one name at the same moment can still both succeed: the repository has
  * no atomic claim on a name.
  */
-const naming = new Map<string, Promise<unknown>>()
+const naming = new Map<string, Semaphore>() // one per repository location
 
 async function withFreeName<T>(repo: Repository, name: string | undefined, register: () => Promise<T>): Promise<T> {
   if (name === undefined) return register()
-  const before = naming.get(repo.location) ?? Promise.resolve()
-  const mine = before.then(async () => {
+  let one = naming.get(repo.location)
+  if (!one) naming.set(repo.location, (one = new Semaphore(1)))
+  return one.run(async () => {
     await assertNameFree(repo, name)
     return register()
   })
-  const settled = mine.then(
-    () => {},
-    () => {},
-  )
-  naming.set(repo.location, settled)
-  void settled.then(() => {
-    if (naming.get(repo.location) === settled) naming.delete(repo.location)
-  })
-  return mine
 }
 
 async function assertFreshDir(dir: string): Promise<void> {

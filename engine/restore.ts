@@ -35,7 +35,7 @@ import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
-import { flattenTree, resolvePath, type PlacedEntry } from "./walk.js"
+import { adoptOutsideHolders, flattenTree, resolvePath, type PlacedEntry } from "./walk.js"
 
 export interface RestoreOptions {
   /** restore only this path of the snapshot ("/" or omitted: everything) */
@@ -251,11 +251,13 @@ class Restorer {
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
     const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
-    const placed = await this.adoptOutsideHolders(
-      top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }],
-      top.type === "dir" ? splitBase(this.opts.subPath ?? "") : undefined,
-      snapshot.tree,
-    )
+    const part = splitBase(this.opts.subPath ?? "")
+    const entries = top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }]
+    // a part of the snapshot gets the content of hardlinks whose first member lies outside it
+    const placed =
+      top.type === "dir" && part === ""
+        ? entries
+        : await adoptOutsideHolders(this.store, snapshot.tree, entries, top.type === "dir" ? part : part.slice(0, Math.max(0, part.lastIndexOf("/"))))
     this.checkPathLengths(placed)
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
@@ -340,43 +342,6 @@ class Restorer {
       withTree("", top, size, await fsp.lstat(this.dest, { bigint: true }))
     }
     await saveStatCache(this.store.cacheDir, this.opts.statCacheKey!, cache)
-  }
-
-  /**
-   * A part of a snapshot can hold hardlinks whose group's first member, the
-   * one that holds the content, lies outside it (base: the part's path from
-   * the snapshot root; undefined: a single entry). The first member inside
-   * of each such group becomes a regular file with the holder's chunks, and
-   * the group's other members inside link to it, as a tar export of the part
-   * does. A holder that cannot be found leaves its members as they are (then
-   * reported as not restored).
-   */
-  private async adoptOutsideHolders(placed: PlacedEntry[], base: string | undefined, root: BlobId): Promise<PlacedEntry[]> {
-    if (base === "") return placed // the whole snapshot: every holder is in it
-    const inside = (link: string) => base !== undefined && link.startsWith(`${base}/`)
-    const adopted = new Map<string, string>() // holder's path -> the member that holds its content now
-    const out: PlacedEntry[] = []
-    for (const p of placed) {
-      const e = p.entry
-      if (e.type !== "file" || e.link === undefined || inside(e.link)) {
-        out.push(p)
-        continue
-      }
-      const taken = adopted.get(e.link)
-      if (taken !== undefined) {
-        out.push({ rel: p.rel, entry: { ...e, link: base ? `${base}/${taken}` : taken } })
-        continue
-      }
-      const holder = await resolvePath(this.store, root, `/${e.link}`).catch(() => undefined)
-      if (holder?.type !== "file" || holder.link !== undefined) {
-        out.push(p)
-        continue
-      }
-      adopted.set(e.link, p.rel)
-      const { link: _holderPath, ...own } = e
-      out.push({ rel: p.rel, entry: { ...own, size: holder.size, chunks: holder.chunks ?? [] } })
-    }
-    return out
   }
 
   /**

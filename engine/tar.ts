@@ -63,7 +63,7 @@ import type { Warning } from "./scan.js"
 import { checkRecordFields } from "./records.js"
 import { compareNames, isSafeName, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
-import { flattenTree, resolvePath, splitSnapshotPath, type PlacedEntry } from "./walk.js"
+import { adoptOutsideHolders, flattenTree, resolvePath, splitSnapshotPath, type PlacedEntry } from "./walk.js"
 
 export interface ExportTarOptions {
   /** export only this path of the snapshot ("/" or omitted: everything) */
@@ -149,11 +149,11 @@ async function planExport(store: Store, snapshot: SnapshotRecord, subPath: strin
     base = names.slice(0, -1).join("/")
     placed = [{ rel: top.name, entry: top }]
   }
+  if (top.type !== "dir" || base !== "") placed = await adoptOutsideHolders(store, snapshot.tree, placed, base)
   const plan: PlannedFile[] = []
   const holders = new Set(placed.filter((p) => p.entry.type === "file" && p.entry.link === undefined).map((p) => p.rel))
   const emitted = new Set<string>()
   const waiting = new Map<string, PlacedEntry[]>() // holder -> links met before it
-  const substitute = new Map<string, string>() // holder outside the export -> member that carries its content
   for (const p of placed) {
     const e = p.entry
     if (e.type !== "file" || e.link === undefined) {
@@ -167,22 +167,12 @@ async function planExport(store: Store, snapshot: SnapshotRecord, subPath: strin
     }
     const link = e.link
     const inside = base === "" ? link : link.startsWith(`${base}/`) ? link.slice(base.length + 1) : undefined
-    if (inside !== undefined && holders.has(inside)) {
-      if (emitted.has(inside)) plan.push({ rel: p.rel, entry: e, linkTo: inside })
-      else waiting.set(inside, [...(waiting.get(inside) ?? []), p])
-      continue
-    }
-    const sub = substitute.get(link)
-    if (sub !== undefined) {
-      plan.push({ rel: p.rel, entry: e, linkTo: sub })
-      continue
-    }
-    const holder = await resolvePath(store, snapshot.tree, link).catch(() => undefined)
-    if (holder?.type !== "file" || holder.link !== undefined) {
+    if (inside === undefined || !holders.has(inside)) {
+      // adoptOutsideHolders gave every member whose holder is a file in the snapshot one inside the export
       throw new IntegrityError(`hardlink ${p.rel} points at ${link}, which is not a regular file in the snapshot`, { path: p.rel })
     }
-    substitute.set(link, p.rel)
-    plan.push({ rel: p.rel, entry: e, chunks: holder.chunks ?? [], size: holder.size })
+    if (emitted.has(inside)) plan.push({ rel: p.rel, entry: e, linkTo: inside })
+    else waiting.set(inside, [...(waiting.get(inside) ?? []), p])
   }
   return plan
 }

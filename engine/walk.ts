@@ -126,6 +126,44 @@ export async function readTreeBlobs(
  * cache first, and those read are added to it. A tree shared by several
  * directories is read once.
  */
+/**
+ * Makes a part of a snapshot self-contained in its hardlinks, for a restore
+ * or an export of that part (the whole snapshot needs none of it). placed: the part's entries, rels from its
+ * directory, which is `base` from the snapshot root ("" for the root). A
+ * member of a hardlink group whose first member (the one holding the
+ * content) is not among them becomes the group's holder here: it takes that
+ * member's chunks and size, and the group's later members here link to it.
+ * A member whose holder is not a regular file in the snapshot (damage) is
+ * left as it is, for the caller to report.
+ */
+export async function adoptOutsideHolders(store: Store, root: BlobId, placed: PlacedEntry[], base: string): Promise<PlacedEntry[]> {
+  const prefix = base === "" ? "" : `${base}/`
+  const holders = new Set(placed.filter((p) => p.entry.type === "file" && p.entry.link === undefined).map((p) => p.rel))
+  const adopted = new Map<string, string>() // holder's path from the root -> the member that holds its content now
+  const out: PlacedEntry[] = []
+  for (const p of placed) {
+    const e = p.entry
+    if (e.type !== "file" || e.link === undefined || (e.link.startsWith(prefix) && holders.has(e.link.slice(prefix.length)))) {
+      out.push(p)
+      continue
+    }
+    const taken = adopted.get(e.link)
+    if (taken !== undefined) {
+      out.push({ rel: p.rel, entry: { ...e, link: prefix + taken } })
+      continue
+    }
+    const holder = await resolvePath(store, root, `/${e.link}`).catch(() => undefined)
+    if (holder?.type !== "file" || holder.link !== undefined) {
+      out.push(p)
+      continue
+    }
+    adopted.set(e.link, p.rel)
+    const { link: _holderPath, ...own } = e
+    out.push({ rel: p.rel, entry: { ...own, size: holder.size, chunks: holder.chunks ?? [] } })
+  }
+  return out
+}
+
 export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedEntry[]> {
   const trees = new Map<BlobId, Tree>()
   let frontier = [treeId]

@@ -108,17 +108,23 @@ describe("Store", () => {
     )
   })
 
+  /** One text blob stored and flushed alone in a pack: the pack's key and the blob's location in it. */
+  async function storedVictim() {
+    const { backend, store } = await memStore()
+    const data = textBytes("victim", 30_000)
+    const { id } = await store.putBlob(BLOB_DATA, data)
+    await store.flush()
+    const [key] = (await backend.list("data/")).map((o) => o.key)
+    const [loc] = await store.locateMany([id])
+    if (!key || !loc || loc === "pending") throw new Error("not stored")
+    return { backend, store, data, id, key, loc }
+  }
+
   it("detects a bit flip or truncation in a pack on read", async () => {
     await fc.assert(
       fc.asyncProperty(fc.nat(), fc.boolean(), async (pos, truncate) => {
-        const { backend, store } = await memStore()
-        const data = textBytes("victim", 30_000)
-        const { id } = await store.putBlob(BLOB_DATA, data)
-        await store.flush()
-        const [key] = (await backend.list("data/")).map((o) => o.key)
-        const [loc] = await store.locateMany([id])
-        if (!loc || loc === "pending") throw new Error("not indexed")
-        backend.tamper(key!, (bytes) => {
+        const { backend, store, data, id, key, loc } = await storedVictim()
+        backend.tamper(key, (bytes) => {
           if (truncate) return bytes.subarray(0, loc.offset + (pos % loc.length))
           const copy = Uint8Array.from(bytes)
           copy[loc.offset + (pos % loc.length)]! ^= 1 << pos % 8
@@ -143,15 +149,9 @@ describe("Store", () => {
 
   it("returns a blob whole when a flipped bit is one its decoder never reads", async () => {
     // found by the property above: bit 6 of byte 3,038 of this 6,384-byte brotli stream
-    const { backend, store } = await memStore()
-    const data = textBytes("victim", 30_000)
-    const { id } = await store.putBlob(BLOB_DATA, data)
-    await store.flush()
-    const [key] = (await backend.list("data/")).map((o) => o.key)
-    const [loc] = await store.locateMany([id])
-    if (!loc || loc === "pending") throw new Error("not indexed")
+    const { backend, store, data, id, key, loc } = await storedVictim()
     expect(loc.length).toBe(6384)
-    backend.tamper(key!, (bytes) => {
+    backend.tamper(key, (bytes) => {
       const copy = Uint8Array.from(bytes)
       copy[loc.offset + 3038]! ^= 1 << 6
       return copy
