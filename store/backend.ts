@@ -34,6 +34,7 @@ export interface ByteRange {
 export interface ObjectStore {
   /** Where the objects live, for messages; never includes credentials. */
   readonly location: string
+  /** Writes the object whole. `data` is the caller's again once the promise settles: keep a copy, never the buffer (the store reuses its pack buffers). */
   put(key: string, data: Uint8Array): Promise<void>
   /** Creates the object only if no object has the key; returns whether it did. */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>

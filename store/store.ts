@@ -32,7 +32,8 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
 import { acquireLock, type Lock, type LockInfo } from "./lock.js"
-import { BLOB_TREE, encodeHeader, encodeTrailer, packKey, parsePack, type PackEntry } from "./pack.js"
+import { OpenPack, PackBuffers } from "./open-pack.js"
+import { BLOB_TREE, packKey, parsePack, type PackEntry } from "./pack.js"
 import { Semaphore, mapLimit } from "./concurrency.js"
 
 export const FORMAT_VERSION = 1
@@ -78,12 +79,6 @@ interface PendingBlob {
   bytes: Uint8Array
 }
 
-interface OpenPack {
-  parts: Uint8Array[]
-  entries: PackEntry[]
-  size: number
-}
-
 export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024
 /** FastCDC sizes of a new repository: why 128 KiB, see FORMAT.md ("Why 128 KiB average"). */
 const DEFAULT_CHUNKER = { minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 512 * 1024 }
@@ -96,7 +91,8 @@ export class Store {
   private inflight = new Map<BlobId, Promise<PutResult>>()
   private unindexed = new Map<BlobId, BlobLocation>()
   private written: PackListing[] = []
-  private open: OpenPack = { parts: [], entries: [], size: 0 }
+  private readonly packBuffers: PackBuffers
+  private open: OpenPack
   private packWrites = new Set<Promise<void>>()
   private writeError: unknown
   private readonly codec: Codec
@@ -118,6 +114,8 @@ export class Store {
     private readonly onLockWait?: (holder: LockInfo) => void,
   ) {
     this.codec = codecFromName(config.codec)
+    this.packBuffers = new PackBuffers(config.packSize)
+    this.open = this.packBuffers.open()
   }
 
   /** Creates a repository in an empty location and opens it. */
@@ -436,21 +434,11 @@ export class Store {
       release()
     }
     if (this.writeError) throw this.writeError
-    // raw bytes may be a view into a caller's large buffer: keep only our part
-    if (encoded.bytes === data) encoded.bytes = Uint8Array.prototype.slice.call(data)
-    const entry: PackEntry = {
-      id,
-      kind,
-      codec: encoded.codec,
-      offset: this.open.size,
-      length: encoded.bytes.length,
-      rawLength: data.length,
-    }
-    this.open.parts.push(encoded.bytes)
-    this.open.entries.push(entry)
-    this.open.size += encoded.bytes.length
-    this.pending.set(id, { entry, bytes: encoded.bytes })
+    // copied into the open pack: raw bytes that were a view into a caller's buffer are ours now
+    const blob = this.open.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
+    this.pending.set(id, blob)
     if (this.open.size >= this.config.packSize) await this.sealPack()
+    const entry = blob.entry
     return { id, added: true, storedLength: entry.length }
   }
 
@@ -458,21 +446,20 @@ export class Store {
   private async sealPack(): Promise<void> {
     const pack = this.open
     if (pack.entries.length === 0) return
-    this.open = { parts: [], entries: [], size: 0 }
+    this.open = this.packBuffers.open()
     while (this.packWrites.size >= 1) await Promise.race(this.packWrites)
     const write = this.writePack(pack).catch((err) => {
       // the blobs are not stored: forget them, so that a retry stores them again
       // instead of trusting a pending copy that no pack will ever hold
       for (const e of pack.entries) this.pending.delete(e.id)
       this.writeError ??= err
-    })
+    }).finally(() => pack.release())
     this.packWrites.add(write)
     void write.finally(() => this.packWrites.delete(write))
   }
 
   private async writePack(pack: OpenPack): Promise<void> {
-    const header = encodeHeader(pack.entries)
-    const bytes = Buffer.concat([...pack.parts, header, encodeTrailer(header)])
+    const bytes = pack.seal()
     const packId = hashBytes(bytes)
     await this.backend.put(packKey(packId), bytes)
     for (const e of pack.entries) {
@@ -513,7 +500,8 @@ export class Store {
 
   async getBlob(id: BlobId): Promise<Uint8Array> {
     const pending = this.pending.get(id)
-    if (pending) return this.decodeChecked(id, pending.entry.codec, pending.bytes, pending.entry.rawLength, "(pending)")
+    // a copy: pending bytes live in a pack buffer that is reused once the pack is written
+    if (pending) return this.decodeChecked(id, pending.entry.codec, Uint8Array.prototype.slice.call(pending.bytes), pending.entry.rawLength, "(pending)")
     const [loc] = await this.locateForRead([id])
     if (loc === undefined || loc === "pending") {
       if (loc === "pending") {
@@ -699,14 +687,10 @@ export class Store {
     const pending = this.pending.get(blob.id)
     if (pending || this.inflight.has(blob.id)) return { id: blob.id, added: false, storedLength: pending?.entry.length ?? stored.length }
     if (this.writeError) throw this.writeError
-    const bytes = Uint8Array.prototype.slice.call(stored)
-    const entry: PackEntry = { id: blob.id, kind: blob.kind, codec: blob.codec, offset: this.open.size, length: bytes.length, rawLength: blob.rawLength }
-    this.open.parts.push(bytes)
-    this.open.entries.push(entry)
-    this.open.size += bytes.length
-    this.pending.set(blob.id, { entry, bytes })
+    const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
+    this.pending.set(blob.id, added)
     if (this.open.size >= this.config.packSize) await this.sealPack()
-    return { id: blob.id, added: true, storedLength: entry.length }
+    return { id: blob.id, added: true, storedLength: added.entry.length }
   }
 }
 

@@ -87,6 +87,39 @@ describe("Store", () => {
     )
   })
 
+  it("bytes read while their pack is open or being written stay the reader's as later packs reuse its buffer", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.record({ put: fc.uint8Array({ maxLength: 2000 }) }), fc.record({ get: fc.nat() }), fc.record({ flush: fc.constant(true) })), {
+          maxLength: 60,
+        }),
+        async (ops) => {
+          const { store } = await memStore(4 * 1024)
+          const ids: string[] = []
+          const model = new Map<string, Uint8Array>()
+          const reads: Array<{ got: Uint8Array; want: Uint8Array }> = []
+          for (const op of ops) {
+            if ("put" in op) {
+              const { id } = await store.putBlob(BLOB_DATA, op.put)
+              ids.push(id)
+              model.set(id, op.put)
+            } else if ("get" in op) {
+              const id = ids[op.get % Math.max(ids.length, 1)]
+              if (id) reads.push({ got: await store.getBlob(id as never), want: model.get(id)! })
+            } else await store.flush()
+          }
+          await store.flush()
+          for (let i = 0; i < 40; i++) await store.putBlob(BLOB_DATA, seededBytes(`later${i}`, 1500)) // reuse every pack buffer again
+          await store.flush()
+          for (const { got, want } of reads) expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true)
+          for (const [id, data] of model) expect(Buffer.from(await store.getBlob(id as never)).equals(Buffer.from(data))).toBe(true)
+          await store.close()
+        },
+      ),
+      { numRuns: 25 },
+    )
+  })
+
   it("any sequence of puts and gets returns what was put", async () => {
     await fc.assert(
       fc.asyncProperty(
