@@ -240,10 +240,17 @@ export const COMMANDS: Command[] = [
     },
   },
   {
-    spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"], flags: { name: { kind: "string", help: "a name for the snapshot" } } },
+    spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"],
+      flags: {
+        name: { kind: "string", help: "a name for the snapshot" },
+        "external-symlinks": { kind: "bool", help: "keep symlinks that point outside the archive (absolute, or leaving its root); refused otherwise" },
+      },
+    },
     async run(ctx) {
       const repo = await ctx.repo()
-      const { snapshot, warnings } = await repo.snapshots.importTar(await ctx.readInput(ctx.args[0]!), { name: str(ctx.flags.name), signal: ctx.signal })
+      const input = await ctx.readInput(ctx.args[0]!)
+      const opts = { name: str(ctx.flags.name), externalSymlinks: Boolean(ctx.flags["external-symlinks"]), signal: ctx.signal }
+      const { snapshot, warnings } = await repo.snapshots.importTar(input, opts)
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
       for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
       process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)

@@ -385,7 +385,7 @@ class Restorer {
     }
     if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${this.dest}: it exists and is not a directory`)
     if (!this.opts.overwrite && (await fsp.readdir(this.dest)).length > 0) {
-      throw new AlreadyExistsError(`cannot restore into ${this.dest}: it is not empty; choose an empty or new directory, or pass overwrite`)
+      throw new AlreadyExistsError(`cannot restore into ${this.dest}: it is not empty; choose an empty or new directory, or allow replacing its entries (overwrite: true; cairn restore --overwrite)`)
     }
     return false
   }

@@ -39,7 +39,9 @@
 //  - symlinks: target non-empty, relative, and not leaving the root, checked
 //    twice: lexically when the entry is read, and at the end by resolving the
 //    target against the final tree, following the archive's own symlinks
-//    (so "d" -> "." plus "x" -> "d/.." is refused).
+//    (so "d" -> "." plus "x" -> "d/.." is refused). With externalSymlinks
+//    (a round trip of a snapshot that holds such links) any non-empty target
+//    without NUL is kept as it is, as the scan of a directory keeps it.
 //  - hardlinks: the target is an earlier regular file (or hardlink) of the
 //    archive, named as an entry path; its group's first file holds the
 //    content. Link, symlink and directory entries must declare size 0.
@@ -85,6 +87,14 @@ export interface ImportTarOptions {
   signal?: AbortSignal
   /** totals are unknown while a stream is read: filesTotal and bytesTotal are 0 */
   onProgress?: (p: Progress) => void
+  /**
+   * Keep symlinks whose targets point outside the archive (absolute, or
+   * leaving its root), as a snapshot of a directory keeps them: a tar export
+   * of such a snapshot then imports. Off by default: an archive from
+   * elsewhere is refused if any of its links would reach out of the tree it
+   * restores to. Restores never follow a symlink either way.
+   */
+  externalSymlinks?: boolean
 }
 
 export interface ImportTarResult {
@@ -402,7 +412,7 @@ export async function importTar(store: Store, input: NodeJS.ReadableStream, opts
       ;(input as Partial<Readable>).destroy?.()
       throw err
     }
-    run.checkSymlinks()
+    if (!opts.externalSymlinks) run.checkSymlinks()
     const root = await run.buildTree(run.root)
     await store.flush()
     throwIfAborted(opts.signal)
@@ -530,7 +540,7 @@ class TarImport {
       this.place(parts, { kind: "dir", ...meta, children: new Map() }, bad)
     } else if (type === "symlink") {
       const target = decodeName(h.linkname ?? "", h.pax?.linkpath !== undefined, "symlink target", name)
-      checkSymlinkLexically(parts, target, bad)
+      checkSymlinkLexically(parts, target, bad, this.opts.externalSymlinks === true)
       this.place(parts, { kind: "symlink", ...meta, path: parts.join("/"), target }, bad)
     } else if (type === "link") {
       const target = decodeName(h.linkname ?? "", h.pax?.linkpath !== undefined, "hardlink target", name)
@@ -694,7 +704,7 @@ class TarImport {
         if (node.kind === "dir") visit(node, [...at, name])
         else if (node.kind === "symlink" && this.escapes(at, node.target)) {
           throw new BadInputError(
-            `tar entry ${JSON.stringify(node.path)} is refused: its symlink target ${JSON.stringify(node.target)} leaves the archive root through other symlinks of the archive`,
+            `tar entry ${JSON.stringify(node.path)} is refused: its symlink target ${JSON.stringify(node.target)} leaves the archive root through other symlinks of the archive; ${EXTERNAL_SYMLINKS_HINT}`,
             { entry: node.path },
           )
         }
@@ -778,15 +788,19 @@ function describeRawName(raw: string): string {
   return JSON.stringify(raw.length > 200 ? `${raw.slice(0, 200)}...` : raw)
 }
 
-function checkSymlinkLexically(parts: readonly string[], target: string, bad: (why: string) => BadInputError): void {
+/** How to import an archive whose symlinks point outside it, for the messages that refuse one. */
+const EXTERNAL_SYMLINKS_HINT = "to keep such links as they are (restores never follow them), import with externalSymlinks: true (cairn import --external-symlinks)"
+
+function checkSymlinkLexically(parts: readonly string[], target: string, bad: (why: string) => BadInputError, external: boolean): void {
   if (target.length === 0) throw bad("its symlink target is empty")
   if (target.includes("\0")) throw bad("its symlink target contains NUL")
-  if (target.startsWith("/")) throw bad(`its symlink target ${JSON.stringify(target)} is an absolute path`)
+  if (external) return
+  if (target.startsWith("/")) throw bad(`its symlink target ${JSON.stringify(target)} is an absolute path; ${EXTERNAL_SYMLINKS_HINT}`)
   let depth = parts.length - 1
   for (const p of target.split("/")) {
     if (p === "" || p === ".") continue
     if (p === "..") {
-      if (--depth < 0) throw bad(`its symlink target ${JSON.stringify(target)} leaves the archive root`)
+      if (--depth < 0) throw bad(`its symlink target ${JSON.stringify(target)} leaves the archive root; ${EXTERNAL_SYMLINKS_HINT}`)
     } else depth++
   }
 }

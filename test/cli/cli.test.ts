@@ -74,7 +74,7 @@ describe("cairn CLI", () => {
     await fsp.writeFile(path.join(dest, "mine.txt"), "keep")
     const r = await cairn(["--repo", repo, "restore", "first", dest], env)
     expect(r.code).toBe(1)
-    expect(r.stderr).toMatch(/^cairn: .*not empty/)
+    expect(r.stderr).toMatch(/^cairn: .*not empty.*--overwrite/)
     expect(r.stderr).not.toMatch(/\n\s+at /)
     expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
   })
@@ -184,6 +184,22 @@ describe("cairn CLI", () => {
     const dest = path.join(await tempDir(), "t")
     expect((await cairn(["--repo", repo, "restore", "from-tar", dest], env)).code).toBe(0)
     expect(await describeTree(dest)).toEqual(await describeTree(src))
+  })
+
+  it("import keeps a symlink to outside the archive only with --external-symlinks", async () => {
+    const dir = await tempDir()
+    await buildTree(path.join(dir, "src"), { "f.txt": { file: "x" }, sh: { symlink: "/bin/sh" } })
+    const snap = lastLine((await cairn(["--repo", repo, "snapshot", path.join(dir, "src")], env)).stdout)
+    const tar = path.join(dir, "links.tar")
+    expect((await cairn(["--repo", repo, "export", snap, "-o", tar], env)).code).toBe(0)
+    const refused = await cairn(["--repo", repo, "import", tar], env)
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/^cairn: tar entry "sh" is refused: .*absolute path; .*cairn import --external-symlinks/)
+    const kept = await cairn(["--repo", repo, "import", tar, "--external-symlinks"], env)
+    expect(kept.code).toBe(0)
+    const dest = path.join(dir, "out")
+    expect((await cairn(["--repo", repo, "restore", lastLine(kept.stdout), dest], env)).code).toBe(0)
+    expect(await fsp.readlink(path.join(dest, "sh"))).toBe("/bin/sh")
   })
 
   it("usage errors exit 2 and say what was wrong", async () => {

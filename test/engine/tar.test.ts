@@ -413,6 +413,52 @@ describe("importTar refuses hostile archives, writing no snapshot", () => {
     })
   }
 
+  it("keeps symlinks that point outside the archive only when asked, and a restore never follows them", async () => {
+    const outside = await tempDir()
+    const entries = [symlink("abs", outside), symlink("up", "../../x"), dir("d"), symlink("d/loop", "../d/.."), symlink("d/self", "."), symlink("esc", "d/self/..")]
+    const tar = await packTar(entries)
+    const s = await newStore()
+    try {
+      const refused = await importBuffer(s, tar).then(
+        () => undefined,
+        (e: unknown) => e as CairnError,
+      )
+      expect(refused?.code).toBe("BAD_INPUT")
+      expect(refused?.message).toMatch(/"abs".*absolute path; .*externalSymlinks: true \(cairn import --external-symlinks\)/)
+      const { snapshot } = await importTar(s, Readable.from([tar]), { name: "t", externalSymlinks: true })
+      expect(snapshot.stats).toMatchObject({ files: 0, symlinks: 5 })
+      // entries below a symlink stay refused: that would write through the link
+      const below = await importTar(s, Readable.from([await packTar([symlink("abs", outside), file("abs/x")])]), { externalSymlinks: true }).then(
+        () => undefined,
+        (e: unknown) => e as CairnError,
+      )
+      expect(below?.message).toMatch(/"abs\/x".*goes through "abs", which is a symlink/)
+      const dest = path.join(await tempDir(), "out")
+      await restoreSnapshot(s, snapshot, dest)
+      expect(await fsp.readlink(path.join(dest, "abs"))).toBe(outside)
+      expect(await fsp.readlink(path.join(dest, "up"))).toBe("../../x")
+      expect(await fsp.readlink(path.join(dest, "d", "loop"))).toBe("../d/..")
+      expect(await fsp.readdir(outside)).toEqual([])
+    } finally {
+      await s.close()
+    }
+  })
+
+  it("a snapshot holding a link to outside its directory exports and imports back with externalSymlinks", async () => {
+    const src = await tempDir()
+    await buildTree(src, { "f.txt": { file: "x" }, abs: { symlink: "/usr/bin/env" }, up: { symlink: "../sibling" } })
+    const s = await newStore()
+    try {
+      const snap = (await createSnapshot(s, src, { name: "links" })).snapshot
+      const tar = await exportToBuffer(s, snap)
+      await expect(importBuffer(s, tar)).rejects.toThrow(/absolute path/)
+      const { snapshot } = await importTar(s, Readable.from([tar]), { externalSymlinks: true })
+      expect(snapshot.tree).toBe(snap.tree)
+    } finally {
+      await s.close()
+    }
+  })
+
   it("skips devices and FIFOs with a warning", async () => {
     const s = await newStore()
     const tar = await packTar([
