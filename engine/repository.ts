@@ -14,6 +14,7 @@ import path from "node:path"
 import { Readable } from "node:stream"
 import type { ObjectStore } from "../store/backend.js"
 import { FsObjectStore } from "../store/backends/fs.js"
+import { makeDirs } from "../store/dirs.js"
 import { BadInputError, CairnError, NotFoundError } from "../store/errors.js"
 import type { BlobId } from "../store/ids.js"
 import type { LockInfo } from "../store/lock.js"
@@ -382,7 +383,7 @@ async function makeBackend(location: string, opts: OpenOptions): Promise<{ backe
   if (st && !st.isDirectory()) throw new BadInputError(`${location} is not a directory; give a repository directory`)
   if (!st) {
     if (opts.create === false) throw new CairnError("NOT_A_REPOSITORY", `no repository at ${location}; run "cairn init" first`)
-    await fsp.mkdir(location, { recursive: true, mode: 0o700 })
+    await makeDirs(location, { what: "repository directory", fix: "choose a location you can write to (--repo, or $CAIRN_REPO)" })
   }
   return {
     backend: new FsObjectStore(location),

@@ -28,6 +28,7 @@ import {
   IntegrityError,
   NotFoundError,
 } from "./errors.js"
+import { makeDirs } from "./dirs.js"
 import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file.js"
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
@@ -173,7 +174,7 @@ export class Store {
       throw new IntegrityError(`the config of the repository at ${opts.backend.location} is not valid JSON`)
     }
     validateConfig(config, opts.backend.location)
-    await fsp.mkdir(opts.cacheDir, { recursive: true, mode: 0o700 })
+    await makeDirs(opts.cacheDir, { what: "cache directory", fix: "set CAIRN_CACHE_DIR (or the cacheDir option) to a writable directory" })
     return new Store(opts.backend, config, opts.cacheDir, opts.lockWaitMs ?? 60_000, opts.onLockWait)
   }
 
