@@ -13,6 +13,7 @@ import os from "node:os"
 import path from "node:path"
 import { Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
+import { makeDirs } from "../store/dirs.js"
 import { randomId } from "../store/ids.js"
 import { checkRecordFields } from "./records.js"
 import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./repository.js"
@@ -84,7 +85,7 @@ export class Box {
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
     return withFreeName(repo, opts.name, async () => {
       await assertFreshDir(dir)
-      await fsp.mkdir(dir, { recursive: true })
+      await makeDirs(dir, { what: "box directory", fix: "choose a directory you can write to", mode: 0o777 })
       return Box.register(repo, { id, name: opts.name, dir, labels: opts.labels ?? {}, createdAt: new Date().toISOString() })
     })
   }

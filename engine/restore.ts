@@ -27,6 +27,7 @@ import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import { mapLimit, Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, CairnError, IntegrityError, IoError, isCairnError, throwIfAborted } from "../store/errors.js"
+import { makeDirs } from "../store/dirs.js"
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
@@ -380,7 +381,7 @@ class Restorer {
   private async prepareDest(): Promise<boolean> {
     const st = await fsp.lstat(this.dest).catch(() => undefined)
     if (!st) {
-      await fsp.mkdir(this.dest, { recursive: true, mode: 0o700 })
+      await makeDirs(this.dest, { what: "destination", fix: "choose a destination you can write to" })
       return true
     }
     if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${this.dest}: it exists and is not a directory`)

@@ -202,6 +202,16 @@ describe("cairn CLI", () => {
     expect(await fsp.readlink(path.join(dest, "sh"))).toBe("/bin/sh")
   })
 
+  it("a destination or box directory that cannot be made is refused with the reason, not 'unexpected'", async () => {
+    const dir = await tempDir()
+    await fsp.writeFile(path.join(dir, "file"), "x")
+    const restore = await cairn(["--repo", repo, "restore", "first", path.join(dir, "file", "out")], env)
+    expect(restore).toMatchObject({ code: 1, stderr: `cairn: cannot create the destination ${path.join(dir, "file", "out")}: ${path.join(dir, "file")} is not a directory; choose a destination you can write to\n` })
+    const box = await cairn(["--repo", repo, "box", "create", "--dir", path.join(dir, "file", "box")], env)
+    expect(box.code).toBe(1)
+    expect(box.stderr).toMatch(/^cairn: cannot create the box directory .*file is not a directory; choose a directory you can write to\n$/)
+  })
+
   it("usage errors exit 2 and say what was wrong", async () => {
     for (const [args, pattern] of [
       [["frobnicate"], /unknown command "frobnicate"/],
