@@ -90,6 +90,8 @@ export function parseArgs(argv: string[], spec: CommandSpec): Parsed {
         value = argv[++i]
         if (value === undefined) throw new UsageError(`option --${name} needs a value`, spec.name)
       }
+      // no option means anything by an empty value: it is a variable that was not set (--repo "$REPO")
+      if (value === "") throw new UsageError(`option --${name} needs a value, not an empty string`, spec.name)
       if (f.choices && !f.choices.includes(value)) {
         throw new UsageError(`--${name} takes one of ${f.choices.join(", ")}, not ${JSON.stringify(value)}`, spec.name)
       }

@@ -5,9 +5,12 @@
 // directory, not an isolation boundary: exec runs an ordinary shell command
 // with the box as its working directory. Paths given to box.files are
 // box-absolute ("/" is the box root); a path that would leave the box, by
-// "..", or through a symlink anywhere along it, is refused.
+// "..", or through a symlink anywhere along it, is refused. A box's name is
+// unique in its repository; a "boxnames/<hash>" record claims it (see
+// withFreeName).
 
 import { spawn } from "node:child_process"
+import { createHash } from "node:crypto"
 import { constants as fsConstants, promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
@@ -83,7 +86,7 @@ export class Box {
     const repo = await resolveRepo(opts.repo)
     const id = randomId("box")
     const dir = path.resolve(opts.dir ?? path.join(repo.workspaceRoot, id))
-    return withFreeName(repo, opts.name, async () => {
+    return withFreeName(repo, opts.name, id, async () => {
       await assertFreshDir(dir)
       await makeDirs(dir, { what: "box directory", fix: "choose a directory you can write to", mode: 0o777 })
       return Box.register(repo, { id, name: opts.name, dir, labels: opts.labels ?? {}, createdAt: new Date().toISOString() })
@@ -105,7 +108,7 @@ export class Box {
     try {
       await repo.snapshots.restore(snapshot.id, dir, { signal: opts.signal, onProgress: opts.onProgress, statCacheKey: id })
       // checked again as it is claimed: another box may have taken the name while this one was restored
-      return await withFreeName(repo, opts.name, () =>
+      return await withFreeName(repo, opts.name, id, () =>
         Box.register(repo, {
           id,
           name: opts.name,
@@ -262,6 +265,8 @@ export class Box {
   /** Removes the workspace and its record; its snapshots stay. */
   async delete(): Promise<void> {
     await fsp.rm(this.dir, { recursive: true, force: true })
+    // the claim first: stopped in between, the record still holds the name (as a box made before claims did)
+    if (this.record.name !== undefined) await releaseName(this.repo, this.record.name, this.id)
     await this.repo.store.deleteRecord("boxes", this.id)
   }
 }
@@ -281,22 +286,73 @@ async function assertNameFree(repo: Repository, name: string | undefined): Promi
 }
 
 /**
- * Runs register once no box of the repository has the name, one caller at a
- * time per repository in this process, so that boxes created at once with
- * one name (Promise.all) cannot both take it. Two processes creating boxes
- * of one name at the same moment can still both succeed: the repository has
- * no atomic claim on a name.
+ * Runs register once no box of the repository has the name and this box holds
+ * the name's claim. Within a process, callers take turns per repository (boxes
+ * created at once with one name under Promise.all); across processes and
+ * hosts, the claim decides: a record "boxnames/<hash of the name>" created
+ * only if absent (a hard link on a disk, a conditional put on S3), so of two
+ * processes creating boxes of one name at the same moment, one fails. A box
+ * that fails to register gives its claim back.
  */
 const naming = new Map<string, Semaphore>() // one per repository location
 
-async function withFreeName<T>(repo: Repository, name: string | undefined, register: () => Promise<T>): Promise<T> {
+async function withFreeName<T>(repo: Repository, name: string | undefined, box: string, register: () => Promise<T>): Promise<T> {
   if (name === undefined) return register()
   let one = naming.get(repo.location)
   if (!one) naming.set(repo.location, (one = new Semaphore(1)))
   return one.run(async () => {
     await assertNameFree(repo, name)
-    return register()
+    await claimName(repo, name, box)
+    try {
+      return await register()
+    } catch (err) {
+      await releaseName(repo, name, box).catch(() => {})
+      throw err
+    }
   })
+}
+
+interface NameClaim {
+  name: string
+  box: string
+  at: string
+}
+
+/** A claim whose box never registered is abandoned (its creator crashed) after this long. */
+const CLAIM_STALE_MS = 10 * 60_000
+
+const claimKey = (name: string) => createHash("sha256").update(name).digest("hex").slice(0, 32)
+
+async function claimName(repo: Repository, name: string, box: string): Promise<void> {
+  const key = claimKey(name)
+  for (let attempt = 0; ; attempt++) {
+    if (await repo.store.createRecord("boxnames", key, { name, box, at: new Date().toISOString() } satisfies NameClaim)) return
+    if (attempt >= 3) throw new AlreadyExistsError(`the name ${JSON.stringify(name)} is contended by other processes; try again`)
+    const claim = await repo.store.getRecord<NameClaim>("boxnames", key).catch(orMissing)
+    if (claim === undefined) continue // given back meanwhile: try again
+    const holder = await repo.store.getRecord<BoxRecord>("boxes", claim.box).catch(orMissing)
+    if (holder?.name === name) {
+      throw new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${holder.id}); choose another name, or remove that box first (cairn box rm ${holder.id})`, { box: holder.id })
+    }
+    const age = Date.now() - Date.parse(claim.at)
+    if (holder === undefined && age < CLAIM_STALE_MS) {
+      throw new AlreadyExistsError(`another process is creating a box named ${JSON.stringify(name)} (${claim.box}); choose another name, or wait and try again`, { box: claim.box })
+    }
+    // the claim's box is gone, has another name, or never registered: the claim is stale.
+    // (Two processes taking over one stale claim at once can both delete it; that needs a crash first.)
+    await repo.store.deleteRecord("boxnames", key)
+  }
+}
+
+/** Gives a name's claim back, if this box holds it. */
+async function releaseName(repo: Repository, name: string, box: string): Promise<void> {
+  const claim = await repo.store.getRecord<NameClaim>("boxnames", claimKey(name)).catch(orMissing)
+  if (claim?.box === box) await repo.store.deleteRecord("boxnames", claimKey(name))
+}
+
+function orMissing(err: unknown): undefined {
+  if (err instanceof NotFoundError) return undefined
+  throw err
 }
 
 async function assertFreshDir(dir: string): Promise<void> {

@@ -32,6 +32,11 @@ export class PackBuffers {
     return Buffer.allocUnsafeSlow(Math.max(size, this.packSize + SLACK))
   }
 
+  /** Lets the free buffers go: nothing is being written (the store flushed). */
+  trim(): void {
+    this.free.length = 0
+  }
+
   give(buf: Buffer): void {
     // only buffers of the usual size are kept: one grown for an unusual pack goes to the collector
     if (this.free.length < KEEP && buf.length === this.packSize + SLACK) this.free.push(buf)

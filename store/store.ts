@@ -479,6 +479,7 @@ export class Store {
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight.values()])
     await this.sealPack()
     while (this.packWrites.size > 0) await Promise.all([...this.packWrites])
+    this.packBuffers.trim() // an idle store holds no pack memory
     if (this.writeError) {
       const err = this.writeError
       this.writeError = undefined

@@ -219,6 +219,8 @@ describe("cairn CLI", () => {
       [["restore", "first"], /needs DEST/],
       [["box"], /needs a subcommand/],
       [["box", "exec", "x"], /after "--"/],
+      [["ls", "--repo", ""], /option --repo needs a value, not an empty string/],
+      [["snapshot", ".", "--name="], /option --name needs a value, not an empty string/],
     ] as Array<[string[], RegExp]>) {
       const r = await cairn(["--repo", repo, ...args], env)
       expect(r.code, args.join(" ")).toBe(2)

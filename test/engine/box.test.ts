@@ -122,6 +122,60 @@ describe("box names", () => {
   })
 })
 
+describe("a box name's claim in the repository (boxnames/)", () => {
+  const claims = async (r: Repository) => (await r.store.listRecords<{ name: string; box: string; at: string }>("boxnames")).records
+
+  it("is taken by a named box, refuses a second process's box meanwhile, and goes with the box", async () => {
+    const r = await repo()
+    const dev = await Box.create({ repo: r, name: "dev" })
+    expect((await claims(r)).map((c) => [c.name, c.box])).toEqual([["dev", dev.id]])
+    await Box.create({ repo: r })
+    expect(await claims(r)).toHaveLength(1) // an unnamed box claims nothing
+    await dev.delete()
+    expect(await claims(r)).toEqual([])
+  })
+
+  it("a claim whose box is not registered yet (another process mid-create) refuses the name; once stale, it is taken over", async () => {
+    const r = await repo()
+    const dev = await Box.create({ repo: r, name: "dev" })
+    const [claim] = await claims(r)
+    // another process claimed "ci" a moment ago and is still restoring its box
+    const key = (await r.store.listRecordNames("boxnames"))[0]!
+    await dev.delete()
+    await r.store.createRecord("boxnames", key, { ...claim!, box: "box_00000000000000aa", at: new Date().toISOString() })
+    const err = await Box.create({ repo: r, name: "dev" }).catch((e: unknown) => e)
+    expect(isCairnError(err, "ALREADY_EXISTS")).toBe(true)
+    expect((err as Error).message).toBe('another process is creating a box named "dev" (box_00000000000000aa); choose another name, or wait and try again')
+    expect(await Box.list({ repo: r })).toEqual([])
+    // ... and crashed: ten minutes on, its claim is stale
+    await r.store.deleteRecord("boxnames", key)
+    await r.store.createRecord("boxnames", key, { ...claim!, box: "box_00000000000000aa", at: new Date(Date.now() - 11 * 60_000).toISOString() })
+    const again = await Box.create({ repo: r, name: "dev" })
+    expect((await claims(r)).map((c) => c.box)).toEqual([again.id])
+  })
+
+  it("a named box made before claims existed (no claim) keeps its name, and is removed cleanly", async () => {
+    const r = await repo()
+    const old = await Box.create({ repo: r, name: "dev" })
+    for (const key of await r.store.listRecordNames("boxnames")) await r.store.deleteRecord("boxnames", key)
+    const err = await Box.create({ repo: r, name: "dev" }).catch((e: unknown) => e)
+    expect(isCairnError(err, "ALREADY_EXISTS")).toBe(true)
+    await old.delete()
+    const next = await Box.create({ repo: r, name: "dev" })
+    expect((await claims(r)).map((c) => c.box)).toEqual([next.id])
+  })
+
+  it("a box that fails to be made gives its claim back", async () => {
+    const r = await repo()
+    const file = path.join(await tempDir(), "file")
+    await fsp.writeFile(file, "x")
+    const err = await Box.create({ repo: r, name: "dev", dir: path.join(file, "box") }).catch((e: unknown) => e)
+    expect(isCairnError(err, "IO")).toBe(true)
+    expect(await claims(r)).toEqual([])
+    await Box.create({ repo: r, name: "dev" })
+  })
+})
+
 describe("a box whose directory was removed by hand", () => {
   it("exec and snapshot say so (NOT_FOUND, how to clean up), not that the shell is missing; delete still works", async () => {
     const r = await repo()

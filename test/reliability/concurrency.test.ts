@@ -20,6 +20,7 @@ import { seededBytes } from "../helpers.js"
 import {
   FULL,
   buildCorpus,
+  DRIVER,
   cairn,
   describeTree,
   gc,
@@ -29,6 +30,7 @@ import {
   report,
   restoreAndDescribe,
   rng,
+  runNode,
   tempDir,
   verify,
   type CorpusOptions,
@@ -109,6 +111,23 @@ describe("concurrency: many processes, one repository", () => {
     await checkAll("after parallel snapshots")
     expect(failures).toEqual([])
   }, FULL ? 1_800_000 : 60_000)
+
+  it("4 processes create a box of one name at the same moment: exactly one gets it", async () => {
+    await freshRepo("box-names")
+    // started together, each waits for one instant, so that their checks and registrations overlap
+    const at = String(Date.now() + 1500)
+    const runs = await Promise.all(Array.from({ length: 4 }, () => runNode(DRIVER, ["box-create", repo, "twin", at])))
+    figures.processes += runs.length
+    const won = runs.filter((r) => r.code === 0)
+    expect(won, runs.map((r) => r.stderr).join("")).toHaveLength(1)
+    for (const r of runs.filter((x) => x.code !== 0)) {
+      expect(r.code).toBe(6)
+      expect(r.stderr).toMatch(/^driver: ALREADY_EXISTS (a box named "twin" already exists|another process is creating a box named "twin")/)
+    }
+    const list = JSON.parse((await cairn(["--repo", repo, "box", "ls", "--json"])).stdout) as unknown
+    const boxes = (Array.isArray(list) ? list : (list as { boxes: Array<{ name?: string }> }).boxes) as Array<{ name?: string }>
+    expect(boxes.filter((b) => b.name === "twin")).toHaveLength(1)
+  })
 
   it("snapshot while gc runs: both succeed, and the snapshot restores", async () => {
     await freshRepo("gc-race")

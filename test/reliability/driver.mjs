@@ -4,6 +4,8 @@
 // the crash and concurrency tests can SIGKILL it like the CLI. Usage:
 //   node driver.mjs gc REPO
 //   node driver.mjs verify REPO      (exit 3 on damage, one JSON line on stdout)
+//   node driver.mjs box-create REPO NAME AT   (waits until Date.now() >= AT, so that
+//                                              several processes race for real)
 // It imports the compiled library from dist/, as the CLI does.
 import path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -13,6 +15,7 @@ const dist = path.resolve(here, "../../dist/engine")
 const { Repository } = await import(path.join(dist, "repository.js"))
 const { collectGarbage } = await import(path.join(dist, "gc.js"))
 const { flattenTree } = await import(path.join(dist, "walk.js"))
+const { Box } = await import(path.join(dist, "box.js"))
 
 const [op, repoPath] = process.argv.slice(2)
 const repo = await Repository.open({ path: repoPath, create: false })
@@ -44,10 +47,15 @@ try {
     }
     process.stdout.write(JSON.stringify({ ok: damage.length === 0, snapshots: snapshots.length, blobs: seen.size, damage }) + "\n")
     code = damage.length === 0 ? 0 : 3
+  } else if (op === "box-create") {
+    const [name, at] = process.argv.slice(4)
+    while (Date.now() < Number(at)) await new Promise((resolve) => setTimeout(resolve, 1))
+    const box = await Box.create({ repo, name })
+    process.stdout.write(JSON.stringify({ id: box.id }) + "\n")
   } else throw new Error(`unknown op ${op}`)
 } catch (err) {
   process.stderr.write(`driver: ${err?.code ?? ""} ${err?.message ?? err}\n`)
-  code = err?.code === "INTEGRITY" ? 3 : err?.code === "LOCKED" ? 4 : 1
+  code = err?.code === "INTEGRITY" ? 3 : err?.code === "LOCKED" ? 4 : err?.code === "ALREADY_EXISTS" ? 6 : 1
 } finally {
   await repo.close().catch(() => {})
 }

@@ -51,4 +51,14 @@ describe("OpenPack", () => {
     expect(buffers.take(1).length).toBe(4096 + (1 << 20))
     expect(buffers.take(1).length).toBe(4096 + (1 << 20)) // a fresh one: the grown buffer was not kept
   })
+
+  it("lets its free buffers go when trimmed (a store that flushed holds no pack memory)", () => {
+    const buffers = new PackBuffers(4096)
+    const first = buffers.take(1)
+    buffers.give(first)
+    expect(buffers.take(1)).toBe(first)
+    buffers.give(first)
+    buffers.trim()
+    expect(buffers.take(1)).not.toBe(first)
+  })
 })
