@@ -240,7 +240,10 @@ export const COMMANDS: Command[] = [
     },
   },
   {
-    spec: { name: "import", summary: "make a snapshot from a tar file or stdin (-)", args: ["FILE|-"],
+    spec: {
+      name: "import",
+      summary: "make a snapshot from a tar file or stdin (-)",
+      args: ["FILE|-"],
       flags: {
         name: { kind: "string", help: "a name for the snapshot" },
         "external-symlinks": { kind: "bool", help: "keep symlinks that point outside the archive (absolute, or leaving its root); refused otherwise" },

@@ -33,7 +33,7 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
 import { acquireLock, type Lock, type LockInfo } from "./lock.js"
-import { OpenPack, PackBuffers } from "./open-pack.js"
+import { PackBuffers, type OpenPack } from "./open-pack.js"
 import { BLOB_TREE, packKey, parsePack, type PackEntry } from "./pack.js"
 import { Semaphore, mapLimit } from "./concurrency.js"
 
@@ -439,8 +439,7 @@ export class Store {
     const blob = this.open.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
     this.pending.set(id, blob)
     if (this.open.size >= this.config.packSize) await this.sealPack()
-    const entry = blob.entry
-    return { id, added: true, storedLength: entry.length }
+    return { id, added: true, storedLength: blob.entry.length }
   }
 
   /** Seals the open pack and starts writing it; waits while another pack is still being written. */
