@@ -24,7 +24,12 @@ function diffLine(c: Change): string[] {
 }
 
 function damageLine(d: VerifyDamage): string {
-  const what = [d.blob && `blob ${d.blob}`, d.pack && `pack ${d.pack}`, d.record && `record ${d.record}`].filter(Boolean).join(", ")
+  // the ids the reason does not already name
+  const ids: Array<[string, string | undefined]> = [["blob", d.blob], ["pack", d.pack], ["record", d.record]]
+  const what = ids
+    .filter(([, id]) => id !== undefined && !d.reason.includes(id))
+    .map(([kind, id]) => `${kind} ${id}`)
+    .join(", ")
   const hit = [
     d.snapshots.length ? `snapshots ${d.snapshots.join(", ")}` : "",
     d.paths.length ? `paths ${d.paths.slice(0, 5).map(shownPath).join(", ")}${d.paths.length > 5 ? ` and ${d.paths.length - 5} more` : ""}` : "",

@@ -591,6 +591,17 @@ describe("cairn maintenance commands", () => {
     const human = await d(["verify", "--read-data"])
     expect(human.code).toBe(3)
     expect(human.stdout).toMatch(/^DAMAGE/)
+    // a pack removed by hand: its line names the pack and the blob once each
+    for (const sub of await fsp.readdir(path.join(drepo, "data"))) await fsp.rm(path.join(drepo, "data", sub), { recursive: true })
+    const missing = await d(["verify"])
+    expect(missing.code).toBe(3)
+    const lines = missing.stdout.split("\n").filter((l) => l.includes("is missing from the repository"))
+    expect(lines.length).toBeGreaterThan(0)
+    for (const line of lines) {
+      const ids = line.match(/\b[0-9a-f]{64}\b/g) ?? []
+      expect(ids.length).toBeGreaterThan(0)
+      expect(new Set(ids).size, line).toBe(ids.length)
+    }
   }, 20_000)
 })
 
