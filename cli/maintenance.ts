@@ -23,20 +23,39 @@ function diffLine(c: Change): string[] {
   return [sign[c.change], c.type, shownPath(c.path), list(c.what), size]
 }
 
-function damageLine(d: VerifyDamage): string {
-  // the ids the reason does not already name
-  const ids: Array<[string, string | undefined]> = [["blob", d.blob], ["pack", d.pack], ["record", d.record]]
-  const what = ids
-    .filter(([, id]) => id !== undefined && !d.reason.includes(id))
-    .map(([kind, id]) => `${kind} ${id}`)
-    .join(", ")
-  const hit = [
-    d.snapshots.length ? `snapshots ${d.snapshots.join(", ")}` : "",
-    d.paths.length ? `paths ${d.paths.slice(0, 5).map(shownPath).join(", ")}${d.paths.length > 5 ? ` and ${d.paths.length - 5} more` : ""}` : "",
-  ]
-    .filter(Boolean)
-    .join("; ")
-  return `  ${d.reason}${what ? ` (${what})` : ""}${hit ? `; affects ${hit}` : ""}`
+/**
+ * Damage for people: problems that differ only in their blob (every blob of
+ * a missing pack) become one line that counts the blobs and joins what they
+ * hit; --json keeps one entry per blob.
+ */
+function damageLines(damage: readonly VerifyDamage[]): string[] {
+  const groups = new Map<string, VerifyDamage[]>()
+  for (const d of damage) {
+    const key = JSON.stringify([d.reason, d.pack, d.record, d.blob !== undefined && d.reason.includes(d.blob) ? d.blob : undefined])
+    const group = groups.get(key)
+    if (group) group.push(d)
+    else groups.set(key, [d])
+  }
+  return [...groups.values()].map((group) => {
+    const d = group[0]!
+    const union = (pick: (x: VerifyDamage) => string[]) => [...new Set(group.flatMap(pick))]
+    const blobs = union((x) => (x.blob ? [x.blob] : []))
+    // the ids the reason does not already name
+    const ids: Array<[string, string | undefined]> = [["pack", d.pack], ["record", d.record]]
+    const what = [
+      ...(blobs.length > 1 ? [`${blobs.length} blobs`] : blobs.filter((b) => !d.reason.includes(b)).map((b) => `blob ${b}`)),
+      ...ids.filter(([, id]) => id !== undefined && !d.reason.includes(id)).map(([kind, id]) => `${kind} ${id}`),
+    ].join(", ")
+    const snapshots = union((x) => x.snapshots)
+    const paths = union((x) => x.paths)
+    const hit = [
+      snapshots.length ? `snapshots ${snapshots.join(", ")}` : "",
+      paths.length ? `paths ${paths.slice(0, 5).map(shownPath).join(", ")}${paths.length > 5 ? ` and ${paths.length - 5} more` : ""}` : "",
+    ]
+      .filter(Boolean)
+      .join("; ")
+    return `  ${d.reason}${what ? ` (${what})` : ""}${hit ? `; affects ${hit}` : ""}`
+  })
 }
 
 const keepFlag = (unit: string): FlagSpec => ({ kind: "string", help: `keep the newest snapshot of each of the last N ${unit}` })
@@ -144,7 +163,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
       else {
         for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`)
         const checked = `${r.snapshots} snapshots, ${r.trees} trees, ${r.blobs} blobs, ${r.packs} packs${r.bytesRead ? `, ${bytes(r.bytesRead)} read` : ""}`
-        ctx.out(r.ok ? `no damage found (${checked})` : [`DAMAGE: ${plural(r.damage.length, "problem")} (${checked}):`, ...r.damage.map(damageLine)].join("\n"))
+        ctx.out(r.ok ? `no damage found (${checked})` : [`DAMAGE: ${plural(r.damage.length, "problem")} (${checked}):`, ...damageLines(r.damage)].join("\n"))
       }
       return r.ok ? 0 : 3
     },

@@ -603,6 +603,29 @@ describe("cairn maintenance commands", () => {
       expect(new Set(ids).size, line).toBe(ids.length)
     }
   }, 20_000)
+
+  it("verify gives a missing pack one line, counting its blobs and joining the paths they hit (--json: one entry per blob)", async () => {
+    const root = await tempDir()
+    const drepo = path.join(root, "repo")
+    const dsrc = path.join(root, "src")
+    await buildTree(dsrc, Object.fromEntries([1, 2, 3, 4].map((i) => [`f${i}.bin`, { file: seededBytes(`f${i}`, 5_000_000) }])))
+    const d = (args: string[]) => cairn(["--repo", drepo, ...args], env)
+    expect((await d(["init"])).code).toBe(0)
+    expect((await d(["snapshot", dsrc])).code).toBe(0)
+    // the largest pack holds file chunks only (trees are written last)
+    const packs = (await fsp.readdir(path.join(drepo, "data"), { recursive: true })).map((p) => path.join(drepo, "data", String(p)))
+    const sizes = await Promise.all(packs.map(async (p) => [p, (await fsp.stat(p)).isFile() ? (await fsp.stat(p)).size : 0] as const))
+    const [largest] = sizes.sort((a, b) => b[1] - a[1])[0]!
+    await fsp.rm(largest)
+    const json = JSON.parse((await d(["verify", "--json"])).stdout) as { damage: Array<{ pack?: string }> }
+    const mine = json.damage.filter((x) => x.pack === path.basename(largest))
+    expect(mine.length).toBeGreaterThan(1)
+    const human = await d(["verify"])
+    expect(human.code).toBe(3)
+    const lines = human.stdout.split("\n").filter((l) => l.includes(path.basename(largest)))
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(new RegExp(`is missing[^(]*\\(${mine.length} blobs\\); affects snapshots snap_[0-9a-f]+; paths /f\\d\\.bin`))
+  }, 30_000)
 })
 
 describe("cairn pin and expiry", () => {
