@@ -410,8 +410,14 @@ async function cliChecks(dir: string, what: string, lost: Set<string>): Promise<
   const v = await cairn(["--repo", dir, "verify", "--read-data"])
   const referenced = occurrences.filter((o) => lost.has(o.blob) && !o.above.some((t) => lost.has(t))).map((o) => o.blob)
   if (referenced.length > 0 && v.code !== 3) failures.push(`${what}: cairn verify --read-data exited ${v.code}, not 3`)
-  if (referenced.length > 0 && !v.stdout.includes(referenced[0]!)) failures.push(`${what}: cairn verify does not name blob ${referenced[0]}`)
   if (referenced.length === 0) return
+  // --json names every damaged blob; the human output names it, or its pack when it joins that pack's blobs on one line
+  const json = await cairn(["--repo", dir, "verify", "--read-data", "--json"])
+  const entry = (JSON.parse(json.stdout) as { damage: Array<{ blob?: string; pack?: string }> }).damage.find((x) => x.blob === referenced[0])
+  if (!entry) failures.push(`${what}: cairn verify --json does not name blob ${referenced[0]}`)
+  else if (!v.stdout.includes(referenced[0]!) && !(entry.pack !== undefined && v.stdout.includes(entry.pack))) {
+    failures.push(`${what}: cairn verify names neither blob ${referenced[0]} nor its pack ${entry.pack}`)
+  }
   const victim = [...users.get(referenced[0]!)!.snapshots][0]!
   const out = path.join(dir, "cli-out")
   const rs = await cairn(["--repo", dir, "restore", victim, out])
