@@ -8,7 +8,7 @@ import { AbortedError, Box, isCairnError, NotFoundError, parseDuration, type Rep
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
-import { bytes, plural, ProgressBar, shownPath, table } from "./format.js"
+import { bytes, plural, printWarnings, ProgressBar, shownPath, table } from "./format.js"
 
 export interface Context {
   spec: CommandSpec
@@ -98,7 +98,7 @@ export const COMMANDS: Command[] = [
       }
       ctx.progress.done()
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
-      for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
+      printWarnings(warnings)
       if (!ctx.quiet) {
         const s = snapshot.stats
         process.stdout.write(
@@ -255,7 +255,7 @@ export const COMMANDS: Command[] = [
       const opts = { name: str(ctx.flags.name), externalSymlinks: Boolean(ctx.flags["external-symlinks"]), signal: ctx.signal }
       const { snapshot, warnings } = await repo.snapshots.importTar(input, opts)
       if (ctx.json) return ctx.out("", { ...snapshot, warnings })
-      for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
+      printWarnings(warnings)
       process.stdout.write(`${snapshot.stats.files} files, ${bytes(snapshot.sizeBytes)}\n${snapshot.id}\n`)
     },
   },

@@ -23,6 +23,11 @@ export function shownPath(p: string): string {
   return /[\u0000-\u001f\u007f"\\]/.test(p) ? JSON.stringify(p) : p
 }
 
+/** A command's warnings (skipped or vanished paths), one line each on stderr. */
+export function printWarnings(warnings: ReadonlyArray<{ path: string; reason: string }>): void {
+  for (const w of warnings) process.stderr.write(`warning: ${shownPath(w.path)}: ${w.reason}\n`)
+}
+
 /** Columns aligned; numbers (cells ending in a unit or digits) right-aligned. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))

@@ -271,7 +271,6 @@ export class Box {
   }
 }
 
-
 /**
  * A box name picks one box: refuses a name another box of the repository
  * has, and one that could be read as a box id (ids are "box_<16 hex>").
@@ -280,9 +279,11 @@ async function assertNameFree(repo: Repository, name: string | undefined): Promi
   if (name === undefined) return
   if (name.startsWith("box_")) throw new BadInputError(`a box name cannot start with "box_" (box ids do); choose another name than ${JSON.stringify(name)}`)
   const other = (await Box.list({ repo })).find((b) => b.name === name)
-  if (other) {
-    throw new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${other.id}); choose another name, or remove that box first (cairn box rm ${other.id})`, { box: other.id })
-  }
+  if (other) throw nameTaken(name, other.id)
+}
+
+function nameTaken(name: string, box: string): AlreadyExistsError {
+  return new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${box}); choose another name, or remove that box first (cairn box rm ${box})`, { box })
 }
 
 /**
@@ -331,9 +332,7 @@ async function claimName(repo: Repository, name: string, box: string): Promise<v
     const claim = await repo.store.getRecord<NameClaim>("boxnames", key).catch(orMissing)
     if (claim === undefined) continue // given back meanwhile: try again
     const holder = await repo.store.getRecord<BoxRecord>("boxes", claim.box).catch(orMissing)
-    if (holder?.name === name) {
-      throw new AlreadyExistsError(`a box named ${JSON.stringify(name)} already exists (${holder.id}); choose another name, or remove that box first (cairn box rm ${holder.id})`, { box: holder.id })
-    }
+    if (holder?.name === name) throw nameTaken(name, holder.id)
     const age = Date.now() - Date.parse(claim.at)
     if (holder === undefined && age < CLAIM_STALE_MS) {
       throw new AlreadyExistsError(`another process is creating a box named ${JSON.stringify(name)} (${claim.box}); choose another name, or wait and try again`, { box: claim.box })

@@ -36,7 +36,7 @@ import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
-import { adoptOutsideHolders, flattenTree, resolvePath, type PlacedEntry } from "./walk.js"
+import { placePart, type PlacedEntry } from "./walk.js"
 
 export interface RestoreOptions {
   /** restore only this path of the snapshot ("/" or omitted: everything) */
@@ -251,14 +251,8 @@ class Restorer {
   private fromCacheCount = 0
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
-    const top = await resolvePath(this.store, snapshot.tree, this.opts.subPath ?? "/")
-    const part = splitBase(this.opts.subPath ?? "")
-    const entries = top.type === "dir" ? await flattenTree(this.store, top.tree) : [{ rel: top.name, entry: top }]
     // a part of the snapshot gets the content of hardlinks whose first member lies outside it
-    const placed =
-      top.type === "dir" && part === ""
-        ? entries
-        : await adoptOutsideHolders(this.store, snapshot.tree, entries, top.type === "dir" ? part : part.slice(0, Math.max(0, part.lastIndexOf("/"))))
+    const { top, base, placed } = await placePart(this.store, snapshot.tree, this.opts.subPath ?? "/")
     this.checkPathLengths(placed)
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
@@ -279,10 +273,10 @@ class Restorer {
       if (p.entry.type === "symlink") await this.guard(p.rel, () => this.makeSymlink(p.rel, p.entry as TreeEntry & { type: "symlink" }))
     }
     const restored = new Set(files.filter((f) => !this.result.failed.some((x) => x.path === f.rel)).map((f) => f.rel))
-    const base = top.type === "dir" ? (this.opts.subPath ? splitBase(this.opts.subPath) : "") : undefined
+    const linkBase = top.type === "dir" ? base : undefined
     for (const p of placed) {
       const e = p.entry
-      if (e.type === "file" && e.link !== undefined) await this.guard(p.rel, () => this.makeHardlink(p.rel, e, base, restored))
+      if (e.type === "file" && e.link !== undefined) await this.guard(p.rel, () => this.makeHardlink(p.rel, e, linkBase, restored))
     }
     // directory metadata last, deepest first, so that read-only dirs do not block their children
     for (const d of [...dirs].reverse()) await this.guard(d.rel, async () => this.setMeta(this.abs(d.rel), d.entry, false))
@@ -781,10 +775,6 @@ const PATH_MAX_BYTES = (process.platform === "darwin" ? 1024 : 4096) - 1
 
 function tempName(final: string): string {
   return path.join(path.dirname(final), `${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`)
-}
-
-function splitBase(subPath: string): string {
-  return subPath.split("/").filter((n) => n !== "" && n !== ".").join("/")
 }
 
 /** ns -> seconds for fs.utimes, nudged half a microsecond up so libuv's truncation lands on the right microsecond. */

@@ -65,7 +65,7 @@ import type { Warning } from "./scan.js"
 import { checkRecordFields } from "./records.js"
 import { compareNames, isSafeName, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
-import { adoptOutsideHolders, flattenTree, resolvePath, splitSnapshotPath, type PlacedEntry } from "./walk.js"
+import { placePart, type PlacedEntry } from "./walk.js"
 
 export interface ExportTarOptions {
   /** export only this path of the snapshot ("/" or omitted: everything) */
@@ -148,18 +148,7 @@ export async function exportTar(
 }
 
 async function planExport(store: Store, snapshot: SnapshotRecord, subPath: string): Promise<PlannedFile[]> {
-  const names = splitSnapshotPath(subPath)
-  const top = await resolvePath(store, snapshot.tree, subPath)
-  let base: string
-  let placed: PlacedEntry[]
-  if (top.type === "dir") {
-    base = names.join("/")
-    placed = sortDepthFirst(await flattenTree(store, top.tree))
-  } else {
-    base = names.slice(0, -1).join("/")
-    placed = [{ rel: top.name, entry: top }]
-  }
-  if (top.type !== "dir" || base !== "") placed = await adoptOutsideHolders(store, snapshot.tree, placed, base)
+  const { base, placed } = await placePart(store, snapshot.tree, subPath, sortDepthFirst)
   const plan: PlannedFile[] = []
   const holders = new Set(placed.filter((p) => p.entry.type === "file" && p.entry.link === undefined).map((p) => p.rel))
   const emitted = new Set<string>()
@@ -178,7 +167,7 @@ async function planExport(store: Store, snapshot: SnapshotRecord, subPath: strin
     const link = e.link
     const inside = base === "" ? link : link.startsWith(`${base}/`) ? link.slice(base.length + 1) : undefined
     if (inside === undefined || !holders.has(inside)) {
-      // adoptOutsideHolders gave every member whose holder is a file in the snapshot one inside the export
+      // placePart gave every member whose holder is a file in the snapshot one inside the export
       throw new IntegrityError(`hardlink ${p.rel} points at ${link}, which is not a regular file in the snapshot`, { path: p.rel })
     }
     if (emitted.has(inside)) plan.push({ rel: p.rel, entry: e, linkTo: inside })

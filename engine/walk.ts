@@ -126,44 +126,6 @@ export async function readTreeBlobs(
  * cache first, and those read are added to it. A tree shared by several
  * directories is read once.
  */
-/**
- * Makes a part of a snapshot self-contained in its hardlinks, for a restore
- * or an export of that part (the whole snapshot needs none of it). placed: the part's entries, rels from its
- * directory, which is `base` from the snapshot root ("" for the root). A
- * member of a hardlink group whose first member (the one holding the
- * content) is not among them becomes the group's holder here: it takes that
- * member's chunks and size, and the group's later members here link to it.
- * A member whose holder is not a regular file in the snapshot (damage) is
- * left as it is, for the caller to report.
- */
-export async function adoptOutsideHolders(store: Store, root: BlobId, placed: PlacedEntry[], base: string): Promise<PlacedEntry[]> {
-  const prefix = base === "" ? "" : `${base}/`
-  const holders = new Set(placed.filter((p) => p.entry.type === "file" && p.entry.link === undefined).map((p) => p.rel))
-  const adopted = new Map<string, string>() // holder's path from the root -> the member that holds its content now
-  const out: PlacedEntry[] = []
-  for (const p of placed) {
-    const e = p.entry
-    if (e.type !== "file" || e.link === undefined || (e.link.startsWith(prefix) && holders.has(e.link.slice(prefix.length)))) {
-      out.push(p)
-      continue
-    }
-    const taken = adopted.get(e.link)
-    if (taken !== undefined) {
-      out.push({ rel: p.rel, entry: { ...e, link: prefix + taken } })
-      continue
-    }
-    const holder = await resolvePath(store, root, `/${e.link}`).catch(() => undefined)
-    if (holder?.type !== "file" || holder.link !== undefined) {
-      out.push(p)
-      continue
-    }
-    adopted.set(e.link, p.rel)
-    const { link: _holderPath, ...own } = e
-    out.push({ rel: p.rel, entry: { ...own, size: holder.size, chunks: holder.chunks ?? [] } })
-  }
-  return out
-}
-
 export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedEntry[]> {
   const trees = new Map<BlobId, Tree>()
   let frontier = [treeId]
@@ -183,6 +145,93 @@ export async function flattenTree(store: Store, treeId: BlobId): Promise<PlacedE
     for (const p of mine) if (p.entry.type === "dir") visit(p.entry.tree, p.rel, depth + 1)
   }
   visit(treeId, "", 0)
+  return out
+}
+
+/** A part of a snapshot, as a restore or an export of a sub-path takes it. */
+export interface SnapshotPart {
+  /** the entry at the sub-path (a synthetic directory entry for the root) */
+  top: TreeEntry
+  /** the directory the entries' rels start from, as a path from the snapshot root ("" for the root) */
+  base: string
+  /** the entries: a directory's whole content, or the one entry; a hardlink whose first member lies outside the part holds its content here */
+  placed: PlacedEntry[]
+}
+
+/**
+ * The entries of a snapshot's sub-path ("/" for all of it), ordered by
+ * `order` before their hardlinks are made self-contained (see
+ * adoptOutsideHolders; the whole snapshot needs none of it).
+ */
+export async function placePart(
+  store: Store,
+  root: BlobId,
+  subPath: string,
+  order: (placed: PlacedEntry[]) => PlacedEntry[] = (p) => p,
+): Promise<SnapshotPart> {
+  const names = splitSnapshotPath(subPath)
+  const top = await resolvePath(store, root, subPath)
+  if (top.type === "dir") {
+    const base = names.join("/")
+    const placed = order(await flattenTree(store, top.tree))
+    return { top, base, placed: base === "" ? placed : await adoptOutsideHolders(store, root, placed, base) }
+  }
+  const base = names.slice(0, -1).join("/")
+  return { top, base, placed: await adoptOutsideHolders(store, root, [{ rel: top.name, entry: top }], base) }
+}
+
+/**
+ * Makes a part of a snapshot self-contained in its hardlinks. placed: the
+ * part's entries, rels from its directory, which is `base` from the snapshot
+ * root. A member of a hardlink group whose first member (the one holding the
+ * content) is not among them becomes the group's holder here: it takes that
+ * member's chunks and size, and the group's later members here link to it.
+ * A member whose holder is not a regular file in the snapshot (damage) is
+ * left as it is, for the caller to report. The outside holders' directories
+ * are each read once, however many groups they hold.
+ */
+async function adoptOutsideHolders(store: Store, root: BlobId, placed: PlacedEntry[], base: string): Promise<PlacedEntry[]> {
+  const prefix = base === "" ? "" : `${base}/`
+  const holders = new Set(placed.filter((p) => p.entry.type === "file" && p.entry.link === undefined).map((p) => p.rel))
+  const adopted = new Map<string, string>() // holder's path from the root -> the member that holds its content now
+  // a directory of the snapshot (path from the root) -> its entries by name, or undefined if it is not a readable directory
+  const dirs = new Map<string, Promise<Map<string, TreeEntry> | undefined>>()
+  const dirAt = (dir: string): Promise<Map<string, TreeEntry> | undefined> => {
+    let entries = dirs.get(dir)
+    if (!entries) {
+      entries = (async () => {
+        const slash = dir.lastIndexOf("/")
+        const parent = dir === "" ? undefined : (await dirAt(slash < 0 ? "" : dir.slice(0, slash)))?.get(dir.slice(slash + 1))
+        if (dir !== "" && parent?.type !== "dir") return undefined
+        const tree = await loadTree(store, parent?.type === "dir" ? parent.tree : root)
+        return new Map(tree.entries.map((e) => [e.name, e]))
+      })().catch(() => undefined)
+      dirs.set(dir, entries)
+    }
+    return entries
+  }
+  const out: PlacedEntry[] = []
+  for (const p of placed) {
+    const e = p.entry
+    if (e.type !== "file" || e.link === undefined || (e.link.startsWith(prefix) && holders.has(e.link.slice(prefix.length)))) {
+      out.push(p)
+      continue
+    }
+    const taken = adopted.get(e.link)
+    if (taken !== undefined) {
+      out.push({ rel: p.rel, entry: { ...e, link: prefix + taken } })
+      continue
+    }
+    const slash = e.link.lastIndexOf("/")
+    const holder = (await dirAt(slash < 0 ? "" : e.link.slice(0, slash)))?.get(e.link.slice(slash + 1))
+    if (holder?.type !== "file" || holder.link !== undefined) {
+      out.push(p)
+      continue
+    }
+    adopted.set(e.link, p.rel)
+    const { link: _holderPath, ...own } = e
+    out.push({ rel: p.rel, entry: { ...own, size: holder.size, chunks: holder.chunks ?? [] } })
+  }
   return out
 }
 

@@ -434,12 +434,18 @@ export class Store {
     } finally {
       release()
     }
+    // raw bytes may be a view into a caller's buffer: append copies them
+    return this.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
+  }
+
+  /** Copies a blob's stored bytes into the open pack (pending until its pack is written); seals a full pack. */
+  private async append(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): Promise<PutResult> {
     if (this.writeError) throw this.writeError
-    // copied into the open pack: raw bytes that were a view into a caller's buffer are ours now
-    const blob = this.open.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
-    this.pending.set(id, blob)
+    // only the entry's own fields: a caller may pass a location from another pack
+    const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
+    this.pending.set(blob.id, added)
     if (this.open.size >= this.config.packSize) await this.sealPack()
-    return { id, added: true, storedLength: blob.entry.length }
+    return { id: blob.id, added: true, storedLength: added.entry.length }
   }
 
   /** Seals the open pack and starts writing it; waits while another pack is still being written. */
@@ -687,11 +693,7 @@ export class Store {
     this.assertOpen()
     const pending = this.pending.get(blob.id)
     if (pending || this.inflight.has(blob.id)) return { id: blob.id, added: false, storedLength: pending?.entry.length ?? stored.length }
-    if (this.writeError) throw this.writeError
-    const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
-    this.pending.set(blob.id, added)
-    if (this.open.size >= this.config.packSize) await this.sealPack()
-    return { id: blob.id, added: true, storedLength: added.entry.length }
+    return this.append(blob, stored)
   }
 }
 
