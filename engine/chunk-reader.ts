@@ -10,6 +10,12 @@
 // span, against ~3 ms to cut it); without WebAssembly it reads into a fresh
 // buffer and transfers that.
 //
+// A changed file's previous chunks (the stat cache's list) ride along as a
+// sorted set of 32-bit id prefixes in shared memory: a chunk whose id is in
+// it leaves without its bytes, which saves the copy (and the page faults of
+// a fresh buffer) for the unchanged bulk of a big file with a small edit.
+// The caller checks that the repository holds each such chunk.
+//
 // Requests are stateless, so any worker of the pool can serve one: FastCDC's
 // hash restarts at every chunk start, so cutting from a known boundary gives
 // the boundaries a whole-file pass gives. A request reads SPAN bytes from a
@@ -33,6 +39,16 @@ const { createHash } = require("node:crypto")
 // the WebAssembly cut loop, reading into its memory; the JavaScript one where there is no WebAssembly
 const wasm = ${WASM_CUTTER_SOURCE}
 const jsCut = ${CUT_SOURCE}
+function sortedHas(a, x) {
+  let lo = 0
+  let hi = a.length
+  while (lo < hi) {
+    const m = (lo + hi) >>> 1
+    if (a[m] < x) lo = m + 1
+    else hi = m
+  }
+  return lo < a.length && a[lo] === x
+}
 parentPort.on("message", (job) => {
   let fd
   try {
@@ -59,9 +75,32 @@ parentPort.on("message", (job) => {
       pos += len
     }
     const stat = { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
-    // the WebAssembly memory stays here: its bytes leave as a copy
-    const out = wasm ? buf.slice(0, n) : buf
-    parentPort.postMessage({ id: job.id, buffer: out.buffer, read: n, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
+    // chunks the caller knows (their ids' first 32 bits are in job.known) leave without their bytes, past job.keep
+    const elided = []
+    if (job.known) {
+      let s = 0
+      for (let k = 0; k < lengths.length; s += lengths[k], k++) if (s >= job.keep && sortedHas(job.known, parseInt(ids[k].slice(0, 8), 16))) elided.push(k)
+    }
+    let out
+    let head = n
+    if (elided.length > 0) {
+      // the bytes before the first elided chunk as they are, then the other chunks' bytes one after another
+      const skip = new Set(elided)
+      let s = 0
+      const parts = []
+      for (let k = 0; k < lengths.length; s += lengths[k], k++) {
+        if (k === elided[0]) head = s
+        if (k >= elided[0] && !skip.has(k)) parts.push(buf.subarray(s, s + lengths[k]))
+      }
+      out = new Uint8Array(parts.reduce((t, p) => t + p.length, head))
+      out.set(buf.subarray(0, head))
+      let at = head
+      for (const p of parts) { out.set(p, at); at += p.length }
+    } else {
+      // the WebAssembly memory stays here: its bytes leave as a copy
+      out = wasm ? buf.slice(0, n) : buf
+    }
+    parentPort.postMessage({ id: job.id, buffer: out.buffer, read: n, head, elided, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String((err && err.message) || err), code: err && err.code })
   } finally {
@@ -80,18 +119,23 @@ export interface FileStat {
 }
 
 export interface ChunkBatch {
-  /** the bytes read; chunk k is data[sum of lengths before k .. + lengths[k]) */
-  data: Uint8Array
   lengths: number[]
   ids: BlobId[]
+  /** chunk k's bytes; undefined for a chunk whose id the caller said it knows (opts.known), sent without them */
+  bytes: Array<Uint8Array | undefined>
   /** the file's fstat when this batch was read */
   stat: FileStat
 }
 
 interface Reply {
+  /** the file's bytes from the request's start up to head, then the bytes of each chunk not elided after that */
   buffer: ArrayBuffer
-  /** bytes of buffer that hold the file's bytes from the request's start */
+  /** bytes read from the file, from the request's start */
   read: number
+  /** bytes of buffer that are the file's bytes as read (read, unless a chunk was elided) */
+  head: number
+  /** indexes of the chunks sent without their bytes, ascending */
+  elided: number[]
   /** the read reached the end of the file */
   eof: boolean
   lengths: number[]
@@ -137,47 +181,93 @@ export async function* chunkFile(
   path: string,
   params: ChunkerParams,
   gear: Uint32Array,
-  opts: { span?: number; /** the size the scan saw: no second span is asked for a file it fits in */ sizeHint?: number } = {},
+  opts: {
+    span?: number
+    /** the size the scan saw: no second span is asked for a file it fits in */
+    sizeHint?: number
+    /**
+     * Ids the caller already holds (a changed file's previous chunks): such
+     * chunks come without their bytes, which saves copying them out of the
+     * reader. A false match is possible (the reader compares 32 bits of an
+     * id), so the caller checks each id it gets without bytes.
+     */
+    known?: Iterable<BlobId>
+  } = {},
 ): AsyncGenerator<ChunkBatch> {
   const span = opts.span ?? SPAN
   const r = resolve(params, gear)
-  const request = (from: number): Pending => {
-    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r })
+  const known = opts.known && knownPrefixes(opts.known)
+  // A span that starts at a guess keeps its first bytes whole: joining it to the
+  // true chain cuts there (the chain enters within maxSize of the guess, and
+  // each cut needs maxSize ahead). On the workspace's 200 MiB file, keeping
+  // 2x maxSize made 4 of 51 spans miss and be read again; 3x, none.
+  const keepGuessed = 3 * params.maxSize
+  const request = (from: number, exact: boolean): Pending => {
+    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, keep: exact ? 0 : keepGuessed })
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
   }
   let pos = 0
-  let current = request(0)
-  let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span)
+  let current = request(0, true)
+  let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span, false)
   for (;;) {
     const reply = await current.reply
     const batch = join(reply, current.from, pos, params, gear)
     if (!batch) {
-      current = request(pos)
-      ahead = request(pos + span)
+      current = request(pos, true)
+      ahead = request(pos + span, false)
       continue
     }
     const done = reply.done
     pos = batch.end
     if (!done) {
       // the span ahead is of use if it starts at or before the true position, within its reach
-      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos)
-      ahead = request(current.from + span)
+      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos, true)
+      ahead = request(current.from + span, false)
     }
     const s = reply.stat
     yield {
-      data: batch.data,
       lengths: batch.lengths,
       ids: batch.ids,
+      bytes: batch.bytes,
       stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile },
     }
     if (done) return
   }
 }
 
+/** The first 32 bits of each id, sorted, in shared memory: every request of a file passes it without a copy. */
+function knownPrefixes(ids: Iterable<BlobId>): Uint32Array {
+  const prefixes = [...new Set([...ids].map((id) => parseInt(id.slice(0, 8), 16)))].sort((a, b) => a - b)
+  const out = new Uint32Array(new SharedArrayBuffer(4 * prefixes.length))
+  out.set(prefixes)
+  return out
+}
+
+/** Each of a reply's chunks' bytes, or undefined for an elided one. */
+function replyBytes(reply: Reply): Array<Uint8Array | undefined> {
+  const buf = new Uint8Array(reply.buffer)
+  const elided = new Set(reply.elided)
+  const first = reply.elided[0] ?? reply.lengths.length
+  const out: Array<Uint8Array | undefined> = []
+  let natural = 0 // where chunk k starts in the file's bytes as read
+  let packed = reply.head // where the next chunk past the first elided one starts in buf
+  reply.lengths.forEach((len, k) => {
+    if (k < first) out.push(buf.subarray(natural, natural + len))
+    else if (elided.has(k)) out.push(undefined)
+    else {
+      out.push(buf.subarray(packed, packed + len))
+      packed += len
+    }
+    natural += len
+  })
+  return out
+}
+
 /**
  * The chunks of a reply (read from `from`) that continue the true chain at
  * `pos`, or undefined if the reply shares no boundary with it soon enough.
+ * The chunks cut here come from the reply's whole bytes (its head).
  */
 function join(
   reply: Reply,
@@ -185,8 +275,9 @@ function join(
   pos: number,
   params: ChunkerParams,
   gear: Uint32Array,
-): { data: Uint8Array; lengths: number[]; ids: BlobId[]; end: number } | undefined {
-  const buf = new Uint8Array(reply.buffer, 0, reply.read)
+): { lengths: number[]; ids: BlobId[]; bytes: Array<Uint8Array | undefined>; end: number } | undefined {
+  const head = new Uint8Array(reply.buffer, 0, reply.head)
+  const whole = reply.head === reply.read
   const end = from + reply.used
   if (pos < from || pos > end) return undefined
   // the reply's boundaries, absolute
@@ -199,20 +290,24 @@ function join(
   at.set(end, reply.lengths.length)
   const lengths: number[] = []
   const ids: BlobId[] = []
+  const bytes: Array<Uint8Array | undefined> = []
   let p = pos
   while (!at.has(p)) {
     if (lengths.length >= RESYNC_LIMIT) return undefined
     const o = p - from
     // a cut needs maxSize bytes ahead, or the end of the file
-    if (!reply.eof && buf.length - o < params.maxSize) return undefined
-    const len = cutPoint(buf, o, buf.length, params, gear)
+    if (!(reply.eof && whole) && head.length - o < params.maxSize) return undefined
+    const len = cutPoint(head, o, head.length, params, gear)
+    const piece = head.subarray(o, o + len)
     lengths.push(len)
-    ids.push(hashBytes(buf.subarray(o, o + len)))
+    ids.push(hashBytes(piece))
+    bytes.push(piece)
     p += len
     if (p > end) return undefined
   }
   const k = at.get(p)!
   lengths.push(...reply.lengths.slice(k))
   ids.push(...reply.ids.slice(k))
-  return { data: buf.subarray(pos - from, end - from), lengths, ids, end }
+  bytes.push(...replyBytes(reply).slice(k))
+  return { lengths, ids, bytes, end }
 }

@@ -52,6 +52,13 @@ export class LookupBatcher {
 
 const WINDOW = 16
 
+/** A chunk sent without its bytes as one the repository holds is not in it (ingestBatches). */
+export class KnownChunkMissing extends Error {
+  constructor(readonly id: BlobId) {
+    super(`chunk ${id} was expected in the repository`)
+  }
+}
+
 function treeBlob(entries: readonly TreeEntry[]): { id: BlobId; bytes: Buffer } {
   const bytes = encodeTree(entries)
   return { id: hashBytes(bytes), bytes }
@@ -117,7 +124,10 @@ export class Ingestor {
   /**
    * Stores a file a chunk reader cut and hashed (chunk-reader.ts). Returns
    * its chunks, its size, the file's stat after the last batch, and whether
-   * every batch saw the same file (same inode, size, mtime and ctime).
+   * every batch saw the same file (same inode, size, mtime and ctime). A
+   * chunk that came without its bytes must be in the repository already;
+   * if it is not, this throws KnownChunkMissing (read the file again without
+   * hints).
    */
   async ingestBatches(
     batches: AsyncIterable<ChunkBatch>,
@@ -138,7 +148,7 @@ export class Ingestor {
         for (const [k, len] of batch.lengths.entries()) {
           const id = batch.ids[k]!
           chunks.push(id)
-          await put(id, batch.data.subarray(at, at + len))
+          await put(id, batch.bytes[k])
           at += len
         }
         size += at
@@ -153,9 +163,9 @@ export class Ingestor {
    * them are being stored at once (put waits for the oldest beyond that), and
    * every store settles before an error propagates.
    */
-  private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array) => Promise<void>) => Promise<void>): Promise<void> {
+  private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array | undefined) => Promise<void>) => Promise<void>): Promise<void> {
     const window: Promise<void>[] = []
-    const put = async (id: BlobId, piece: Uint8Array) => {
+    const put = async (id: BlobId, piece: Uint8Array | undefined) => {
       const stored = this.putChunk(BLOB_DATA, id, piece)
       // awaited later (by the window or below); handled now, since it may fail while produce waits for input
       stored.catch(() => {})
@@ -220,7 +230,9 @@ export class Ingestor {
     await Promise.all(started)
   }
 
-  private async putChunk(kind: number, id: BlobId, data: Uint8Array): Promise<void> {
+  /** Stores a blob unless the repository has it; data undefined: it must have it (putKnown). */
+  private async putChunk(kind: number, id: BlobId, data: Uint8Array | undefined): Promise<void> {
+    if (data === undefined) return this.putKnown(id)
     if (this.distinct.has(id)) return
     this.distinct.set(id, 0)
     const loc = await this.batcher.lookup(id)
@@ -234,5 +246,19 @@ export class Ingestor {
       this.addedBytes += result.storedLength
       this.addedBlobs++
     }
+  }
+
+  /**
+   * Accounts for a chunk sent without its bytes, which the repository must
+   * hold (or this store be adding); else throws KnownChunkMissing. It enters
+   * `distinct` only once found: a put of the same id meanwhile must not take
+   * it for stored.
+   */
+  private async putKnown(id: BlobId): Promise<void> {
+    if (this.distinct.has(id)) return
+    const loc = await this.batcher.lookup(id)
+    const length = loc === undefined ? undefined : loc === "pending" ? await this.store.pendingLength(id) : this.store.storedLengthOf(loc, id)
+    if (length === undefined) throw new KnownChunkMissing(id)
+    if (!this.distinct.get(id)) this.distinct.set(id, length)
   }
 }

@@ -25,7 +25,7 @@ import type { Store } from "../store/store.js"
 import { checkRecordFields } from "./records.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
-import { Ingestor } from "./ingest.js"
+import { Ingestor, KnownChunkMissing } from "./ingest.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, StatCacheWriter, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
@@ -363,7 +363,7 @@ class SnapshotRun {
     for (let attempt = 0; ; attempt++) {
       let read: FileRead
       try {
-        read = await this.readFile(abs, node.size)
+        read = await this.readFile(abs, node.size, node.rel)
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code
         if (code === "ENOENT" || code === "EACCES" || code === "EPERM" || code === "EISDIR" || code === "ELOOP") {
@@ -393,9 +393,12 @@ class SnapshotRun {
   /**
    * Chunks and stores a file. Small files are read inline; large ones by a
    * chunk reader thread (chunk-reader.ts) while this thread stores their
-   * chunks; files in between with one read on the thread pool.
+   * chunks; files in between with one read on the thread pool. A large file
+   * the cache knows sends the chunks its previous version had without their
+   * bytes (most of a big file with a small edit); should one of them be gone
+   * from the repository after all, the file is read again in full.
    */
-  private async readFile(abs: string, expected: number): Promise<FileRead> {
+  private async readFile(abs: string, expected: number, rel: string): Promise<FileRead> {
     const onBytes = (n: number) => {
       this.readBytes += n
       this.progress(n)
@@ -406,7 +409,12 @@ class SnapshotRun {
       return { chunks: await this.ingest.ingestBuffer(data), size: data.length, after: seen(after), steady: true }
     }
     if (expected > SMALL_FILE) {
-      const { chunks, size, stat, steady } = await this.ingest.ingestBatches(chunkFile(abs, this.ingest.params, this.ingest.gear, { sizeHint: expected }), onBytes)
+      const read = (known?: BlobId[]) => this.ingest.ingestBatches(chunkFile(abs, this.ingest.params, this.ingest.gear, { sizeHint: expected, known }), onBytes)
+      const known = this.cachedChunks(rel)
+      const { chunks, size, stat, steady } = await read(known).catch((err: unknown) => {
+        if (!(err instanceof KnownChunkMissing)) throw err
+        return read()
+      })
       return { chunks, size, after: stat, steady }
     }
     const handle = await fsp.open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
@@ -420,6 +428,17 @@ class SnapshotRun {
     const chunks = await this.ingest.ingestBuffer(data)
     const after = await fsp.lstat(abs, { bigint: true }).catch(() => undefined)
     return { chunks, size: data.length, after: after && seen(after), steady: true }
+  }
+
+  /**
+   * The chunks the cache lists for a file at rel: most are in the repository
+   * (the ones the cache's snapshot holds), but a read may start before that
+   * is known (readEarly), so each one is looked up when it comes.
+   */
+  private cachedChunks(rel: string): BlobId[] | undefined {
+    const cached = this.cache.get(rel)
+    if (cached?.kind !== "file" || cached.chunks.length === 0) return undefined
+    return cached.chunks.map((c) => c.id)
   }
 
   private record(node: ScanNode, chunks: BlobId[]): void {

@@ -403,6 +403,13 @@ export class Store {
     return loc.length
   }
 
+  /** The stored length of a blob this process is adding (pending or in flight), once known; undefined if it is adding no such blob. */
+  async pendingLength(id: BlobId): Promise<number | undefined> {
+    const pending = this.pending.get(id)
+    if (pending) return pending.entry.length
+    return (await this.inflight.get(id))?.storedLength
+  }
+
   /** Adds a blob unless the store has it; checks the index (prefer batching with locateMany). */
   async putBlob(kind: number, data: Uint8Array): Promise<PutResult> {
     const id = hashBytes(data)

@@ -6,26 +6,25 @@ import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { chunkFile } from "../../engine/chunk-reader.js"
 import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
-import { hashBytes } from "../../store/ids.js"
+import { hashBytes, type BlobId } from "../../store/ids.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
 const GEAR = gearTable(new TextEncoder().encode("chunk reader seed"))
 const PARAMS = { minSize: 2048, avgSize: 8192, maxSize: 32768 }
 
-async function readAll(file: string, params = PARAMS, opts: { span?: number; sizeHint?: number } = {}) {
+async function readAll(file: string, params = PARAMS, opts: Parameters<typeof chunkFile>[3] = {}) {
   const lengths: number[] = []
-  const ids: string[] = []
-  const parts: Uint8Array[] = []
+  const ids: BlobId[] = []
+  const bytes: Array<Uint8Array | undefined> = []
   for await (const batch of chunkFile(file, params, GEAR, opts)) {
-    let at = 0
     batch.lengths.forEach((len, k) => {
       lengths.push(len)
       ids.push(batch.ids[k]!)
-      parts.push(batch.data.subarray(at, at + len))
-      at += len
+      bytes.push(batch.bytes[k])
     })
   }
-  return { lengths, ids, data: Buffer.concat(parts) }
+  const whole = bytes.every((b) => b !== undefined)
+  return { lengths, ids, bytes, data: whole ? Buffer.concat(bytes as Uint8Array[]) : undefined }
 }
 
 describe("chunkFile", () => {
@@ -46,10 +45,53 @@ describe("chunkFile", () => {
         expect(got.lengths).toEqual(want)
         let at = 0
         expect(got.ids).toEqual(want.map((len) => hashBytes(data.subarray(at, (at += len)))))
-        expect(got.data.equals(data)).toBe(true)
+        expect(got.data?.equals(data)).toBe(true)
       }),
       { numRuns: 20 },
     )
+  })
+
+  it("sends the chunks the caller knows without their bytes, and every other chunk's bytes exactly", async () => {
+    const dir = await tempDir()
+    const file = path.join(dir, "f.bin")
+    let elidedSome = 0
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: 2_500_000 }),
+        fc.constantFrom(undefined, 100_000, 333_333),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.array(fc.string({ minLength: 64, maxLength: 64, unit: fc.constantFrom(..."0123456789abcdef") }), { maxLength: 5 }),
+        fc.nat(),
+        async (size, span, share, strangers, edit) => {
+          const before = seededBytes(`f${size}`, size)
+          // the file as the caller last saw it, then edited in the middle
+          const old = await (async () => {
+            await fsp.writeFile(file, before)
+            return readAll(file, PARAMS, span ? { span } : {})
+          })()
+          const data = Buffer.from(before)
+          if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
+          await fsp.writeFile(file, data)
+          const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
+          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known })
+          const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
+          expect(got.lengths).toEqual(want)
+          let at = 0
+          expect(got.ids).toEqual(want.map((len) => hashBytes(data.subarray(at, (at += len)))))
+          at = 0
+          got.lengths.forEach((len, k) => {
+            const b = got.bytes[k]
+            if (b === undefined) {
+              expect(known).toContain(got.ids[k])
+              elidedSome++
+            } else expect(Buffer.from(b).equals(data.subarray(at, at + len))).toBe(true)
+            at += len
+          })
+        },
+      ),
+      { numRuns: 25 },
+    )
+    expect(elidedSome).toBeGreaterThan(100) // the property exercised elision, not only whole replies
   })
 
   it("reports the file's stat with every batch and keeps error codes", async () => {
