@@ -24,6 +24,7 @@
 // stopped: the next request starts there. Each reply carries the file's
 // fstat, so the caller notices a file replaced or rewritten between requests.
 
+import fs, { constants as fsConstants } from "node:fs"
 import os from "node:os"
 import { WorkerPool } from "../store/worker-pool.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
@@ -75,12 +76,9 @@ parentPort.on("message", (job) => {
       pos += len
     }
     const stat = { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
-    // chunks the caller knows (their ids' first 32 bits are in job.known) leave without their bytes, past job.keep
+    // chunks the caller knows (their ids' first 32 bits are in job.known) leave without their bytes
     const elided = []
-    if (job.known) {
-      let s = 0
-      for (let k = 0; k < lengths.length; s += lengths[k], k++) if (s >= job.keep && sortedHas(job.known, parseInt(ids[k].slice(0, 8), 16))) elided.push(k)
-    }
+    if (job.known) for (let k = 0; k < lengths.length; k++) if (sortedHas(job.known, parseInt(ids[k].slice(0, 8), 16))) elided.push(k)
     let out
     let head = n
     if (elided.length > 0) {
@@ -116,6 +114,13 @@ export interface FileStat {
   ino: bigint
   mode: number
   isFile: boolean
+}
+
+export interface ReaderCounts {
+  /** spans asked of the reader threads */
+  requests: number
+  /** windows read on the calling thread to join a span whose reply left bytes out */
+  windows: number
 }
 
 export interface ChunkBatch {
@@ -161,6 +166,9 @@ interface Pending {
 /** Chunks that joining a span to the true chain may cut on this thread before it gives the span up. */
 const RESYNC_LIMIT = 16
 
+/** A join's first window, in maxSizes: room for two chunks and a cut's lookahead (a join usually needs one or two). */
+const WINDOW_CHUNKS = 3
+
 /**
  * Reads a file as batches of chunks, in order, with two spans in flight:
  * the span after the one being read is requested at once, from where it
@@ -171,8 +179,10 @@ const RESYNC_LIMIT = 16
  * boundary both share on they agree. Each reply is joined to the true chain
  * here: from the true position the chunker runs on the reply's bytes until it
  * meets one of the reply's boundaries (usually within a chunk or two), and
- * the reply's chunks from there on are used as they are. A reply that shares
- * no boundary soon enough (data with no content-defined cut points, where
+ * the reply's chunks from there on are used as they are. When the reply left
+ * those bytes out (elided known chunks), they are read here, in a small
+ * window from the true position, checked to come from the file the reply
+ * read (same fstat). A reply that shares no boundary soon enough (data with no content-defined cut points, where
  * every chunk is maxSize long, keeps its phase) is dropped and the span is
  * requested again from the true position. Errors (ENOENT, ELOOP: the path
  * became a symlink) keep their code.
@@ -192,38 +202,46 @@ export async function* chunkFile(
      * id), so the caller checks each id it gets without bytes.
      */
     known?: Iterable<BlobId>
+    /** counts what the reading took (for tests and benchmarks) */
+    counts?: ReaderCounts
   } = {},
 ): AsyncGenerator<ChunkBatch> {
   const span = opts.span ?? SPAN
   const r = resolve(params, gear)
   const known = opts.known && knownPrefixes(opts.known)
-  // A span that starts at a guess keeps its first bytes whole: joining it to the
-  // true chain cuts there (the chain enters within maxSize of the guess, and
-  // each cut needs maxSize ahead). On the workspace's 200 MiB file, keeping
-  // 2x maxSize made 4 of 51 spans miss and be read again; 3x, none.
-  const keepGuessed = 3 * params.maxSize
-  const request = (from: number, exact: boolean): Pending => {
-    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, keep: exact ? 0 : keepGuessed })
+  const request = (from: number): Pending => {
+    if (opts.counts) opts.counts.requests++
+    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known })
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
   }
+  // one buffer for the windows a join reads (reused: what it cuts from one is copied out)
+  let scratch: Uint8Array | undefined
   let pos = 0
-  let current = request(0, true)
-  let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span, false)
+  let current = request(0)
+  let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span)
   for (;;) {
     const reply = await current.reply
-    const batch = join(reply, current.from, pos, params, gear)
-    if (!batch) {
-      current = request(pos, true)
-      ahead = request(pos + span, false)
+    let batch = join(reply, current.from, pos, params, gear, replyWindow(reply, current.from))
+    // the reply left out bytes the join cuts: read them here (from the same file, by its stat), in a window
+    // that grows until the join cannot be short of bytes (RESYNC_LIMIT chunks and maxSize ahead)
+    for (let size = WINDOW_CHUNKS * params.maxSize; batch === "short"; size *= 2) {
+      if (opts.counts) opts.counts.windows++
+      if (!scratch || scratch.length < size) scratch = new Uint8Array(size)
+      batch = join(reply, current.from, pos, params, gear, readWindow(path, pos, scratch.subarray(0, size), reply.stat))
+      if (size > RESYNC_LIMIT * params.maxSize) break
+    }
+    if (batch === undefined || batch === "short") {
+      current = request(pos)
+      ahead = request(pos + span)
       continue
     }
     const done = reply.done
     pos = batch.end
     if (!done) {
       // the span ahead is of use if it starts at or before the true position, within its reach
-      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos, true)
-      ahead = request(current.from + span, false)
+      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos)
+      ahead = request(current.from + span)
     }
     const s = reply.stat
     yield {
@@ -264,10 +282,56 @@ function replyBytes(reply: Reply): Array<Uint8Array | undefined> {
   return out
 }
 
+/** Bytes of the file as read from absolute offset `at`; `eof`: they run to its end. */
+interface Window {
+  bytes: Uint8Array
+  at: number
+  eof: boolean
+}
+
+/** A reply's bytes that are the file's as read: all of them, unless chunks were elided. */
+function replyWindow(reply: Reply, from: number): Window {
+  return { bytes: new Uint8Array(reply.buffer, 0, reply.head), at: from, eof: reply.eof && reply.head === reply.read }
+}
+
+/**
+ * Reads up to `length` bytes of the file from `at` on this thread, for a
+ * join (synchronously: it is on the critical path, and the thread pool may
+ * be queued with small files); undefined if the file is not the one the
+ * reply read (by its fstat).
+ */
+function readWindow(path: string, at: number, bytes: Uint8Array, seen: Reply["stat"]): Window | undefined {
+  const length = bytes.length
+  let fd: number
+  try {
+    fd = fs.openSync(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
+  } catch {
+    return undefined
+  }
+  try {
+    let n = 0
+    for (;;) {
+      const k = fs.readSync(fd, bytes, n, length - n, at + n)
+      if (k === 0) break
+      n += k
+      if (n === length) break
+    }
+    const st = fs.fstatSync(fd, { bigint: true })
+    if (String(st.ino) !== seen.ino || String(st.size) !== seen.size || String(st.mtimeNs) !== seen.mtimeNs || String(st.ctimeNs) !== seen.ctimeNs) return undefined
+    return { bytes: bytes.subarray(0, n), at, eof: n < length }
+  } catch {
+    return undefined
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 /**
  * The chunks of a reply (read from `from`) that continue the true chain at
- * `pos`, or undefined if the reply shares no boundary with it soon enough.
- * The chunks cut here come from the reply's whole bytes (its head).
+ * `pos`: the chunks cut here from `pos`, out of `window`, until one ends on
+ * a boundary of the reply, then the reply's own from there. Undefined if
+ * they share no boundary soon enough; "short" if the window ran out first
+ * while the reply had left bytes out (a wider window may do).
  */
 function join(
   reply: Reply,
@@ -275,11 +339,10 @@ function join(
   pos: number,
   params: ChunkerParams,
   gear: Uint32Array,
-): { lengths: number[]; ids: BlobId[]; bytes: Array<Uint8Array | undefined>; end: number } | undefined {
-  const head = new Uint8Array(reply.buffer, 0, reply.head)
-  const whole = reply.head === reply.read
+  window: Window | undefined,
+): { lengths: number[]; ids: BlobId[]; bytes: Array<Uint8Array | undefined>; end: number } | "short" | undefined {
   const end = from + reply.used
-  if (pos < from || pos > end) return undefined
+  if (pos < from || pos > end || window === undefined) return undefined
   // the reply's boundaries, absolute
   const at = new Map<number, number>()
   let b = from
@@ -291,14 +354,15 @@ function join(
   const lengths: number[] = []
   const ids: BlobId[] = []
   const bytes: Array<Uint8Array | undefined> = []
+  const buf = window.bytes
   let p = pos
   while (!at.has(p)) {
     if (lengths.length >= RESYNC_LIMIT) return undefined
-    const o = p - from
+    const o = p - window.at
     // a cut needs maxSize bytes ahead, or the end of the file
-    if (!(reply.eof && whole) && head.length - o < params.maxSize) return undefined
-    const len = cutPoint(head, o, head.length, params, gear)
-    const piece = head.subarray(o, o + len)
+    if (o < 0 || (!window.eof && buf.length - o < params.maxSize)) return reply.head < reply.read ? "short" : undefined
+    const len = cutPoint(buf, o, buf.length, params, gear)
+    const piece = buf.slice(o, o + len) // a copy: a window's buffer is reused
     lengths.push(len)
     ids.push(hashBytes(piece))
     bytes.push(piece)

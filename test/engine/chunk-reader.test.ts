@@ -55,11 +55,13 @@ describe("chunkFile", () => {
     const dir = await tempDir()
     const file = path.join(dir, "f.bin")
     let elidedSome = 0
+    let plainRequests = 0
+    const counts = { requests: 0, windows: 0 }
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 0, max: 2_500_000 }),
-        fc.constantFrom(undefined, 100_000, 333_333),
-        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.constantFrom(undefined, 100_000, 100_000, 333_333),
+        fc.double({ min: 0.5, max: 1, noNaN: true }),
         fc.array(fc.string({ minLength: 64, maxLength: 64, unit: fc.constantFrom(..."0123456789abcdef") }), { maxLength: 5 }),
         fc.nat(),
         async (size, span, share, strangers, edit) => {
@@ -73,7 +75,10 @@ describe("chunkFile", () => {
           if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
           await fsp.writeFile(file, data)
           const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
-          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known })
+          const plain = { requests: 0, windows: 0 }
+          await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain })
+          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts })
+          plainRequests += plain.requests
           const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
           expect(got.lengths).toEqual(want)
           let at = 0
@@ -89,9 +94,12 @@ describe("chunkFile", () => {
           })
         },
       ),
-      { numRuns: 25 },
+      { numRuns: 30 },
     )
     expect(elidedSome).toBeGreaterThan(100) // the property exercised elision, not only whole replies
+    // spans whose replies left out the bytes a join cuts were joined from a window read here, not asked for again
+    expect(counts.windows).toBeGreaterThan(5)
+    expect(counts.requests).toBe(plainRequests)
   })
 
   it("reports the file's stat with every batch and keeps error codes", async () => {
