@@ -127,6 +127,8 @@ export async function restoreSnapshot(store: Store, snapshot: SnapshotRecord, de
 class Restorer {
   private readonly result: RestoreResult
   private readonly owners: boolean
+  /** this process's uid and gid (undefined where there are none) */
+  private readonly self: { uid: number | undefined; gid: number | undefined }
   private readonly decodeSlots = new Semaphore(4)
   private readonly openSlots = new Semaphore(64)
   private filesTotal = 0
@@ -141,6 +143,8 @@ class Restorer {
   ) {
     this.result = { dest, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed: [] }
     this.owners = opts.owners ?? process.getuid?.() === 0
+    // asked once: each is a system call, and needsChown runs per file
+    this.self = { uid: process.getuid?.(), gid: process.getgid?.() }
     this.cache = opts.cache === false && !opts.link ? undefined : new MaterializationCache(store.cacheDir)
     this.writers = opts.writers === false ? undefined : fileWriterPool()
     this.writerWindow = new Semaphore(this.writers?.size ?? 1)
@@ -367,8 +371,9 @@ class Restorer {
     }
   }
 
+  /** rel's path in the destination; rels are names from validated trees joined by "/", so no join needs normalizing them. */
   private abs(rel: string): string {
-    return rel === "" || rel === "." ? this.dest : path.join(this.dest, ...rel.split("/"))
+    return rel === "" || rel === "." ? this.dest : this.dest.endsWith("/") ? this.dest + rel : `${this.dest}/${rel}`
   }
 
   /** Makes the destination (owner-only while it is filled; true) or checks the one there (false). */
@@ -743,7 +748,7 @@ class Restorer {
 
   /** New files belong to this process already; chown only what differs. */
   private needsChown(e: TreeEntry): boolean {
-    return this.owners && (e.uid !== process.getuid?.() || e.gid !== process.getgid?.())
+    return this.owners && (e.uid !== this.self.uid || e.gid !== this.self.gid)
   }
 
   /** Owner, mode and mtime, inline: a thread-pool round trip costs more than the calls (1,600 directories: ~0.1 s). */
@@ -774,7 +779,7 @@ const TEMP_NAME_BYTES = TEMP_PREFIX.length + 13 + ".tmp".length
 const PATH_MAX_BYTES = (process.platform === "darwin" ? 1024 : 4096) - 1
 
 function tempName(final: string): string {
-  return path.join(path.dirname(final), `${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`)
+  return `${final.slice(0, final.lastIndexOf("/") + 1)}${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`
 }
 
 /** ns -> seconds for fs.utimes, nudged half a microsecond up so libuv's truncation lands on the right microsecond. */
