@@ -62,15 +62,18 @@ export function compareNames(a: string, b: string): number {
 /** Canonical bytes of a tree; entries are sorted and normalized here. */
 export function encodeTree(entries: readonly TreeEntry[]): Buffer {
   const sorted = [...entries].sort((a, b) => compareNames(a.name, b.name))
+  // one literal per kind, keys in the canonical order (as in decodeTree: spreads cost more than the stringify)
   const canon = sorted.map((e) => {
-    const base = { name: e.name, type: e.type, mode: e.mode, mtime: e.mtime, uid: e.uid, gid: e.gid }
+    const { name, type, mode, mtime, uid, gid } = e
     switch (e.type) {
       case "file":
-        return e.link !== undefined ? { ...base, size: e.size, link: e.link } : { ...base, size: e.size, chunks: e.chunks ?? [] }
+        return e.link !== undefined
+          ? { name, type, mode, mtime, uid, gid, size: e.size, link: e.link }
+          : { name, type, mode, mtime, uid, gid, size: e.size, chunks: e.chunks ?? [] }
       case "symlink":
-        return { ...base, target: e.target }
+        return { name, type, mode, mtime, uid, gid, target: e.target }
       case "dir":
-        return { ...base, size: e.size, tree: e.tree }
+        return { name, type, mode, mtime, uid, gid, size: e.size, tree: e.tree }
     }
   })
   return Buffer.from(JSON.stringify({ v: TREE_VERSION, entries: canon }), "utf8")
