@@ -182,9 +182,10 @@ const WINDOW_CHUNKS = 3
  * the reply's chunks from there on are used as they are. When the reply left
  * those bytes out (elided known chunks), they are read here, in a small
  * window from the true position, checked to come from the file the reply
- * read (same fstat). A reply that shares no boundary soon enough (data with no content-defined cut points, where
- * every chunk is maxSize long, keeps its phase) is dropped and the span is
- * requested again from the true position. Errors (ENOENT, ELOOP: the path
+ * read (same fstat). A reply that shares no boundary soon enough (data with
+ * no content-defined cut points, where every chunk is maxSize long, keeps
+ * its phase) is dropped and the span is requested again from the true
+ * position. Errors (ENOENT, ELOOP: the path
  * became a symlink) keep their code.
  */
 export async function* chunkFile(
@@ -295,10 +296,10 @@ function replyWindow(reply: Reply, from: number): Window {
 }
 
 /**
- * Reads up to `length` bytes of the file from `at` on this thread, for a
- * join (synchronously: it is on the critical path, and the thread pool may
- * be queued with small files); undefined if the file is not the one the
- * reply read (by its fstat).
+ * Reads the file from `at` into `bytes` (as much as it holds) on this
+ * thread, for a join (synchronously: it is on the critical path, and the
+ * thread pool may be queued with small files); undefined if the file is not
+ * the one the reply read (by its fstat). The window is a view of `bytes`.
  */
 function readWindow(path: string, at: number, bytes: Uint8Array, seen: Reply["stat"]): Window | undefined {
   const length = bytes.length
