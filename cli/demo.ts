@@ -3,7 +3,7 @@
 // in parallel; one of them changes; sizes show what was shared.
 
 import { Box, type Repository } from "../engine/index.js"
-import { bytes, table, type ProgressBar } from "./format.js"
+import { bytes, ratio, table, type ProgressBar } from "./format.js"
 
 export async function demo(repo: Repository, opts: { keep: boolean; json: boolean; progress: ProgressBar }): Promise<void> {
   const log = (line: string) => {
@@ -49,7 +49,7 @@ export async function demo(repo: Repository, opts: { keep: boolean; json: boolea
   const added = snapshot.stats.addedBytes + changed.stats.addedBytes
   log(`\n${bytes(logical)} of snapshots cost ${bytes(added)} in the store (${(logical / Math.max(1, added)).toFixed(1)}x) and 4 boxes share it`)
   const stats = await repo.stats()
-  log(`the whole repository: ${stats.snapshots} snapshots, ${bytes(stats.logicalBytes)} logical in ${bytes(stats.physicalBytes)} of packs, dedup ${stats.dedupRatio.toFixed(2)}x`)
+  log(`the whole repository: ${stats.snapshots} snapshots, ${bytes(stats.logicalBytes)} logical in ${bytes(stats.physicalBytes)} of packs, dedup ${ratio(stats.logicalBytes, stats.dedupRatio)}`)
   const mine = new Set([box.id, ...branches.map((b) => b.id)])
   const boxes = (await Box.list({ repo })).filter((b) => mine.has(b.id))
   log("")

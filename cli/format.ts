@@ -46,6 +46,12 @@ export function kv(rows: Array<[string, string]>): string {
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n")
 }
 
+/** A dedup ratio (logical / physical bytes) for people: none while nothing is stored, two significant digits below 1 (a tiny repository's overhead). */
+export function ratio(logicalBytes: number, value: number): string {
+  if (logicalBytes === 0) return "- (nothing stored yet)"
+  return `${value >= 1 ? value.toFixed(2) : value.toPrecision(2)}x`
+}
+
 /** "1 pack", "2 packs" */
 export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`

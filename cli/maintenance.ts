@@ -5,7 +5,7 @@ import { promises as fsp } from "node:fs"
 import { isCairnError, NotFoundError, type Change, type KeepPolicy, type SnapshotRecord, type VerifyDamage } from "../engine/index.js"
 import { fraction, int, UsageError, type FlagSpec } from "./args.js"
 import type { Command, Context } from "./commands.js"
-import { bytes, kv, plural, seconds, shownPath, table } from "./format.js"
+import { bytes, kv, plural, ratio, seconds, shownPath, table } from "./format.js"
 
 const isDir = async (p: string) => (await fsp.stat(p).catch(() => undefined))?.isDirectory() === true
 const list = (v: string | string[] | undefined) => (v === undefined ? "" : Array.isArray(v) ? v.join(",") : v)
@@ -141,7 +141,7 @@ export const MAINTENANCE_COMMANDS: Command[] = [
           ["logical (all snapshots)", bytes(s.logicalBytes)],
           ["referenced (stored, live)", bytes(s.referencedBytes)],
           ["physical (packs, index, records)", bytes(s.physicalBytes)],
-          ["dedup ratio", `${s.dedupRatio.toFixed(2)}x`],
+          ["dedup ratio", ratio(s.logicalBytes, s.dedupRatio)],
         ]),
         s,
       )

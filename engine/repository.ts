@@ -325,7 +325,10 @@ class SnapshotApi {
     const snapshot = await this.get(idOrName)
     let entry = await resolvePath(this.store, snapshot.tree, filePath)
     if (entry.type === "file" && entry.link !== undefined) entry = await resolvePath(this.store, snapshot.tree, entry.link)
-    if (entry.type !== "file") throw new BadInputError(`${filePath} is a ${entry.type} in the snapshot, not a file`)
+    if (entry.type === "symlink") {
+      throw new BadInputError(`${filePath} is a symlink in the snapshot (to ${JSON.stringify(entry.target)}), not a file; read the file it points to`)
+    }
+    if (entry.type !== "file") throw new BadInputError(`${filePath} is a directory in the snapshot, not a file; list it instead (cairn show SNAP PATH)`)
     const chunks = entry.chunks ?? []
     const store = this.store
     return Readable.from(

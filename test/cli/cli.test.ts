@@ -69,6 +69,20 @@ describe("cairn CLI", () => {
     expect(await describeTree(dest)).toEqual(await describeTree(src))
   })
 
+  it("cat of a symlink names its target, of a directory says to list it; stats of an empty repository shows no ratio", async () => {
+    const link = await cairn(["--repo", repo, "cat", "first", "link"], env)
+    expect(link.code).not.toBe(0)
+    expect(link.stderr).toMatch(/^cairn: link is a symlink in the snapshot \(to "a\.txt"\), not a file/)
+    const dir = await cairn(["--repo", repo, "cat", "first", "bin"], env)
+    expect(dir.code).not.toBe(0)
+    expect(dir.stderr).toMatch(/^cairn: bin is a directory in the snapshot, not a file; list it instead \(cairn show/)
+    const empty = path.join(await tempDir(), "empty-repo")
+    expect((await cairn(["--repo", empty, "init"], env)).code).toBe(0)
+    const stats = await cairn(["--repo", empty, "stats"], env)
+    expect(stats.stdout).toMatch(/dedup ratio\s+- \(nothing stored yet\)/)
+    expect(JSON.parse((await cairn(["--repo", empty, "stats", "--json"], env)).stdout)).toMatchObject({ snapshots: 0, dedupRatio: 0 })
+  })
+
   it("restores into a non-empty directory only with --overwrite, and writes nothing otherwise", async () => {
     const dest = await tempDir()
     await fsp.writeFile(path.join(dest, "mine.txt"), "keep")
