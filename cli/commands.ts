@@ -304,7 +304,7 @@ export const COMMANDS: Command[] = [
       name: "box exec",
       summary: "run a command in a box (cairn box exec BOX -- CMD...); exits with its code",
       args: ["BOX"],
-      flags: { timeout: { kind: "string", help: "kill it after this many seconds" } },
+      flags: { timeout: { kind: "string", help: "stop it after this many seconds (SIGTERM, then SIGKILL 2 s later)" } },
     },
     async run(ctx) {
       if (ctx.rest.length === 0) throw new UsageError('give the command after "--", e.g. cairn box exec BOX -- ls -la', "box exec")
@@ -328,7 +328,7 @@ export const COMMANDS: Command[] = [
       process.on("SIGTERM", pass)
       try {
         const result = await box.exec(command, { ...timeout, inherit: true, signal: term.signal })
-        if (result.timedOut) process.stderr.write(`cairn: the command was killed after ${seconds} s\n`)
+        if (result.timedOut) process.stderr.write(`cairn: the command timed out after ${seconds} s (sent SIGTERM, and SIGKILL 2 s later if it still ran)\n`)
         return result.exitCode
       } finally {
         process.off("SIGINT", ignore)

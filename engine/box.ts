@@ -23,6 +23,9 @@ import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./
 import type { RestoreOptions } from "./restore.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 
+/** After a timeout's SIGTERM, how long a command may take to exit before SIGKILL (timeout(1)'s --kill-after). */
+const KILL_AFTER_MS = 2000
+
 export interface BoxRecord {
   id: string
   name?: string
@@ -158,13 +161,18 @@ export class Box {
    * as it comes, input passed through; the result's stdout and stderr are
    * empty), as a terminal user of `cairn box exec` expects.
    *
-   * Captured, or with a timeout, the command runs in its own process group,
-   * and a timeout or an abort kills the whole group (SIGKILL). Inherited
+   * Captured, or with a timeout, the command runs in its own process group.
+   * A timeout sends the whole group SIGTERM, as timeout(1) does, so that the
+   * command can clean up, and SIGKILL `killAfterMs` later (default 2 s) if
+   * any of it still runs; an abort sends the group SIGKILL at once. Inherited
    * without a timeout, it stays in this process's group, so that it can read
    * the terminal (an interactive shell) and gets the terminal's Ctrl-C
    * itself; an abort sends it SIGTERM, and what it started is its own to stop.
    */
-  async exec(command: string, opts: { env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; inherit?: boolean } = {}): Promise<ExecResult> {
+  async exec(
+    command: string,
+    opts: { env?: Record<string, string>; timeoutMs?: number; killAfterMs?: number; signal?: AbortSignal; inherit?: boolean } = {},
+  ): Promise<ExecResult> {
     await this.assertDir()
     return new Promise((resolve, reject) => {
       const inherit = opts.inherit === true
@@ -189,16 +197,19 @@ export class Box {
       const out: Buffer[] = []
       const err: Buffer[] = []
       let timedOut = false
+      let hard: NodeJS.Timeout | undefined
       const timer = opts.timeoutMs
         ? setTimeout(() => {
             timedOut = true
-            kill("SIGKILL")
+            kill("SIGTERM")
+            hard = setTimeout(() => kill("SIGKILL"), opts.killAfterMs ?? KILL_AFTER_MS)
           }, opts.timeoutMs)
         : undefined
       child.stdout?.on("data", (d: Buffer) => out.push(d))
       child.stderr?.on("data", (d: Buffer) => err.push(d))
       const settle = () => {
         clearTimeout(timer)
+        clearTimeout(hard)
         opts.signal?.removeEventListener("abort", onAbort)
       }
       child.on("error", (e) => {

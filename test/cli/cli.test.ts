@@ -410,7 +410,7 @@ describe("cairn CLI", () => {
     expect(json.code).toBe(2)
     expect(JSON.parse(json.stdout)).toEqual({ exitCode: 2, stdout: "out\n", stderr: "err\n", timedOut: false })
     const slow = await cairn(["--repo", repo, "box", "exec", "live", "--timeout", "0.5", "--", "sleep", "30"], env)
-    expect(slow).toMatchObject({ code: 137, stderr: "cairn: the command was killed after 0.5 s\n" })
+    expect(slow).toMatchObject({ code: 143, stderr: "cairn: the command timed out after 0.5 s (sent SIGTERM, and SIGKILL 2 s later if it still ran)\n" })
   })
 
   it("demo, the README's first command, runs end to end, and again on the same repository", async () => {

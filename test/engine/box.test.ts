@@ -70,6 +70,15 @@ describe("Box API", () => {
     expect((await box.exec("exit 3")).exitCode).toBe(3)
     const slow = await box.exec("sleep 5", { timeoutMs: 100 })
     expect(slow.timedOut).toBe(true)
+    // a timeout sends SIGTERM first: the command's own cleanup runs
+    const tidy = await box.exec("trap 'echo cleaned > cleaned.txt; exit 7' TERM; sleep 30 & wait", { timeoutMs: 300 })
+    expect(tidy).toMatchObject({ timedOut: true, exitCode: 7 })
+    expect(await fsp.readFile(path.join(box.dir, "cleaned.txt"), "utf8")).toBe("cleaned\n")
+    // and SIGKILL to the whole group when it ignores SIGTERM
+    const started = Date.now()
+    const stubborn = await box.exec("trap '' TERM; sleep 30", { timeoutMs: 200, killAfterMs: 300 })
+    expect(stubborn).toMatchObject({ timedOut: true, exitCode: 137 })
+    expect(Date.now() - started).toBeLessThan(10_000)
     expect((await box.exec("pwd")).stdout.trim()).toBe(await fsp.realpath(box.dir))
     expect((await box.exec("echo $FOO", { env: { FOO: "bar" } })).stdout).toBe("bar\n")
   })
