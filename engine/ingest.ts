@@ -257,7 +257,7 @@ export class Ingestor {
   private async putKnown(id: BlobId): Promise<void> {
     if (this.distinct.has(id)) return
     const loc = await this.batcher.lookup(id)
-    const length = loc === undefined ? undefined : loc === "pending" ? await this.store.pendingLength(id) : this.store.storedLengthOf(loc, id)
+    const length = loc === undefined ? undefined : loc === "pending" ? (await this.store.adding(id))?.storedLength : this.store.storedLengthOf(loc, id)
     if (length === undefined) throw new KnownChunkMissing(id)
     if (!this.distinct.get(id)) this.distinct.set(id, length)
   }

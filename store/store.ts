@@ -403,11 +403,15 @@ export class Store {
     return loc.length
   }
 
-  /** The stored length of a blob this process is adding (pending or in flight), once known; undefined if it is adding no such blob. */
-  async pendingLength(id: BlobId): Promise<number | undefined> {
+  /**
+   * The result for a blob this process is adding already (pending in the
+   * open pack, or in flight), as a second add of it gets it; undefined if it
+   * is adding no such blob.
+   */
+  adding(id: BlobId): Promise<PutResult> | undefined {
     const pending = this.pending.get(id)
-    if (pending) return pending.entry.length
-    return (await this.inflight.get(id))?.storedLength
+    if (pending) return Promise.resolve({ id, added: false, storedLength: pending.entry.length })
+    return this.inflight.get(id)?.then((r) => ({ ...r, added: false }))
   }
 
   /** Adds a blob unless the store has it; checks the index (prefer batching with locateMany). */
@@ -424,10 +428,8 @@ export class Store {
    */
   storeBlob(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
     this.assertOpen()
-    const pending = this.pending.get(id)
-    if (pending) return Promise.resolve({ id, added: false, storedLength: pending.entry.length })
-    const running = this.inflight.get(id)
-    if (running) return running.then((r) => ({ ...r, added: false }))
+    const already = this.adding(id)
+    if (already) return already
     const work = this.encodeAndAppend(kind, id, data).finally(() => this.inflight.delete(id))
     this.inflight.set(id, work)
     return work
