@@ -117,6 +117,17 @@ export async function emptyTrash(log: (s: string) => void): Promise<void> {
   await new Promise((r) => setTimeout(r, windowS * 1000))
 }
 
+/**
+ * Writes back every dirty page (sync(1)) before a measured command, so that
+ * none pays for the writeback of the one before it: without it, every tool's
+ * first repetition was its fastest, and a restore took 5.4 s with the
+ * previous runs' data still dirty against 2.9 s on a quiet page cache. The
+ * page cache itself stays warm (dropping it needs root).
+ */
+export async function settle(): Promise<void> {
+  await run("sync", [])
+}
+
 /** Runs a command without timing it; throws CommandError on failure. */
 export async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<{ stdout: string; stderr: string }> {
   const { stdout, stderr, code } = await spawnCollect(cmd, args, opts)
@@ -172,9 +183,14 @@ export class Meter {
   rssKiB = 0
   commands = 0
 
-  constructor(readonly env: NodeJS.ProcessEnv = process.env) {}
+  /** settle: sync(1) before each command (off for the sub-meters of parallel(), which settles once for all) */
+  constructor(
+    readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly settle = true,
+  ) {}
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    if (this.settle) await settle()
     const r = await runTimed(cmd, args, { env: this.env, ...opts })
     this.wallMs += r.wallMs
     this.rssKiB = Math.max(this.rssKiB, r.rssKiB)
@@ -189,8 +205,9 @@ export class Meter {
 
   /** Runs the thunks concurrently, each with its own sub-meter. */
   async parallel(tasks: Array<(m: Meter) => Promise<unknown>>): Promise<void> {
+    if (this.settle) await settle()
     const t0 = process.hrtime.bigint()
-    const meters = tasks.map(() => new Meter(this.env))
+    const meters = tasks.map(() => new Meter(this.env, false))
     await Promise.all(tasks.map((t, i) => t(meters[i]!)))
     this.wallMs += Number(process.hrtime.bigint() - t0) / 1e6
     this.rssKiB = Math.max(this.rssKiB, meters.reduce((s, m) => s + m.rssKiB, 0))
@@ -199,6 +216,7 @@ export class Meter {
 
   /** Times in-process work (no RSS of its own beyond this process). */
   async inProcess<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.settle) await settle()
     const t0 = process.hrtime.bigint()
     const v = await fn()
     this.wallMs += Number(process.hrtime.bigint() - t0) / 1e6
