@@ -185,7 +185,8 @@ class LoadedStatCache implements StatCacheView {
     if (Array.isArray(head.index)) this.indexFiles = head.index
     if (typeof head.stored === "number") this.storedBytes = head.stored
     if (col.at + textBytes !== buf.length) throw new RangeError("sections do not add up to the file")
-    this.text = buf.toString("utf8", col.at)
+    // as many UTF-8 bytes as UTF-16 units: all ASCII, which latin1 decodes to the same string in half the time
+    this.text = buf.toString(textBytes === textChars ? "latin1" : "utf8", col.at)
     if (this.text.length !== textChars) throw new RangeError("text does not decode to its length")
     this.textAt = new Uint32Array(n)
     this.blobAt = new Uint32Array(n)
@@ -342,23 +343,30 @@ export class StatCacheWriter {
     this.textChars += text.length
   }
 
-  /** The file's bytes, checksum included. */
+  /** The file's bytes, checksum included, written into one buffer (the cache of a large workspace is megabytes). */
   encode(meta: Omit<StatCache, "entries">): Buffer {
     const n = this.n
-    const textStr = this.text.join("")
+    const text = this.text.join("")
+    const textBytes = Buffer.byteLength(text, "utf8")
     const head = Buffer.from(JSON.stringify({ patterns: meta.patterns ?? null, index: meta.indexFiles ?? null, stored: meta.storedBytes }), "utf8")
-    const textBuf = Buffer.from(textStr, "utf8")
-    const bytes = (view: ArrayBufferView) => Buffer.from(view.buffer, view.byteOffset, view.byteLength)
-    const data = Buffer.concat([
-      MAGIC,
-      bytes(Uint32Array.of(FORMAT, n, this.m, head.length, textStr.length, textBuf.length)),
-      ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => bytes(c.subarray(0, n))),
-      bytes(this.blobLength.subarray(0, this.m)),
-      ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.kind].map((c) => bytes(c.subarray(0, n))),
-      head,
-      textBuf,
-    ])
-    return Buffer.concat([data, createHash("sha256").update(data).digest()])
+    const columns: ArrayBufferView[] = [
+      ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => c.subarray(0, n)),
+      this.blobLength.subarray(0, this.m),
+      ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.kind].map((c) => c.subarray(0, n)),
+    ]
+    const length = HEAD_BYTES + columns.reduce((sum, c) => sum + c.byteLength, 0) + head.length + textBytes
+    const out = Buffer.allocUnsafe(length + SUM_BYTES)
+    let at = MAGIC.copy(out, 0)
+    for (const v of [FORMAT, n, this.m, head.length, text.length, textBytes]) at = out.writeUInt32LE(v, at)
+    for (const c of columns) {
+      out.set(new Uint8Array(c.buffer, c.byteOffset, c.byteLength), at)
+      at += c.byteLength
+    }
+    at += head.copy(out, at)
+    // as many UTF-8 bytes as UTF-16 units: all ASCII, which latin1 writes the same, faster
+    at += out.write(text, at, textBytes === text.length ? "latin1" : "utf8")
+    createHash("sha256").update(out.subarray(0, at)).digest().copy(out, at)
+    return out
   }
 
   private grow(cap: number, blobCap: number): void {

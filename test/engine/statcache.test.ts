@@ -106,15 +106,17 @@ describe("stat cache file", () => {
     )
   })
 
-  it("a large cache loads back whole", async () => {
+  it("a large cache loads back whole, with names in ASCII only or not (the text is written and read as latin1 when it is all ASCII)", async () => {
     const dir = await tempDir()
-    const entries = new Map<string, CachedEntry>()
-    for (let i = 0; i < 5000; i++) {
-      const chunks = Array.from({ length: i % 5 }, (_, k) => ({ id: id(`${i}:${k}`), length: i * k }))
-      entries.set(`d${i % 50}/föö-${i}`, { kind: "file", size: i, mtimeNs: BigInt(i) * 1_000_000_007n, ctimeNs: BigInt(-i), ino: 2n ** 64n - BigInt(i + 1), chunks })
+    for (const stem of ["foo", "föö", "f\u{1F600}o"]) {
+      const entries = new Map<string, CachedEntry>()
+      for (let i = 0; i < 5000; i++) {
+        const chunks = Array.from({ length: i % 5 }, (_, k) => ({ id: id(`${i}:${k}`), length: i * k }))
+        entries.set(`d${i % 50}/${stem}-${i}`, { kind: "file", size: i, mtimeNs: BigInt(i) * 1_000_000_007n, ctimeNs: BigInt(-i), ino: 2n ** 64n - BigInt(i + 1), chunks })
+      }
+      await saveStatCache(dir, "big", { entries, indexFiles: [] })
+      expect(entriesOf(await loadStatCache(dir, "big"), entries.keys())).toEqual(entries)
     }
-    await saveStatCache(dir, "big", { entries, indexFiles: [] })
-    expect(entriesOf(await loadStatCache(dir, "big"), entries.keys())).toEqual(entries)
   })
 
   it("an older, foreign or damaged file loads as no cache; saving replaces the format-2 JSON file", async () => {
