@@ -18,6 +18,7 @@ import { Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
 import { makeDirs } from "../store/dirs.js"
 import { randomId } from "../store/ids.js"
+import { pidAlive, pidSpace, samePidSpace } from "../store/lock.js"
 import { checkRecordFields } from "./records.js"
 import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./repository.js"
 import type { RestoreOptions } from "./restore.js"
@@ -328,27 +329,38 @@ interface NameClaim {
   name: string
   box: string
   at: string
+  /** the creating process, judged as a lock's holder is (store/lock.ts); absent in claims of older versions */
+  host?: string
+  pid?: number
+  pidSpace?: string
 }
 
-/** A claim whose box never registered is abandoned (its creator crashed) after this long. */
+/** A claim whose box never registered is abandoned (its creator crashed) after this long, or at once if its process is seen to be gone. */
 const CLAIM_STALE_MS = 10 * 60_000
+
+/** Whether a claim's creating process can be checked from here and has exited (crashed before it registered its box). */
+function claimerGone(claim: NameClaim): boolean {
+  return claim.host !== undefined && claim.pid !== undefined && samePidSpace({ host: claim.host, pidSpace: claim.pidSpace }) && !pidAlive(claim.pid)
+}
 
 const claimKey = (name: string) => createHash("sha256").update(name).digest("hex").slice(0, 32)
 
 async function claimName(repo: Repository, name: string, box: string): Promise<void> {
   const key = claimKey(name)
   for (let attempt = 0; ; attempt++) {
-    if (await repo.store.createRecord("boxnames", key, { name, box, at: new Date().toISOString() } satisfies NameClaim)) return
+    const space = pidSpace()
+    const mine: NameClaim = { name, box, at: new Date().toISOString(), host: os.hostname(), pid: process.pid, ...(space ? { pidSpace: space } : {}) }
+    if (await repo.store.createRecord("boxnames", key, mine)) return
     if (attempt >= 3) throw new AlreadyExistsError(`the name ${JSON.stringify(name)} is contended by other processes; try again`)
     const claim = await repo.store.getRecord<NameClaim>("boxnames", key).catch(orMissing)
     if (claim === undefined) continue // given back meanwhile: try again
     const holder = await repo.store.getRecord<BoxRecord>("boxes", claim.box).catch(orMissing)
     if (holder?.name === name) throw nameTaken(name, holder.id)
     const age = Date.now() - Date.parse(claim.at)
-    if (holder === undefined && age < CLAIM_STALE_MS) {
+    if (holder === undefined && age < CLAIM_STALE_MS && !claimerGone(claim)) {
       throw new AlreadyExistsError(`another process is creating a box named ${JSON.stringify(name)} (${claim.box}); choose another name, or wait and try again`, { box: claim.box })
     }
-    // the claim's box is gone, has another name, or never registered: the claim is stale.
+    // the claim's box is gone, has another name, or never registered (and its process exited, or long ago): the claim is stale.
     // (Two processes taking over one stale claim at once can both delete it; that needs a crash first.)
     await repo.store.deleteRecord("boxnames", key)
   }

@@ -143,7 +143,8 @@ export function pidSpace(): string | undefined {
   return cachedSpace
 }
 
-function pidAlive(pid: number): boolean {
+/** Whether a process of this pid space runs with this pid (one we may not signal runs too). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

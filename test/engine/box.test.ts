@@ -1,4 +1,6 @@
+import { spawnSync } from "node:child_process"
 import { promises as fsp } from "node:fs"
+import os from "node:os"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
 import { Box, Repository, isCairnError } from "../../engine/index.js"
@@ -161,6 +163,26 @@ describe("a box name's claim in the repository (boxnames/)", () => {
     await r.store.createRecord("boxnames", key, { ...claim!, box: "box_00000000000000aa", at: new Date(Date.now() - 11 * 60_000).toISOString() })
     const again = await Box.create({ repo: r, name: "dev" })
     expect((await claims(r)).map((c) => c.box)).toEqual([again.id])
+  })
+
+  it("a claim whose creating process exited on this host is taken over at once; one from another pid space waits", async () => {
+    const r = await repo()
+    const dev = await Box.create({ repo: r, name: "dev" })
+    const [claim] = await claims(r)
+    expect(claim).toMatchObject({ host: os.hostname(), pid: process.pid })
+    const key = (await r.store.listRecordNames("boxnames"))[0]!
+    await dev.delete()
+    // a process of this host claimed "dev" a moment ago and crashed before it registered its box
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid
+    await r.store.createRecord("boxnames", key, { ...claim!, box: "box_00000000000000bb", pid: gone, at: new Date().toISOString() })
+    const again = await Box.create({ repo: r, name: "dev" })
+    expect((await claims(r)).map((c) => c.box)).toEqual([again.id])
+    await again.delete()
+    // the same pid in another pid space (another host or container) proves nothing: the claim holds for now
+    await r.store.createRecord("boxnames", key, { ...claim!, box: "box_00000000000000cc", pid: gone, pidSpace: "other-boot/pid:[1]", host: "elsewhere", at: new Date().toISOString() })
+    const err = await Box.create({ repo: r, name: "dev" }).catch((e: unknown) => e)
+    expect(isCairnError(err, "ALREADY_EXISTS")).toBe(true)
+    expect((await claims(r)).map((c) => c.box)).toEqual(["box_00000000000000cc"])
   })
 
   it("a named box made before claims existed (no claim) keeps its name, and is removed cleanly", async () => {
