@@ -18,6 +18,9 @@
 // follows a symlink it finds in the destination; so nothing is written
 // outside the destination. A file whose chunk is missing or damaged is never
 // renamed into place: its temp file is removed and the path is reported.
+// Once a write says the destination's file system is full (ENOSPC, EDQUOT),
+// no further pack segment is read: the files not begun are reported as not
+// restored instead of each failing the same way.
 //
 // mtimes are kept in nanoseconds but set through fs.utimes, which libuv
 // truncates to microseconds; restores are exact to the microsecond.
@@ -249,6 +252,8 @@ class Restorer {
   }
 
   private readonly caching: Promise<void>[] = []
+  /** the first failure that said the destination's file system is full: the packs still to read are not read */
+  private full: string | undefined
   private readonly cacheSlot = new Semaphore(1)
   /** where every chunk of the files to restore is (located once, before any is placed or rebuilt) */
   private locs: ReadonlyMap<BlobId, BlobLocation> = new Map()
@@ -509,6 +514,11 @@ class Restorer {
         end = Math.max(end, reads[j]!.loc.offset + reads[j]!.loc.length)
         j++
       }
+      if (this.full !== undefined) {
+        // the destination's file system is full: every file still to write would fail the same way, one by one
+        for (const r of reads.slice(i)) for (const t of r.targets) await this.fail(t.job, `not restored: the destination's file system is full (${this.full})`, "IO")
+        return
+      }
       const group = reads.slice(i, j)
       i = j
       throwIfAborted(this.opts.signal) // segment by segment: a pack can hold a whole small restore
@@ -718,6 +728,7 @@ class Restorer {
     if (job.failed) return
     job.failed = { path: job.rel, reason, code }
     this.result.failed.push(job.failed)
+    if (this.full === undefined && DISK_FULL.test(reason)) this.full = reason
     // another chunk of this file may be creating its temp file right now: removed only once it exists
     await job.opening?.catch(() => {})
     await this.closeTemp(job)
@@ -793,6 +804,9 @@ export function utimesSeconds(ns: bigint): number {
   return Number(sec) + (Number(rem / 1000n) + 0.5) / 1e6
 }
 
+/** A failure's reason that says the destination's file system is full (or the user's quota on it used up). */
+const DISK_FULL = /\b(ENOSPC|EDQUOT)\b/
+
 /**
  * The error of a restore that left paths unrestored: damage in the
  * repository (INTEGRITY: verify names it), or a failure writing the
@@ -805,7 +819,7 @@ export function restoreFailed(dest: string, result: RestoreResult): CairnError {
   const left = `restore into ${dest} left ${result.failed.length} path(s) unrestored (first: ${first.path}: ${first.reason})`
   const data = { failed: result.failed, result }
   if (damaged.length > 0) return new IntegrityError(`${left}; run "cairn verify --read-data" to see the damage`, data)
-  const fix = /\b(ENOSPC|EDQUOT)\b/.test(first.reason) ? "the destination's disk is full: free some space" : "fix that"
+  const fix = DISK_FULL.test(first.reason) ? "the destination's disk is full: free some space" : "fix that"
   const err = new IoError(`${left}; ${fix}, then restore again into an empty directory (or with overwrite)`, data)
   if (first.code !== "IO") (err as { code: string }).code = first.code
   return err
