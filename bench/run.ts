@@ -13,7 +13,7 @@ import { PROJECT_ROOT, largeCorpus, smallFilesCorpus, workspaceCorpus, type Corp
 import { emptyTrash, trashRoom, useTrash } from "./harness.js"
 import { runMicro } from "./micro.js"
 import { renderChart, renderMarkdown, type Report } from "./report.js"
-import { SCENARIOS, runScenarios, type ScenarioOptions, type ScenarioResult } from "./scenarios.js"
+import { Collector, SCENARIOS, runBasicRep, runHistory, type ScenarioOptions, type ScenarioResult } from "./scenarios.js"
 import { ALL_TOOLS, makeTools } from "./tools.js"
 
 interface Args {
@@ -188,7 +188,6 @@ async function main(): Promise<void> {
   // Scenarios
   const results: ScenarioResult[] = []
   const baseOpts: ScenarioOptions = {
-    reps: 1,
     verifyFanout: p.verifyFanout,
     historyLength: args.history ?? p.historyLength,
     historyReps: p.historyReps,
@@ -199,17 +198,39 @@ async function main(): Promise<void> {
   if (!args.microOnly) {
     for (const corpus of corpora) {
       const kind = kindOf(corpus.name)
-      for (const a of availability.filter((x) => x.ok)) {
+      const chosen = availability.filter((a) => {
+        if (!a.ok) return false
         if (!args.only?.has(a.tool.name) && p.tools[kind] && !p.tools[kind].includes(a.tool.name)) {
           notes.push(`${a.tool.name} was not run on ${corpus.name} in this mode (see bench/run.ts plan()).`)
-          continue
+          return false
         }
+        return true
+      })
+      const only = args.scenarios ?? (p.scenarios[kind] ? new Set(p.scenarios[kind]) : undefined)
+      const opts = { ...baseOpts, ...(only ? { only } : {}) }
+      const collectors = new Map(chosen.map((a) => [a.tool.name, new Collector(a.tool, corpus)]))
+      // repetition r of every tool before repetition r+1 of any: this VM's speed drifts by 20-30% within an
+      // hour, and run one tool after another, a slow stretch fell on whichever tool it met
+      const reps = Math.max(0, ...chosen.map((a) => repsFor(corpus.name, a.tool.kind)))
+      for (let rep = 0; rep < reps; rep++) {
+        for (const a of chosen) {
+          const n = repsFor(corpus.name, a.tool.kind)
+          if (rep >= n) continue
+          if (trashRoom() < TRASH_FREE_BYTES) await emptyTrash(log)
+          log(`${a.tool.name} on ${corpus.name}${n > 1 ? `, repetition ${rep + 1} of ${n}` : ""} ...`)
+          await runBasicRep(a.tool, corpus, opts, collectors.get(a.tool.name)!, rep)
+        }
+      }
+      const historyAsked = args.scenarios?.has("history") || args.scenarios?.has("gc-half")
+      for (const a of chosen) {
+        if (!(historyAsked || (p.historyOn[kind]?.includes(a.tool.name) ?? false))) continue
         if (trashRoom() < TRASH_FREE_BYTES) await emptyTrash(log)
-        log(`${a.tool.name} on ${corpus.name} ...`)
-        const only = args.scenarios ?? (p.scenarios[kind] ? new Set(p.scenarios[kind]) : undefined)
-        const opts = { ...baseOpts, reps: repsFor(corpus.name, a.tool.kind), ...(only ? { only } : {}) }
-        const historyAsked = args.scenarios?.has("history") || args.scenarios?.has("gc-half")
-        const rs = await runScenarios(a.tool, corpus, opts, historyAsked || (p.historyOn[kind]?.includes(a.tool.name) ?? false))
+        log(`${a.tool.name} on ${corpus.name}: history ...`)
+        await runHistory(a.tool, corpus, opts, collectors.get(a.tool.name)!)
+      }
+      for (const a of chosen) {
+        const rs = [...collectors.get(a.tool.name)!.results.values()]
+        log(`${a.tool.name} on ${corpus.name}:`)
         for (const r of rs) {
           const med = r.samples.length ? [...r.samples].sort((x, y) => x.wallMs - y.wallMs)[r.samples.length >> 1]!.wallMs : NaN
           log(`  ${r.scenario.padEnd(26)} ${(med / 1000).toFixed(2).padStart(8)} s${r.verification ? `  verify: ${r.verification.ok ? "ok" : "FAILED"}` : ""}${r.error ? "  ERROR" : ""}`)

@@ -50,7 +50,6 @@ export interface ScenarioResult {
 }
 
 export interface ScenarioOptions {
-  reps: number
   historyLength: number
   historyReps: number
   /** Extra fan-out variants to run (default: every one the tool has). */
@@ -77,7 +76,8 @@ function wants(opts: ScenarioOptions, s: ScenarioName): boolean {
   return !opts.only || opts.only.has(s)
 }
 
-class Collector {
+/** One tool's results on one corpus, gathered across repetitions. */
+export class Collector {
   readonly results = new Map<string, ScenarioResult>()
   constructor(
     readonly tool: Tool,
@@ -129,88 +129,86 @@ async function guarded(c: Collector, scenario: string, logical: number, fn: () =
   }
 }
 
-/** Basic scenarios (first .. fanout), `reps` times. */
-async function basic(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Collector): Promise<void> {
+/** Repetition `rep` of the basic scenarios (first .. fanout), in a fresh repository. */
+async function basicRep(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Collector, rep: number): Promise<void> {
   const logical = corpus.size.bytes
   const base = join(opts.workDir, `${tool.name}-${corpus.name}`)
   const expected = await corpusManifest(corpus)
-  for (let rep = 0; rep < opts.reps; rep++) {
-    const repo = await freshRepo(base)
-    const env = new Meter()
-    let firstId = ""
-    const ok = await guarded(
-      c,
-      "first",
-      logical,
-      async () => {
-        await tool.init(repo, env)
+  const repo = await freshRepo(base)
+  const env = new Meter()
+  let firstId = ""
+  const ok = await guarded(
+    c,
+    "first",
+    logical,
+    async () => {
+      await tool.init(repo, env)
+      const m = new Meter()
+      firstId = await tool.snapshot(repo, corpus.dir, "first", m)
+      const r = c.add("first", logical, m)
+      if (rep === 0) await c.repoSizeInto(r, repo)
+    },
+    opts.log,
+  )
+  if (!ok) {
+    await removeRepo(repo)
+    return
+  }
+  const incremental = tool.incremental !== false
+  if (incremental && wants(opts, "nochange")) {
+    await guarded(c, "nochange", logical, async () => {
+      const m = new Meter()
+      await tool.snapshot(repo, corpus.dir, "nochange", m)
+      const r = c.add("nochange", logical, m)
+      if (rep === 0) await c.repoSizeInto(r, repo)
+    }, opts.log)
+  }
+  if (incremental && wants(opts, "change")) {
+    await guarded(c, "change", logical, async () => {
+      const undo = applyChange(corpus, 1000 + rep)
+      try {
         const m = new Meter()
-        firstId = await tool.snapshot(repo, corpus.dir, "first", m)
-        const r = c.add("first", logical, m)
+        await tool.snapshot(repo, corpus.dir, "change", m)
+        const r = c.add("change", logical, m)
         if (rep === 0) await c.repoSizeInto(r, repo)
-      },
-      opts.log,
-    )
-    if (!ok) {
-      await removeRepo(repo)
-      return
+      } finally {
+        undo()
+        markClean(corpus)
+      }
+    }, opts.log)
+  }
+  if (wants(opts, "restore")) {
+    await guarded(c, "restore", logical, async () => {
+      const dest = await emptyDir(join(base, "restore"))
+      const m = new Meter()
+      await tool.restore(repo, firstId, dest, m)
+      const r = c.add("restore", logical, m)
+      if (rep === 0) r.verification = await verifyTree(expected, dest, { dirMtimes: !tool.ignores?.dirMtimes })
+      await removeTree(dest)
+    }, opts.log)
+  }
+  if (wants(opts, "fanout-4")) {
+    const variants: Record<string, (repo: Repo, id: string, dests: string[], m: Meter) => Promise<void>> = {
+      "fanout-4": (rp, id, dests, m) => m.parallel(dests.map((d) => (mm: Meter) => tool.restore(rp, id, d, mm))),
+      ...(rep === 0
+        ? Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).filter(([k]) => !opts.variants || opts.variants.has(k)).map(([k, v]) => [`fanout-4:${k}`, v]))
+        : {}),
     }
-    const incremental = tool.incremental !== false
-    if (incremental && wants(opts, "nochange")) {
-      await guarded(c, "nochange", logical, async () => {
-        const m = new Meter()
-        await tool.snapshot(repo, corpus.dir, "nochange", m)
-        const r = c.add("nochange", logical, m)
-        if (rep === 0) await c.repoSizeInto(r, repo)
-      }, opts.log)
-    }
-    if (incremental && wants(opts, "change")) {
-      await guarded(c, "change", logical, async () => {
-        const undo = applyChange(corpus, 1000 + rep)
+    for (const [name, runFanout] of Object.entries(variants)) {
+      await guarded(c, name, logical * 4, async () => {
+        const dests = await Promise.all([0, 1, 2, 3].map((i) => emptyDir(join(base, `fan-${i}`))))
         try {
           const m = new Meter()
-          await tool.snapshot(repo, corpus.dir, "change", m)
-          const r = c.add("change", logical, m)
-          if (rep === 0) await c.repoSizeInto(r, repo)
+          await runFanout(repo, firstId, dests, m)
+          const r = c.add(name, logical * 4, m)
+          if (rep === 0 && name === "fanout-4" && opts.verifyFanout) r.verification = await verifyTree(expected, dests[3]!, { dirMtimes: !tool.ignores?.dirMtimes })
         } finally {
-          undo()
-          markClean(corpus)
+          await Promise.all(dests.map((d) => removeTree(d)))
         }
       }, opts.log)
     }
-    if (wants(opts, "restore")) {
-      await guarded(c, "restore", logical, async () => {
-        const dest = await emptyDir(join(base, "restore"))
-        const m = new Meter()
-        await tool.restore(repo, firstId, dest, m)
-        const r = c.add("restore", logical, m)
-        if (rep === 0) r.verification = await verifyTree(expected, dest, { dirMtimes: !tool.ignores?.dirMtimes })
-        await removeTree(dest)
-      }, opts.log)
-    }
-    if (wants(opts, "fanout-4")) {
-      const variants: Record<string, (repo: Repo, id: string, dests: string[], m: Meter) => Promise<void>> = {
-        "fanout-4": (rp, id, dests, m) => m.parallel(dests.map((d) => (mm: Meter) => tool.restore(rp, id, d, mm))),
-        ...(rep === 0
-          ? Object.fromEntries(Object.entries(tool.fanoutVariants ?? {}).filter(([k]) => !opts.variants || opts.variants.has(k)).map(([k, v]) => [`fanout-4:${k}`, v]))
-          : {}),
-      }
-      for (const [name, runFanout] of Object.entries(variants)) {
-        await guarded(c, name, logical * 4, async () => {
-          const dests = await Promise.all([0, 1, 2, 3].map((i) => emptyDir(join(base, `fan-${i}`))))
-          try {
-            const m = new Meter()
-            await runFanout(repo, firstId, dests, m)
-            const r = c.add(name, logical * 4, m)
-            if (rep === 0 && name === "fanout-4" && opts.verifyFanout) r.verification = await verifyTree(expected, dests[3]!, { dirMtimes: !tool.ignores?.dirMtimes })
-          } finally {
-            await Promise.all(dests.map((d) => removeTree(d)))
-          }
-        }, opts.log)
-      }
-    }
-    await removeRepo(repo)
   }
+  await removeRepo(repo)
 }
 
 /** History of N snapshots with changes between them, then gc of half. */
@@ -257,10 +255,13 @@ async function history(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Col
   }
 }
 
-export async function runScenarios(tool: Tool, corpus: Corpus, opts: ScenarioOptions, withHistory: boolean): Promise<ScenarioResult[]> {
-  const c = new Collector(tool, corpus)
+/** Repetition `rep` (0-based) of the basic scenarios, into c; nothing if none of them is wanted. */
+export async function runBasicRep(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Collector, rep: number): Promise<void> {
   const basicWanted = (["first", "nochange", "change", "restore", "fanout-4"] as const).some((s) => wants(opts, s))
-  if (basicWanted) await basic(tool, corpus, opts, c)
-  if (withHistory && (wants(opts, "history") || wants(opts, "gc-half"))) await history(tool, corpus, opts, c)
-  return [...c.results.values()]
+  if (basicWanted) await basicRep(tool, corpus, opts, c, rep)
+}
+
+/** The history scenarios (history-N, gc-half), into c, if wanted. */
+export async function runHistory(tool: Tool, corpus: Corpus, opts: ScenarioOptions, c: Collector): Promise<void> {
+  if (wants(opts, "history") || wants(opts, "gc-half")) await history(tool, corpus, opts, c)
 }
