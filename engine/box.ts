@@ -347,8 +347,8 @@ const claimKey = (name: string) => createHash("sha256").update(name).digest("hex
 
 async function claimName(repo: Repository, name: string, box: string): Promise<void> {
   const key = claimKey(name)
+  const space = pidSpace()
   for (let attempt = 0; ; attempt++) {
-    const space = pidSpace()
     const mine: NameClaim = { name, box, at: new Date().toISOString(), host: os.hostname(), pid: process.pid, ...(space ? { pidSpace: space } : {}) }
     if (await repo.store.createRecord("boxnames", key, mine)) return
     if (attempt >= 3) throw new AlreadyExistsError(`the name ${JSON.stringify(name)} is contended by other processes; try again`)

@@ -506,6 +506,11 @@ class Restorer {
     reads.sort((a, b) => a.loc.offset - b.loc.offset)
     let i = 0
     while (i < reads.length) {
+      if (this.full !== undefined) {
+        // the destination's file system is full: every file still to write would fail the same way, one by one
+        for (const r of reads.slice(i)) for (const t of r.targets) await this.fail(t.job, `not restored: the destination's file system is full (${this.full})`, "IO")
+        return
+      }
       // one segment: neighbouring blobs read with one ranged get
       let j = i + 1
       const start = reads[i]!.loc.offset
@@ -513,11 +518,6 @@ class Restorer {
       while (j < reads.length && reads[j]!.loc.offset - end <= SEGMENT_GAP && reads[j]!.loc.offset + reads[j]!.loc.length - start <= SEGMENT_MAX) {
         end = Math.max(end, reads[j]!.loc.offset + reads[j]!.loc.length)
         j++
-      }
-      if (this.full !== undefined) {
-        // the destination's file system is full: every file still to write would fail the same way, one by one
-        for (const r of reads.slice(i)) for (const t of r.targets) await this.fail(t.job, `not restored: the destination's file system is full (${this.full})`, "IO")
-        return
       }
       const group = reads.slice(i, j)
       i = j

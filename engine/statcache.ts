@@ -365,6 +365,7 @@ export class StatCacheWriter {
     at += head.copy(out, at)
     // as many UTF-8 bytes as UTF-16 units: all ASCII, which latin1 writes the same, faster
     at += out.write(text, at, textBytes === text.length ? "latin1" : "utf8")
+    if (at !== length) throw new Error(`stat cache encoding wrote ${at} bytes, not ${length}`) // never leave unwritten bytes in the file
     createHash("sha256").update(out.subarray(0, at)).digest().copy(out, at)
     return out
   }
