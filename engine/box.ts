@@ -18,7 +18,7 @@ import { Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, NotFoundError } from "../store/errors.js"
 import { makeDirs } from "../store/dirs.js"
 import { randomId } from "../store/ids.js"
-import { pidAlive, pidSpace, samePidSpace } from "../store/lock.js"
+import { processGone, thisProcess, type ProcessRef } from "../store/lock.js"
 import { checkRecordFields } from "./records.js"
 import { defaultRepoPath, Repository, type FileInfo, type OpenOptions } from "./repository.js"
 import type { RestoreOptions } from "./restore.js"
@@ -325,32 +325,28 @@ async function withFreeName<T>(repo: Repository, name: string | undefined, box: 
   })
 }
 
-interface NameClaim {
+/** The creating process (host, pid, pidSpace) is judged as a lock's holder is (store/lock.ts); claims of older versions lack it. */
+interface NameClaim extends Partial<ProcessRef> {
   name: string
   box: string
   at: string
-  /** the creating process, judged as a lock's holder is (store/lock.ts); absent in claims of older versions */
-  host?: string
-  pid?: number
-  pidSpace?: string
 }
 
 /** A claim whose box never registered is abandoned (its creator crashed) after this long, or at once if its process is seen to be gone. */
 const CLAIM_STALE_MS = 10 * 60_000
 
 /** Whether a claim's creating process can be checked from here and has exited (crashed before it registered its box). */
-function claimerGone(claim: NameClaim): boolean {
-  return claim.host !== undefined && claim.pid !== undefined && samePidSpace({ host: claim.host, pidSpace: claim.pidSpace }) && !pidAlive(claim.pid)
+function claimerGone({ host, pid, pidSpace }: NameClaim): boolean {
+  return host !== undefined && pid !== undefined && processGone({ host, pid, ...(pidSpace !== undefined ? { pidSpace } : {}) })
 }
 
 const claimKey = (name: string) => createHash("sha256").update(name).digest("hex").slice(0, 32)
 
 async function claimName(repo: Repository, name: string, box: string): Promise<void> {
   const key = claimKey(name)
-  const space = pidSpace()
+  const me = thisProcess()
   for (let attempt = 0; ; attempt++) {
-    const mine: NameClaim = { name, box, at: new Date().toISOString(), host: os.hostname(), pid: process.pid, ...(space ? { pidSpace: space } : {}) }
-    if (await repo.store.createRecord("boxnames", key, mine)) return
+    if (await repo.store.createRecord("boxnames", key, { name, box, at: new Date().toISOString(), ...me } satisfies NameClaim)) return
     if (attempt >= 3) throw new AlreadyExistsError(`the name ${JSON.stringify(name)} is contended by other processes; try again`)
     const claim = await repo.store.getRecord<NameClaim>("boxnames", key).catch(orMissing)
     if (claim === undefined) continue // given back meanwhile: try again

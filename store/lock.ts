@@ -26,15 +26,19 @@ import { randomId } from "./ids.js"
 const REFRESH_MS = 60_000
 const STALE_MS = 5 * 60_000
 
-export interface LockInfo {
-  exclusive: boolean
+/** A process as a lock (or a box name's claim) records its holder, so that another can tell whether it still runs. */
+export interface ProcessRef {
   host: string
   pid: number
+  /** boot id + pid namespace of the process (Linux); absent elsewhere and in older records */
+  pidSpace?: string
+}
+
+export interface LockInfo extends ProcessRef {
+  exclusive: boolean
   what: string
   time: string
   refreshed: string
-  /** boot id + pid namespace of the holder (Linux); absent elsewhere and in older locks */
-  pidSpace?: string
 }
 
 export interface Lock {
@@ -61,16 +65,7 @@ export async function acquireLock(backend: ObjectStore, opts: LockOptions): Prom
     let holder = await findConflict(backend, opts.exclusive, key)
     if (!holder) {
       const now = new Date().toISOString()
-      const space = pidSpace()
-      const info: LockInfo = {
-        exclusive: opts.exclusive,
-        host: os.hostname(),
-        pid: process.pid,
-        what: opts.what,
-        time: now,
-        refreshed: now,
-        ...(space ? { pidSpace: space } : {}),
-      }
+      const info: LockInfo = { exclusive: opts.exclusive, ...thisProcess(), what: opts.what, time: now, refreshed: now }
       await backend.put(key, Buffer.from(JSON.stringify(info)))
       holder = await findConflict(backend, opts.exclusive, key)
       if (!holder) return startRefresh(backend, key, info)
@@ -117,8 +112,18 @@ async function findConflict(backend: ObjectStore, exclusive: boolean, ownKey: st
 }
 
 function isStale(info: LockInfo): boolean {
-  if (samePidSpace(info) && !pidAlive(info.pid)) return true
-  return Date.now() - Date.parse(info.refreshed) > STALE_MS
+  return processGone(info) || Date.now() - Date.parse(info.refreshed) > STALE_MS
+}
+
+/** This process, as a lock or a claim records it. */
+export function thisProcess(): ProcessRef {
+  const space = pidSpace()
+  return { host: os.hostname(), pid: process.pid, ...(space ? { pidSpace: space } : {}) }
+}
+
+/** Whether the process p names can be checked from here (same pid space) and has exited. */
+export function processGone(p: ProcessRef): boolean {
+  return samePidSpace(p) && !pidAlive(p.pid)
 }
 
 /** Whether the lock's pid can be checked here: same boot and pid namespace (or, without those, same host name). */
@@ -143,8 +148,7 @@ export function pidSpace(): string | undefined {
   return cachedSpace
 }
 
-/** Whether a process of this pid space runs with this pid (one we may not signal runs too). */
-export function pidAlive(pid: number): boolean {
+function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
