@@ -10,7 +10,7 @@
 
 import { spawn } from "node:child_process"
 import { createHash } from "node:crypto"
-import { closeSync, lstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statfsSync } from "node:fs"
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync, statfsSync } from "node:fs"
 import { lstat, mkdir, mkdtemp, readFile, readdir, rename, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -70,13 +70,16 @@ export async function runTimed(cmd: string, args: string[], opts: RunOptions = {
 
 // Deleted trees go to a trash directory, emptied only between measurements.
 // Deleting frees inodes, and on ext4 without a journal (this VM's root file
-// system) every file created in the next ~35 s first skips over the recently
-// freed inodes of its block group one by one (recently_deleted() in
-// fs/ext4/ialloc.c). A restore started right after the previous one was
-// deleted spent 5-8 s of system time there instead of ~1.7 s, and cp -a of
-// the workspace took 2-4 s instead of 0.7 s: the order of the runs decided
-// the figures. A rename into the trash frees nothing; emptyTrash() deletes it
-// all and then waits out the kernel's window.
+// system) a new file skips over the recently freed inodes of its block group
+// one by one (recently_deleted() in fs/ext4/ialloc.c): an inode freed less
+// than 60 s ago, or less than 360 s ago while its inode-table block is dirty
+// (RECENTCY_MIN, RECENTCY_DIRTY), which every file created beside it makes
+// it. A restore started right after the previous one was deleted spent 5-8 s
+// of system time there instead of ~1.7 s, cp -a of the workspace took 2-4 s
+// instead of 0.7 s, and one 4.8 min after a deletion still paid 3.1 s: the
+// order of the runs decided the figures. A rename into the trash frees
+// nothing; emptyTrash() deletes it all and then waits out the kernel's
+// window, when it freed enough inodes to matter.
 let trashDir: string | undefined
 let trashed = 0
 
@@ -110,11 +113,23 @@ export function trashRoom(): number {
 export async function emptyTrash(log: (s: string) => void): Promise<void> {
   if (!trashDir || (await readdir(trashDir)).length === 0) return
   const t0 = Date.now()
+  const before = statfsSync(trashDir).ffree
   await run("rm", ["-rf", "--", trashDir])
   await mkdir(trashDir, { recursive: true })
-  const windowS = Number(readFileSync("/proc/sys/vm/dirty_expire_centisecs", "utf8")) / 100 + 6
-  log(`  emptied the trash in ${((Date.now() - t0) / 1000).toFixed(1)} s; waiting ${windowS.toFixed(0)} s for the file system to settle`)
-  await new Promise((r) => setTimeout(r, windowS * 1000))
+  await settleDeletes(statfsSync(trashDir).ffree - before, `emptied the trash in ${((Date.now() - t0) / 1000).toFixed(1)} s`, log)
+}
+
+/** ext4's window for a freed inode whose inode-table block is dirty (RECENTCY_MIN + RECENTCY_DIRTY), and a margin. */
+const RECENTLY_DELETED_S = 60 + 300 + 5
+/** Fewer freed inodes than this cost new files nothing measurable. */
+const FREED_INODES_THAT_MATTER = 1000
+
+/** After a deletion that freed `freed` inodes: waits out the kernel's window for them (see the trash, above). */
+export async function settleDeletes(freed: number, what: string, log: (s: string) => void): Promise<void> {
+  if (freed < FREED_INODES_THAT_MATTER) return log(`  ${what}, ${freed} inodes freed: no wait`)
+  log(`  ${what}, ${freed} inodes freed; waiting ${RECENTLY_DELETED_S} s until new files no longer skip them`)
+  await run("sync", [])
+  await new Promise((r) => setTimeout(r, RECENTLY_DELETED_S * 1000))
 }
 
 /**

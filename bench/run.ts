@@ -6,11 +6,12 @@
 //                    [--corpus workspace,small-files,large] [--reps N] [--no-micro]
 //                    [--micro-only] [--out bench/out]
 
+import { statfsSync } from "node:fs"
 import { cpus, loadavg, totalmem } from "node:os"
 import { mkdir, rm, writeFile } from "node:fs/promises"
 import { join, resolve } from "node:path"
 import { PROJECT_ROOT, largeCorpus, smallFilesCorpus, workspaceCorpus, type Corpus } from "./corpora.js"
-import { emptyTrash, trashRoom, useTrash } from "./harness.js"
+import { emptyTrash, settleDeletes, trashRoom, useTrash } from "./harness.js"
 import { runMicro } from "./micro.js"
 import { renderChart, renderMarkdown, type Report } from "./report.js"
 import { Collector, SCENARIOS, runBasicRep, runHistory, type ScenarioOptions, type ScenarioResult } from "./scenarios.js"
@@ -157,7 +158,10 @@ async function main(): Promise<void> {
   const log = (s: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)}s] ${s}`)
   await mkdir(args.out, { recursive: true })
   const workDir = join(args.out, "work")
+  const free0 = statfsSync(args.out).ffree
   await rm(workDir, { recursive: true, force: true })
+  const freed = statfsSync(args.out).ffree - free0
+  if (freed > 0) await settleDeletes(freed, "removed an earlier run's work directory", log)
   await mkdir(workDir, { recursive: true })
   await useTrash(join(workDir, "trash"))
   const notes: string[] = []
@@ -249,7 +253,7 @@ async function main(): Promise<void> {
   }
   notes.push("cp and tar have no incremental snapshots: their nochange and change rows are not run (they would repeat first).")
   notes.push(`Load average (1 min) at start ${load0.toFixed(1)}, at end ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores: above ~0.5 other work was competing and times are inflated.`)
-  notes.push("Deleted trees (restores, repositories) are moved to a trash directory, emptied after each corpus (or when free space falls below 16 GiB) and followed by a wait of the kernel's dirty-expiry window: on ext4 without a journal, files created within ~35 s of a deletion skip the freed inodes one by one, which otherwise inflated whichever run came next.")
+  notes.push("Deleted trees (restores, repositories) are moved to a trash directory, emptied after each corpus (or when free space falls below 16 GiB) and followed by a wait of 365 s: on ext4 without a journal, a new file skips one by one the inodes freed less than 60 s ago, or less than 360 s ago when their inode-table block is dirty (which files created beside them make it), and this inflated whichever run came next.")
   notes.push("Page cache is warm: corpora and repositories are read from memory after the first pass; no cache is dropped between runs. Dirty data is written back (sync) before each measured command, untimed, so that no command pays for the writeback of the one before.")
   notes.push("Fan-out rows: wall time of all 4 restores together; peak RSS is the sum of the 4 processes' peaks.")
   notes.push("git keeps no mtimes and only 644/755 modes, so its verification reports mtime (and mode) mismatches by design; its directory mtimes are not compared.")
