@@ -4,7 +4,7 @@
 import { once } from "node:events"
 import { promises as fsp } from "node:fs"
 import type { Readable, Writable } from "node:stream"
-import { AbortedError, Box, isCairnError, NotFoundError, parseDuration, type Repository, type SnapshotRecord } from "../engine/index.js"
+import { AbortedError, Box, CairnError, isCairnError, NotFoundError, parseDuration, type Repository, type RestoreResult, type SnapshotRecord } from "../engine/index.js"
 import { int, labels, UsageError, type CommandSpec, type Parsed } from "./args.js"
 import { demo } from "./demo.js"
 import { MAINTENANCE_COMMANDS } from "./maintenance.js"
@@ -111,28 +111,44 @@ export const COMMANDS: Command[] = [
   {
     spec: {
       name: "restore",
-      summary: "restore a snapshot into a new or empty directory",
-      args: ["SNAP", "DEST"],
+      summary: "restore a snapshot into a new or empty directory (several: one pass fills them all)",
+      args: ["SNAP", "DEST..."],
       flags: {
         path: { kind: "string", help: "restore only this path of the snapshot" },
         overwrite: { kind: "bool", help: "allow a non-empty destination (entries in the way are replaced)" },
         "no-cache": { kind: "bool", help: "neither use nor fill this host's materialization cache" },
         link: { kind: "bool", help: "hardlink large files from the cache, read-only (for read-only use: they share one inode)" },
       },
+      details:
+        "Given several destinations, each chunk is read, decoded and checked once and written into every one of them: a fan-out of N boxes costs far less than N restores. Each destination is its own copy; one that is refused or fails does not stop the others, and the command exits non-zero if any failed.",
     },
     async run(ctx) {
       const repo = await ctx.repo()
       if (ctx.flags.link && ctx.flags["no-cache"]) throw new UsageError("--link restores from the cache; it cannot be combined with --no-cache")
-      const result = await repo.snapshots.restore(ctx.args[0]!, ctx.args[1]!, {
-        subPath: str(ctx.flags.path),
-        overwrite: Boolean(ctx.flags.overwrite),
-        cache: !ctx.flags["no-cache"],
-        link: Boolean(ctx.flags.link),
-        onProgress: ctx.progress.update,
-        signal: ctx.signal,
-      })
-      const cached = result.fromCache ? `, ${result.fromCache} from the cache` : ""
-      ctx.out(`restored ${result.files} files, ${result.dirs} dirs, ${result.symlinks} symlinks (${bytes(result.bytes)}${cached}) into ${result.dest}`, result)
+      const [snap, ...dests] = ctx.args as [string, ...string[]]
+      const outcomes = await repo.snapshots.restoreMany(
+        snap,
+        dests.map((dest, i) => ({ dest, ...(i === 0 ? { onProgress: ctx.progress.update } : {}) })),
+        { subPath: str(ctx.flags.path), overwrite: Boolean(ctx.flags.overwrite), cache: !ctx.flags["no-cache"], link: Boolean(ctx.flags.link), signal: ctx.signal },
+      )
+      const results = outcomes.flatMap((o) => (o.status === "fulfilled" ? [o.value] : []))
+      const failures = outcomes.flatMap((o, i) => (o.status === "rejected" ? [{ dest: dests[i]!, err: o.reason as unknown }] : []))
+      // one destination prints as it always has; several print a line (or, with --json, a result) each
+      const line = (r: RestoreResult) =>
+        `restored ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks (${bytes(r.bytes)}${r.fromCache ? `, ${r.fromCache} from the cache` : ""}) into ${r.dest}`
+      if (dests.length === 1) {
+        if (failures[0]) throw failures[0].err
+        ctx.out(line(results[0]!), results[0])
+        return
+      }
+      const message = (err: unknown) => (err instanceof Error ? err.message : String(err))
+      const failed = failures.map((f) => ({ dest: f.dest, code: isCairnError(f.err) ? f.err.code : "IO", message: message(f.err) }))
+      if (results.length > 0 || ctx.json) ctx.out(results.map(line).join("\n"), { results, failed })
+      if (failures.length === 1) throw failures[0]!.err
+      if (failures.length > 1) {
+        const first = failures[0]!.err
+        throw new CairnError(isCairnError(first) ? first.code : "IO", `${failures.length} of ${dests.length} restores failed: ${failed.map((f) => `${f.dest}: ${f.message}`).join("; ")}`, { data: { failed } })
+      }
     },
   },
   {

@@ -69,6 +69,13 @@ export interface PlaceFile {
   expect: ExpectedContent
   /** set unless linking: the file's own metadata */
   meta?: Omit<WholeFile, "temp" | "final">
+  /**
+   * Other files of the same content (the same file in the other
+   * destinations of a fan-out): copied from the checked temp file before it
+   * is renamed, so that the cache entry is copied and hashed once. Not when
+   * linking.
+   */
+  copies?: WholeFile[]
 }
 
 /** Per blob: undefined when every file was written, else what went wrong (per file, or for the blob). */
@@ -144,24 +151,32 @@ ${PLACE_SOURCE}
 const sys = { fs, createHash }
 
 function placeOne(p) {
-  if (!placeEntry(p.src, p.temp, p.link, p.expect, sys)) return false
+  if (!placeEntry(p.src, p.temp, p.link, p.expect, sys)) return [false, ...(p.copies ?? []).map(() => false)]
+  // the copies come from the checked temp file while it is still this restore's alone (not yet renamed)
+  const copied = (p.copies ?? []).map((c) => finishPlaced(c, p.temp))
+  return [finishPlaced({ temp: p.temp, final: p.final, ...p.meta }, undefined), ...copied]
+}
+
+/** Sets a placed file's metadata and renames it into place (copying it from "from" first, if given); false, and no temp file left, if any step failed. */
+function finishPlaced(f, from) {
   try {
-    if (p.meta) {
-      if (p.meta.owner) fs.chownSync(p.temp, p.meta.owner.uid, p.meta.owner.gid)
-      fs.chmodSync(p.temp, p.meta.mode)
-      fs.utimesSync(p.temp, p.meta.mtime, p.meta.mtime)
+    if (from !== undefined) fs.copyFileSync(from, f.temp, fs.constants.COPYFILE_EXCL)
+    if (f.mode !== undefined) {
+      if (f.owner) fs.chownSync(f.temp, f.owner.uid, f.owner.gid)
+      fs.chmodSync(f.temp, f.mode)
+      fs.utimesSync(f.temp, f.mtime, f.mtime)
     }
-    fs.renameSync(p.temp, p.final)
+    fs.renameSync(f.temp, f.final)
     return true
   } catch (err) {
-    try { fs.rmSync(p.temp, { force: true }) } catch {}
+    try { fs.rmSync(f.temp, { force: true }) } catch {}
     return false
   }
 }
 
 parentPort.on("message", (job) => {
   try {
-    if (job.place) return parentPort.postMessage({ id: job.id, outcomes: [placeOne(job.place)] })
+    if (job.place) return parentPort.postMessage({ id: job.id, outcomes: placeOne(job.place) })
     parentPort.postMessage({ id: job.id, outcomes: writeAll(job) })
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String(err && err.message || err) })
@@ -217,13 +232,14 @@ export class FileWriterPool {
 
   /**
    * Copies (or links) a materialization-cache entry to its temp name, checks
-   * it chunk by chunk, sets its metadata and renames it into place; false
-   * when the entry is absent or damaged (then deleted), or the copy failed,
-   * leaving nothing behind: the caller rebuilds the file from packs.
+   * it chunk by chunk, makes its copies, sets their metadata and renames them
+   * into place. Per file (the entry's first, then its copies): false when the
+   * entry is absent or damaged (then deleted), or a copy failed, leaving
+   * nothing behind: the caller rebuilds that file from packs.
    */
-  async place(p: PlaceFile): Promise<boolean> {
+  async place(p: PlaceFile): Promise<boolean[]> {
     const reply = await this.pool.run<{ outcomes: boolean[] }>({ place: p })
-    return reply.outcomes[0]!
+    return reply.outcomes
   }
 
   /** Starts the threads ahead of the first segment. */

@@ -2,7 +2,7 @@
 
 export { Box, BoxFiles, type BoxOptions, type BoxRecord, type ExecResult } from "./box.js"
 export { Repository, defaultRepoPath, type FileInfo, type OpenOptions, type SnapshotFilter } from "./repository.js"
-export type { RestoreOptions, RestoreResult, RestoreFailure } from "./restore.js"
+export type { RestoreOptions, RestoreResult, RestoreFailure, RestoreTarget, SharedRestoreOptions } from "./restore.js"
 export type { SnapshotOptions, SnapshotResult } from "./snapshot.js"
 export type { Warning } from "./scan.js"
 export type { LockInfo } from "../store/lock.js"

@@ -25,7 +25,7 @@ import { forgetSnapshots, type ForgetPlan, type KeepPolicy } from "./forget.js"
 import type { GcOptions, GcReport } from "./gc.js"
 import type { VerifyOptions, VerifyReport } from "./verify.js"
 import type { importTar } from "./tar.js"
-import type { RestoreOptions, RestoreResult } from "./restore.js"
+import type { RestoreOptions, RestoreResult, RestoreTarget, SharedRestoreOptions } from "./restore.js"
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
@@ -179,6 +179,10 @@ export class Repository {
   }
 }
 
+interface RestoreBatch {
+  members: Array<{ target: RestoreTarget; resolve: (r: RestoreResult) => void; reject: (err: unknown) => void }>
+}
+
 class SnapshotApi {
   constructor(private readonly repo: Repository) {}
 
@@ -233,10 +237,62 @@ class SnapshotApi {
     return createSnapshot(this.store, root, { ...opts, parent, cacheKey: opts.cacheKey ?? opts.boxId })
   }
 
+  /**
+   * Restores a snapshot into a new or empty directory. Restores of one
+   * snapshot asked for together, with the same options (Promise.all over
+   * several destinations, several Box.fromSnapshot at once), are done in one
+   * pass: each chunk is read, decoded and checked once and written into every
+   * destination (result.sharedWith says with how many others). Each still
+   * settles on its own. A restore given an abort signal runs alone.
+   */
   async restore(idOrName: string, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+    const { statCacheKey, onProgress, ...shared } = opts
+    if (shared.signal) {
+      const snapshot = await this.get(idOrName)
+      const { restoreSnapshot } = await import("./restore.js")
+      return restoreSnapshot(this.store, snapshot, dest, opts)
+    }
+    const key = JSON.stringify([idOrName, shared.subPath ?? "/", Boolean(shared.overwrite), shared.owners ?? null, shared.cache ?? true, Boolean(shared.link), shared.writers ?? true])
+    let batch = this.batches.get(key)
+    if (!batch) {
+      const opened: RestoreBatch = { members: [] }
+      this.batches.set(key, (batch = opened))
+      void this.runBatch(key, idOrName, shared, opened)
+    }
+    const members = batch.members
+    return new Promise((resolve, reject) => members.push({ target: { dest, statCacheKey, onProgress }, resolve, reject }))
+  }
+
+  /**
+   * Restores a snapshot into several destinations in one pass (each chunk
+   * read, decoded and checked once); each destination settles on its own, in
+   * the order given.
+   */
+  async restoreMany(idOrName: string, targets: readonly RestoreTarget[], opts: SharedRestoreOptions = {}): Promise<Array<PromiseSettledResult<RestoreResult>>> {
     const snapshot = await this.get(idOrName)
-    const { restoreSnapshot } = await import("./restore.js")
-    return restoreSnapshot(this.store, snapshot, dest, opts)
+    const { restoreSnapshotMany } = await import("./restore.js")
+    return restoreSnapshotMany(this.store, snapshot, targets, opts)
+  }
+
+  /** Restores asked for together, by their options; one is open until its snapshot record is read. */
+  private readonly batches = new Map<string, RestoreBatch>()
+
+  private async runBatch(key: string, idOrName: string, opts: SharedRestoreOptions, batch: RestoreBatch): Promise<void> {
+    const close = () => {
+      if (this.batches.get(key) === batch) this.batches.delete(key)
+    }
+    try {
+      // restores asked for in this turn of the event loop, or while the record is read, join this one
+      await new Promise((resolve) => setImmediate(resolve))
+      const snapshot = await this.get(idOrName)
+      const { restoreSnapshotMany } = await import("./restore.js")
+      close()
+      const outcomes = await restoreSnapshotMany(this.store, snapshot, batch.members.map((m) => m.target), opts)
+      outcomes.forEach((o, i) => (o.status === "fulfilled" ? batch.members[i]!.resolve(o.value) : batch.members[i]!.reject(o.reason)))
+    } catch (err) {
+      close()
+      for (const m of batch.members) m.reject(err)
+    }
   }
 
   /** Changes a snapshot's name, labels, pin or expiry (its contents never change). */

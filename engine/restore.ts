@@ -12,6 +12,14 @@
 // A chunk of zeros is not written but left as a hole (the file is sized when
 // it is finished), so sparse files stay sparse.
 //
+// Fan-out: one pass can fill several destinations (restoreSnapshotMany). A
+// file is then one job per destination, and a chunk's targets are all of
+// them, so each chunk is read, decoded and checked once and written into
+// every destination's own file; a file from the materialization cache is
+// copied and checked once, the others copied from that checked copy. Each
+// destination keeps its own result, progress and failures: one refused or
+// failing does not stop the others.
+//
 // Safety: names come from validated trees (no "", ".", "..", "/", NUL), the
 // restore creates every directory it descends into (or, with overwrite,
 // checks with lstat that an existing one is a real directory), and never
@@ -34,7 +42,7 @@ import { makeDirs } from "../store/dirs.js"
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
-import { fileWriterPool, isZeroChunk, type BlobOutcome, type FileWriterPool, type WriteBlob, type WriteFile } from "./file-writer.js"
+import { fileWriterPool, isZeroChunk, type BlobOutcome, type FileWriterPool, type WholeFile, type WriteBlob, type WriteFile } from "./file-writer.js"
 import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from "./matcache.js"
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
@@ -88,6 +96,8 @@ export interface RestoreResult {
   bytes: number
   /** files copied (or linked) from the materialization cache */
   fromCache?: number
+  /** how many other destinations this one was restored with, in one pass (a fan-out) */
+  sharedWith?: number
   failed: RestoreFailure[]
 }
 
@@ -96,7 +106,39 @@ const WARM_WRITERS = 256
 const SEGMENT_GAP = 256 * 1024
 const SEGMENT_MAX = 4 * 1024 * 1024
 
+/**
+ * One destination of a restore pass. A pass can fill several destinations
+ * with one snapshot (a fan-out): every chunk is read, decoded and checked
+ * once and written into each of them; each keeps its own result, progress
+ * and failures.
+ */
+interface Dest {
+  root: string
+  result: RestoreResult
+  statCacheKey?: string
+  onProgress?: (p: Progress) => void
+  /** why this destination takes no further part (refused, or its directories could not be made) */
+  error?: unknown
+  filesTotal: number
+  bytesTotal: number
+  filesDone: number
+  bytesDone: number
+  /** the first failure that said this destination's file system is full: nothing more is written there */
+  full?: string
+}
+
+/** A destination of restoreSnapshotMany, with what is its own. */
+export interface RestoreTarget {
+  dest: string
+  statCacheKey?: string
+  onProgress?: (p: Progress) => void
+}
+
+/** The options a fan-out's destinations share. */
+export type SharedRestoreOptions = Omit<RestoreOptions, "statCacheKey" | "onProgress">
+
 interface FileJob {
+  dest: Dest
   rel: string
   entry: FileEntry
   /** its temporary name while it is being written; cleared once renamed into place or removed */
@@ -123,28 +165,77 @@ interface BlobRead {
 }
 
 export async function restoreSnapshot(store: Store, snapshot: SnapshotRecord, dest: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  if (typeof dest !== "string" || dest === "") throw new BadInputError(`a restore needs a destination directory, not ${JSON.stringify(dest)}`)
-  return store.withLock(false, "restore", () => new Restorer(store, path.resolve(dest), opts).run(snapshot))
+  const { statCacheKey, onProgress, ...shared } = opts
+  const [outcome] = await restoreSnapshotMany(store, snapshot, [{ dest, statCacheKey, onProgress }], shared)
+  if (outcome!.status === "rejected") throw outcome!.reason
+  return outcome!.value
+}
+
+/**
+ * Restores one snapshot into several destinations in one pass: the trees
+ * are loaded and every chunk read, decoded and checked once, then written
+ * into each destination. Each destination settles on its own (a refused or
+ * failed one does not stop the others), in the order given; a failure of
+ * the pass itself (aborted, the repository unreadable) rejects them all.
+ */
+export async function restoreSnapshotMany(
+  store: Store,
+  snapshot: SnapshotRecord,
+  targets: readonly RestoreTarget[],
+  opts: SharedRestoreOptions = {},
+): Promise<Array<PromiseSettledResult<RestoreResult>>> {
+  const dests = targets.map((t) => newDest(t))
+  for (const [i, d] of dests.entries()) {
+    if (typeof targets[i]!.dest !== "string" || targets[i]!.dest === "") {
+      d.error = new BadInputError(`a restore needs a destination directory, not ${JSON.stringify(targets[i]!.dest)}`)
+      continue
+    }
+    // one destination inside another (or the same twice) would see the other's files as its own
+    const other = dests.slice(0, i).find((o) => o.error === undefined && overlaps(o.root, d.root))
+    if (other) d.error = new BadInputError(`cannot restore into ${d.root} and ${other.root} in one pass: one lies inside the other; choose separate directories`)
+  }
+  if (dests.every((d) => d.error !== undefined)) return dests.map((d) => ({ status: "rejected", reason: d.error }))
+  try {
+    await store.withLock(false, "restore", () => new Restorer(store, dests, opts).run(snapshot))
+  } catch (err) {
+    for (const d of dests) d.error ??= err
+  }
+  return dests.map((d) => (d.error !== undefined ? { status: "rejected", reason: d.error } : { status: "fulfilled", value: d.result }))
+}
+
+function newDest(t: RestoreTarget): Dest {
+  const root = typeof t.dest === "string" && t.dest !== "" ? path.resolve(t.dest) : String(t.dest)
+  return {
+    root,
+    result: { dest: root, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, fromCache: 0, failed: [] },
+    ...(t.statCacheKey !== undefined ? { statCacheKey: t.statCacheKey } : {}),
+    ...(t.onProgress ? { onProgress: t.onProgress } : {}),
+    filesTotal: 0,
+    bytesTotal: 0,
+    filesDone: 0,
+    bytesDone: 0,
+  }
+}
+
+/** Whether a and b (resolved paths) are the same directory or one lies inside the other. */
+function overlaps(a: string, b: string): boolean {
+  const within = (x: string, y: string) => x === y || y.startsWith(x.endsWith("/") ? x : `${x}/`)
+  return within(a, b) || within(b, a)
 }
 
 class Restorer {
-  private readonly result: RestoreResult
   private readonly owners: boolean
   /** this process's uid and gid (undefined where there are none) */
   private readonly self: { uid: number | undefined; gid: number | undefined }
   private readonly decodeSlots = new Semaphore(4)
   private readonly openSlots = new Semaphore(64)
-  private filesTotal = 0
-  private bytesTotal = 0
-  private filesDone = 0
-  private bytesDone = 0
 
   constructor(
     private readonly store: Store,
-    private readonly dest: string,
-    private readonly opts: RestoreOptions,
+    /** where the snapshot goes; a destination with an error takes no part */
+    private readonly dests: readonly Dest[],
+    private readonly opts: SharedRestoreOptions,
   ) {
-    this.result = { dest, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, failed: [] }
     this.owners = opts.owners ?? process.getuid?.() === 0
     // asked once: each is a system call, and needsChown runs per file
     this.self = { uid: process.getuid?.(), gid: process.getgid?.() }
@@ -183,38 +274,76 @@ class Restorer {
    * Places the files the cache holds; returns the jobs still to be rebuilt
    * from packs. With writer threads, each file is copied, checked and
    * renamed in a writer (one at a time, so that the other writers keep on
-   * with pack segments meanwhile); without, here.
+   * with pack segments meanwhile); without, here. A file wanted in several
+   * places (the destinations of a fan-out, or equal files) is copied from
+   * the cache and checked once, and the others copied from that checked
+   * copy before it is renamed into place.
    */
   private async fromCache(jobs: Array<[FileJob, ExpectedContent]>): Promise<FileJob[]> {
     const missed: FileJob[] = []
-    await mapLimit(jobs, 1, async ([job, expect]) => {
+    const link = Boolean(this.opts.link)
+    const groups = new Map<string, Array<[FileJob, ExpectedContent]>>()
+    for (const pair of jobs) {
+      // linked files are one inode already: each is placed (and checked) on its own
+      const key = link ? `${groups.size}` : this.cacheKey(pair[0].entry)
+      const group = groups.get(key)
+      if (group) group.push(pair)
+      else groups.set(key, [pair])
+    }
+    await mapLimit([...groups.values()], 1, async (group) => {
       throwIfAborted(this.opts.signal)
-      const final = this.abs(job.rel)
-      const temp = tempName(final)
-      const src = this.cache!.file(this.cacheKey(job.entry))
-      const link = Boolean(this.opts.link)
-      let placed = false
+      const [first, expect] = group[0]!
+      const src = this.cache!.file(this.cacheKey(first.entry))
+      const files = group.map(([job]): WholeFile => {
+        const final = this.abs(job.dest, job.rel)
+        const e = job.entry
+        return { temp: tempName(final), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+      })
+      let placed: boolean[]
       try {
-        if (this.opts.overwrite) await this.clearWay(job.rel, false)
+        if (this.opts.overwrite) for (const [job] of group) await this.clearWay(job.dest, job.rel, false)
         if (this.writers) {
-          const e = job.entry
-          const meta = { mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
-          placed = await this.writers.place({ src, temp, final, link, expect, ...(link ? {} : { meta }) })
-        } else if ((placed = placeEntry(src, temp, link, expect))) {
-          if (!link) this.setMeta(temp, job.entry, false)
-          fs.renameSync(temp, final)
+          const [head, ...copies] = files as [WholeFile, ...WholeFile[]]
+          const { mode, mtime, owner } = head
+          placed = await this.writers.place({ src, temp: head.temp, final: head.final, link, expect, ...(link ? {} : { meta: { mode, mtime, ...(owner ? { owner } : {}) }, copies }) })
+        } else {
+          placed = this.placeInline(src, link, expect, group.map(([job]) => job), files)
         }
       } catch {
-        await fsp.rm(temp, { force: true })
-        placed = false
+        for (const f of files) await fsp.rm(f.temp, { force: true })
+        placed = files.map(() => false)
       }
-      if (!placed) return void missed.push(job)
-      job.remaining = 0
-      this.bytesDone += job.entry.size
-      this.fromCacheCount++
-      this.fileDone(job, false)
+      for (const [i, [job]] of group.entries()) {
+        if (!placed[i]) {
+          missed.push(job)
+          continue
+        }
+        job.remaining = 0
+        job.dest.bytesDone += job.entry.size
+        job.dest.result.fromCache!++
+        this.fileDone(job, false)
+      }
     })
     return missed
+  }
+
+  /** fromCache without writer threads: the entry copied and checked into the first file's temp, the others copied from it. */
+  private placeInline(src: string, link: boolean, expect: ExpectedContent, jobs: FileJob[], files: WholeFile[]): boolean[] {
+    const [head, ...copies] = files as [WholeFile, ...WholeFile[]]
+    if (!placeEntry(src, head.temp, link, expect)) return files.map(() => false)
+    const finish = (f: WholeFile, job: FileJob, from?: string): boolean => {
+      try {
+        if (from !== undefined) fs.copyFileSync(from, f.temp, fs.constants.COPYFILE_EXCL)
+        if (!link) this.setMeta(f.temp, job.entry, false)
+        fs.renameSync(f.temp, f.final)
+        return true
+      } catch {
+        fs.rmSync(f.temp, { force: true })
+        return false
+      }
+    }
+    const copied = copies.map((f, i) => finish(f, jobs[i + 1]!, head.temp))
+    return [finish(head, jobs[0]!), ...copied]
   }
 
   /**
@@ -229,7 +358,7 @@ class Restorer {
   }
 
   private async addToCache(job: FileJob): Promise<void> {
-    const final = this.abs(job.rel)
+    const final = this.abs(job.dest, job.rel)
     const key = this.cacheKey(job.entry)
     await this.cache!.add(key, final, Boolean(this.opts.link))
     const expect = this.opts.link ? this.expected(job.entry) : undefined
@@ -252,57 +381,111 @@ class Restorer {
   }
 
   private readonly caching: Promise<void>[] = []
-  /** the first failure that said the destination's file system is full: the packs still to read are not read */
-  private full: string | undefined
   private readonly cacheSlot = new Semaphore(1)
   /** where every chunk of the files to restore is (located once, before any is placed or rebuilt) */
   private locs: ReadonlyMap<BlobId, BlobLocation> = new Map()
-  private fromCacheCount = 0
 
-  async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
+  /** The destinations still taking part. */
+  private live(): Dest[] {
+    return this.dests.filter((d) => d.error === undefined)
+  }
+
+  /** Restores into every destination; each one's outcome is left in it (its result, or its error). */
+  async run(snapshot: SnapshotRecord): Promise<void> {
     // a part of the snapshot gets the content of hardlinks whose first member lies outside it
     const { top, base, placed } = await placePart(this.store, snapshot.tree, this.opts.subPath ?? "/")
-    this.checkPathLengths(placed)
+    for (const d of this.live()) this.refuseOn(d, () => this.checkPathLengths(d, placed))
+    if (this.live().length === 0) return
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
     if (files.length >= WARM_WRITERS) this.writers?.warm()
     // the chunks are located (on LevelDB's thread) while the directories are made
     const locating = this.locate(files)
-    locating.catch(() => {}) // awaited below; not unhandled if the destination is refused first
-    const madeDest = await this.prepareDest()
+    locating.catch(() => {}) // awaited below; not unhandled if every destination is refused first
+    const made = new Map<Dest, boolean>()
+    for (const d of this.live()) {
+      try {
+        made.set(d, await this.prepareDest(d))
+      } catch (err) {
+        d.error = err
+      }
+    }
     throwIfAborted(this.opts.signal)
 
     const dirs = placed.filter((p) => p.entry.type === "dir")
-    for (const d of dirs) await this.makeDir(d.rel)
-    this.filesTotal = files.length
-    this.bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
+    for (const d of this.live()) {
+      try {
+        for (const dir of dirs) await this.makeDir(d, dir.rel)
+      } catch (err) {
+        d.error = err
+      }
+      d.filesTotal = files.length
+      d.bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
+    }
+    if (this.live().length === 0) return
     this.locs = await locating
-    await this.restoreFiles(files)
-    for (const p of placed) {
-      if (p.entry.type === "symlink") await this.guard(p.rel, () => this.makeSymlink(p.rel, p.entry as TreeEntry & { type: "symlink" }))
+    const fanout = this.live()
+    await this.restoreFiles(fanout.flatMap((d) => files.map((f) => ({ dest: d, rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))))
+    for (const d of fanout) {
+      this.refuseOn(d, () => {
+        if (fanout.length > 1) d.result.sharedWith = fanout.length - 1
+        d.result.dirs = dirs.length
+      })
     }
-    const restored = new Set(files.filter((f) => !this.result.failed.some((x) => x.path === f.rel)).map((f) => f.rel))
-    const linkBase = top.type === "dir" ? base : undefined
-    for (const p of placed) {
-      const e = p.entry
-      if (e.type === "file" && e.link !== undefined) await this.guard(p.rel, () => this.makeHardlink(p.rel, e, linkBase, restored))
+    for (const d of fanout) await this.finishDest(d, snapshot, top, base, placed, dirs, files, made.get(d) ?? false)
+  }
+
+  /** Symlinks, hardlinks, directory metadata and the stat cache of one destination whose files are in place. */
+  private async finishDest(
+    d: Dest,
+    snapshot: SnapshotRecord,
+    top: TreeEntry,
+    base: string,
+    placed: PlacedEntry[],
+    dirs: PlacedEntry[],
+    files: PlacedEntry[],
+    madeDest: boolean,
+  ): Promise<void> {
+    try {
+      for (const p of placed) {
+        if (p.entry.type === "symlink") await this.guard(d, p.rel, () => this.makeSymlink(d, p.rel, p.entry as TreeEntry & { type: "symlink" }))
+      }
+      const failed = new Set(d.result.failed.map((x) => x.path))
+      const restored = new Set(files.filter((f) => !failed.has(f.rel)).map((f) => f.rel))
+      const linkBase = top.type === "dir" ? base : undefined
+      for (const p of placed) {
+        const e = p.entry
+        if (e.type === "file" && e.link !== undefined) await this.guard(d, p.rel, () => this.makeHardlink(d, p.rel, e, linkBase, restored))
+      }
+      // directory metadata last, deepest first, so that read-only dirs do not block their children
+      for (const dir of [...dirs].reverse()) await this.guard(d, dir.rel, async () => this.setMeta(this.abs(d, dir.rel), dir.entry, false))
+      if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
+        await this.guard(d, ".", async () => this.setMeta(d.root, top, false))
+      } else if (top.type === "dir") {
+        // the snapshotted directory's own metadata is in the record; older snapshots lack it: 0755, the mtime left as it is
+        const root = snapshot.root
+        await this.guard(d, ".", async () => (root ? this.setMeta(d.root, { ...top, ...root }, false) : fs.chmodSync(d.root, 0o755)))
+      } else if (madeDest) {
+        // a single entry's new directory: no longer owner-only, as mkdir would make it
+        await this.guard(d, ".", async () => fs.chmodSync(d.root, 0o755))
+      }
+      const whole = this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === ""
+      if (d.statCacheKey !== undefined && d.result.failed.length === 0) await this.seedStatCache(d, placed, top, whole ? snapshot.exclude : undefined)
+      if (d.result.failed.length > 0) d.error = restoreFailed(d.root, d.result)
+    } catch (err) {
+      if (isCairnError(err, "ABORTED")) throw err
+      d.error = err
     }
-    // directory metadata last, deepest first, so that read-only dirs do not block their children
-    for (const d of [...dirs].reverse()) await this.guard(d.rel, async () => this.setMeta(this.abs(d.rel), d.entry, false))
-    if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
-      await this.guard(".", async () => this.setMeta(this.dest, top, false))
-    } else if (top.type === "dir") {
-      // the snapshotted directory's own metadata is in the record; older snapshots lack it: 0755, the mtime left as it is
-      const root = snapshot.root
-      await this.guard(".", async () => (root ? this.setMeta(this.dest, { ...top, ...root }, false) : fs.chmodSync(this.dest, 0o755)))
-    } else if (madeDest) {
-      // a single entry's new directory: no longer owner-only, as mkdir would make it
-      await this.guard(".", async () => fs.chmodSync(this.dest, 0o755))
+  }
+
+  /** Runs fn; what it throws becomes d's error (an abort stops every destination). */
+  private refuseOn(d: Dest, fn: () => void): void {
+    try {
+      fn()
+    } catch (err) {
+      if (isCairnError(err, "ABORTED")) throw err
+      d.error = err
     }
-    this.result.dirs = dirs.length
-    if (this.opts.statCacheKey && this.result.failed.length === 0) await this.seedStatCache(placed, top, this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === "" ? snapshot.exclude : undefined)
-    if (this.result.failed.length > 0) throw restoreFailed(this.dest, this.result)
-    return this.result
   }
 
   /**
@@ -314,14 +497,14 @@ class Restorer {
    * does not give. The snapshot's exclude patterns go with the trees: a next
    * snapshot with other patterns builds its trees anew.
    */
-  private async seedStatCache(placed: PlacedEntry[], top: TreeEntry, patterns: string[] | undefined): Promise<void> {
+  private async seedStatCache(d: Dest, placed: PlacedEntry[], top: TreeEntry, patterns: string[] | undefined): Promise<void> {
     const cache: StatCache = { entries: new Map(), ...(patterns ? { patterns } : {}) }
     const parentOf = (rel: string) => rel.slice(0, Math.max(0, rel.lastIndexOf("/")))
     /** dirs (by rel) with an entry below them not as its tree says; "" is the destination */
     const inexact = new Set<string>()
     const children = new Map<string, number>()
     // inline: an lstat from the inode cache is microseconds, a thread-pool round trip tens of them
-    const stats = new Map(placed.map((p) => [p.rel, fs.lstatSync(this.abs(p.rel), { bigint: true })]))
+    const stats = new Map(placed.map((p) => [p.rel, fs.lstatSync(this.abs(d, p.rel), { bigint: true })]))
     for (const p of placed) {
       const e = p.entry
       const st = stats.get(p.rel)!
@@ -343,9 +526,9 @@ class Restorer {
     if (top.type === "dir") {
       // the top entry of a whole-snapshot restore is synthetic (no size): sum its children as buildTree does
       const size = placed.reduce((n, p) => (parentOf(p.rel) !== "" ? n : p.entry.type === "dir" || (p.entry.type === "file" && p.entry.link === undefined) ? n + p.entry.size : n), 0)
-      withTree("", top, size, await fsp.lstat(this.dest, { bigint: true }))
+      withTree("", top, size, await fsp.lstat(d.root, { bigint: true }))
     }
-    await saveStatCache(this.store.cacheDir, this.opts.statCacheKey!, cache)
+    await saveStatCache(this.store.cacheDir, d.statCacheKey!, cache)
   }
 
   /**
@@ -354,8 +537,8 @@ class Restorer {
    * PATH_MAX, which a tar import can hold): a restore that made the rest
    * would stop at the first such path with a partial tree.
    */
-  private checkPathLengths(placed: PlacedEntry[]): void {
-    const destBytes = Buffer.byteLength(this.dest)
+  private checkPathLengths(d: Dest, placed: PlacedEntry[]): void {
+    const destBytes = Buffer.byteLength(d.root)
     let longest: PlacedEntry | undefined
     let most = 0
     for (const p of placed) {
@@ -370,48 +553,48 @@ class Restorer {
     if (longest && most > PATH_MAX_BYTES) {
       const shown = longest.rel.length > 120 ? `${longest.rel.slice(0, 60)}...${longest.rel.slice(-60)}` : longest.rel
       throw new BadInputError(
-        `cannot restore into ${this.dest}: the snapshot holds paths longer than this system allows there (${most} bytes, at most ${PATH_MAX_BYTES}), such as ${shown}; restore a part of the snapshot (a sub-path), or export it as a tar`,
+        `cannot restore into ${d.root}: the snapshot holds paths longer than this system allows there (${most} bytes, at most ${PATH_MAX_BYTES}), such as ${shown}; restore a part of the snapshot (a sub-path), or export it as a tar`,
         { path: longest.rel },
       )
     }
   }
 
   /** rel's path in the destination; rels are names from validated trees joined by "/", so no join needs normalizing them. */
-  private abs(rel: string): string {
-    return rel === "" || rel === "." ? this.dest : this.dest.endsWith("/") ? this.dest + rel : `${this.dest}/${rel}`
+  private abs(d: Dest, rel: string): string {
+    return rel === "" || rel === "." ? d.root : d.root.endsWith("/") ? d.root + rel : `${d.root}/${rel}`
   }
 
   /** Makes the destination (owner-only while it is filled; true) or checks the one there (false). */
-  private async prepareDest(): Promise<boolean> {
-    const st = await fsp.lstat(this.dest).catch(() => undefined)
+  private async prepareDest(d: Dest): Promise<boolean> {
+    const st = await fsp.lstat(d.root).catch(() => undefined)
     if (!st) {
-      await makeDirs(this.dest, { what: "destination", fix: "choose a destination you can write to" })
+      await makeDirs(d.root, { what: "destination", fix: "choose a destination you can write to" })
       return true
     }
-    if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${this.dest}: it exists and is not a directory`)
-    if (!this.opts.overwrite && (await fsp.readdir(this.dest)).length > 0) {
-      throw new AlreadyExistsError(`cannot restore into ${this.dest}: it is not empty; choose an empty or new directory, or allow replacing its entries (overwrite: true; cairn restore --overwrite)`)
+    if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${d.root}: it exists and is not a directory`)
+    if (!this.opts.overwrite && (await fsp.readdir(d.root)).length > 0) {
+      throw new AlreadyExistsError(`cannot restore into ${d.root}: it is not empty; choose an empty or new directory, or allow replacing its entries (overwrite: true; cairn restore --overwrite)`)
     }
     return false
   }
 
   /** With overwrite, removes whatever is at rel unless it is a real directory and a directory is wanted. */
-  private async clearWay(rel: string, wantDir: boolean): Promise<boolean> {
+  private async clearWay(d: Dest, rel: string, wantDir: boolean): Promise<boolean> {
     if (!this.opts.overwrite) return false
-    const st = await fsp.lstat(this.abs(rel)).catch(() => undefined)
+    const st = await fsp.lstat(this.abs(d, rel)).catch(() => undefined)
     if (!st) return false
     if (wantDir && st.isDirectory()) return true
     if (!wantDir && st.isFile()) return false // rename/link replace files atomically
-    await fsp.rm(this.abs(rel), { recursive: true, force: true })
+    await fsp.rm(this.abs(d, rel), { recursive: true, force: true })
     return false
   }
 
-  private async makeDir(rel: string): Promise<void> {
-    if (await this.clearWay(rel, true)) {
-      await fsp.chmod(this.abs(rel), 0o700)
+  private async makeDir(d: Dest, rel: string): Promise<void> {
+    if (await this.clearWay(d, rel, true)) {
+      await fsp.chmod(this.abs(d, rel), 0o700)
       return
     }
-    fs.mkdirSync(this.abs(rel), { mode: 0o700 })
+    fs.mkdirSync(this.abs(d, rel), { mode: 0o700 })
   }
 
   /** Where every chunk of these files is (a chunk missing from the index is absent). */
@@ -430,8 +613,7 @@ class Restorer {
   }
 
   /** Restores the files, their chunks located first (the cache's copies are checked against the chunks' lengths). */
-  private async restoreFiles(files: Array<PlacedEntry & { entry: FileEntry }>): Promise<void> {
-    const all: FileJob[] = files.map((f) => ({ rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))
+  private async restoreFiles(all: FileJob[]): Promise<void> {
     // large files the cache holds are placed from it while the rest is rebuilt from packs
     // (the others are rebuilt with it: their chunks lie between the small files' in the packs,
     // and leaving them for later would cut each pack into many small reads)
@@ -460,7 +642,6 @@ class Restorer {
       if (stopped) await this.removeTemps(all)
     }
     await this.finishCache()
-    this.result.fromCache = this.fromCacheCount
   }
 
   /** Rebuilds files from their chunks: per pack, in offset order. */
@@ -487,7 +668,7 @@ class Restorer {
       }
     }
     for (const job of jobs) {
-      if (job.failed) this.result.failed.push(job.failed)
+      if (job.failed) job.dest.result.failed.push(job.failed)
       else if (job.remaining === 0) await this.writeWhole(job, new Uint8Array(0))
     }
     const packs = [...byPack.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
@@ -506,9 +687,9 @@ class Restorer {
     reads.sort((a, b) => a.loc.offset - b.loc.offset)
     let i = 0
     while (i < reads.length) {
-      if (this.full !== undefined) {
-        // the destination's file system is full: every file still to write would fail the same way, one by one
-        for (const r of reads.slice(i)) for (const t of r.targets) await this.fail(t.job, `not restored: the destination's file system is full (${this.full})`, "IO")
+      if (this.dests.every((d) => d.full !== undefined || d.error !== undefined)) {
+        // every destination's file system is full: each file still to write would fail the same way, one by one
+        for (const r of reads.slice(i)) for (const t of r.targets) await this.failFull(t.job)
         return
       }
       // one segment: neighbouring blobs read with one ranged get
@@ -522,6 +703,8 @@ class Restorer {
       const group = reads.slice(i, j)
       i = j
       throwIfAborted(this.opts.signal) // segment by segment: a pack can hold a whole small restore
+      // (in a fan-out) a destination whose file system is full gets nothing more
+      for (const r of group) for (const t of r.targets) if (t.job.dest.full !== undefined) await this.failFull(t.job)
       let segment: Uint8Array
       try {
         segment = await this.store.readPackRange(pack, start, end - start)
@@ -583,7 +766,7 @@ class Restorer {
       rawLength: r.loc.rawLength,
       files: r.targets.map((t): WriteFile => {
         if (t.job.entry.chunks!.length > 1) return { part: t.job.temp!, offset: t.offset }
-        const final = this.abs(t.job.rel)
+        const final = this.abs(t.job.dest, t.job.rel)
         t.job.temp = tempName(final)
         const e = t.job.entry
         return { temp: t.job.temp, final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
@@ -604,11 +787,11 @@ class Restorer {
         if (o?.integrity !== undefined) await this.fail(t.job, `blob ${r.id} in pack ${pack} ${o.integrity}`, "INTEGRITY")
         else if (failed) await this.fail(t.job, failed[1], "IO")
         else if (t.job.entry.chunks!.length > 1) {
-          this.bytesDone += r.loc.rawLength
+          t.job.dest.bytesDone += r.loc.rawLength
           if (--t.job.remaining === 0) await this.finishFile(t.job).catch((err: unknown) => this.fail(t.job, describe(err), codeOf(err)))
         } else {
           t.job.remaining = 0
-          this.bytesDone += t.job.entry.size
+          t.job.dest.bytesDone += t.job.entry.size
           this.fileDone(t.job)
         }
       }
@@ -624,8 +807,8 @@ class Restorer {
   private async writeWhole(job: FileJob, raw: Uint8Array): Promise<void> {
     if (job.failed) return
     try {
-      if (this.opts.overwrite) await this.clearWay(job.rel, false)
-      const final = this.abs(job.rel)
+      if (this.opts.overwrite) await this.clearWay(job.dest, job.rel, false)
+      const final = this.abs(job.dest, job.rel)
       job.temp = tempName(final)
       const fd = fs.openSync(job.temp, "wx", 0o600)
       try {
@@ -644,7 +827,7 @@ class Restorer {
       }
       fs.renameSync(job.temp, final)
       job.remaining = 0
-      this.bytesDone += raw.length
+      job.dest.bytesDone += raw.length
       this.fileDone(job)
     } catch (err) {
       await this.fail(job, describe(err), codeOf(err))
@@ -658,7 +841,7 @@ class Restorer {
       const handle = await this.openTemp(job)
       if (isZeroChunk(raw)) job.sparse = true // a hole; finishFile sizes the file
       else for (let done = 0; done < raw.length; ) done += (await handle.write(raw, done, raw.length - done, t.offset + done)).bytesWritten
-      this.bytesDone += raw.length
+      job.dest.bytesDone += raw.length
       if (--job.remaining === 0) await this.finishFile(job)
     } catch (err) {
       await this.fail(job, describe(err), codeOf(err))
@@ -670,8 +853,8 @@ class Restorer {
     job.opening ??= (async () => {
       const release = await this.openSlots.acquire()
       try {
-        await this.clearWay(job.rel, false)
-        job.temp = tempName(this.abs(job.rel))
+        await this.clearWay(job.dest, job.rel, false)
+        job.temp = tempName(this.abs(job.dest, job.rel))
         job.handle = await fsp.open(job.temp, "wx", 0o600)
         job.release = release
         return job.handle
@@ -710,7 +893,7 @@ class Restorer {
     // chunks left as holes may end the file: its size comes from the entry
     if (job.sparse) await fsp.truncate(job.temp!, job.entry.size)
     this.setMeta(job.temp!, job.entry, false)
-    await fsp.rename(job.temp!, this.abs(job.rel))
+    await fsp.rename(job.temp!, this.abs(job.dest, job.rel))
     this.fileDone(job)
   }
 
@@ -718,17 +901,18 @@ class Restorer {
   private fileDone(job: FileJob, rebuilt = true): void {
     job.temp = undefined // renamed into place
     if (rebuilt) this.cacheLater(job)
-    this.result.files++
-    this.result.bytes += job.entry.size
-    this.filesDone++
-    this.opts.onProgress?.({ phase: "restore", filesDone: this.filesDone, filesTotal: this.filesTotal, bytesDone: this.bytesDone, bytesTotal: this.bytesTotal })
+    const d = job.dest
+    d.result.files++
+    d.result.bytes += job.entry.size
+    d.filesDone++
+    d.onProgress?.({ phase: "restore", filesDone: d.filesDone, filesTotal: d.filesTotal, bytesDone: d.bytesDone, bytesTotal: d.bytesTotal })
   }
 
   private async fail(job: FileJob, reason: string, code: string): Promise<void> {
     if (job.failed) return
     job.failed = { path: job.rel, reason, code }
-    this.result.failed.push(job.failed)
-    if (this.full === undefined && DISK_FULL.test(reason)) this.full = reason
+    job.dest.result.failed.push(job.failed)
+    if (job.dest.full === undefined && DISK_FULL.test(reason)) job.dest.full = reason
     // another chunk of this file may be creating its temp file right now: removed only once it exists
     await job.opening?.catch(() => {})
     await this.closeTemp(job)
@@ -736,25 +920,30 @@ class Restorer {
     job.temp = undefined
   }
 
-  private async makeSymlink(rel: string, entry: TreeEntry & { type: "symlink" }): Promise<void> {
-    await this.clearWay(rel, false)
-    const abs = this.abs(rel)
+  /** Reports a file not begun because its destination's file system is full. */
+  private failFull(job: FileJob): Promise<void> {
+    return this.fail(job, `not restored: the destination's file system is full (${job.dest.full})`, "IO")
+  }
+
+  private async makeSymlink(d: Dest, rel: string, entry: TreeEntry & { type: "symlink" }): Promise<void> {
+    await this.clearWay(d, rel, false)
+    const abs = this.abs(d, rel)
     if (this.opts.overwrite) await fsp.rm(abs, { force: true })
     await fsp.symlink(entry.target, abs)
     this.setMeta(abs, entry, true)
-    this.result.symlinks++
+    d.result.symlinks++
   }
 
-  private async makeHardlink(rel: string, entry: FileEntry, base: string | undefined, restored: Set<string>): Promise<void> {
+  private async makeHardlink(d: Dest, rel: string, entry: FileEntry, base: string | undefined, restored: Set<string>): Promise<void> {
     const link = entry.link!
     const within = base === undefined ? undefined : base === "" ? link : link.startsWith(`${base}/`) ? link.slice(base.length + 1) : undefined
     if (within === undefined || !restored.has(within)) {
       throw new IntegrityError(`hardlink target ${link} is not part of this restore`)
     }
-    await this.clearWay(rel, false)
-    if (this.opts.overwrite) await fsp.rm(this.abs(rel), { force: true })
-    await fsp.link(this.abs(within), this.abs(rel))
-    this.result.hardlinks++
+    await this.clearWay(d, rel, false)
+    if (this.opts.overwrite) await fsp.rm(this.abs(d, rel), { force: true })
+    await fsp.link(this.abs(d, within), this.abs(d, rel))
+    d.result.hardlinks++
   }
 
   /** New files belong to this process already; chown only what differs. */
@@ -771,12 +960,12 @@ class Restorer {
     else fs.utimesSync(abs, t, t)
   }
 
-  private async guard(rel: string, fn: () => Promise<void>): Promise<void> {
+  private async guard(d: Dest, rel: string, fn: () => Promise<void>): Promise<void> {
     try {
       await fn()
     } catch (err) {
       if (isCairnError(err, "ABORTED")) throw err
-      this.result.failed.push({ path: rel, reason: describe(err), code: codeOf(err) })
+      d.result.failed.push({ path: rel, reason: describe(err), code: codeOf(err) })
     }
   }
 }

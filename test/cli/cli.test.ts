@@ -93,6 +93,32 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(dest)).toEqual(["mine.txt"])
   })
 
+  it("restore into several destinations fills each in one pass; a refused one is reported and exits non-zero", async () => {
+    const root = await tempDir()
+    const [a, b, c] = ["a", "b", "c"].map((n) => path.join(root, n)) as [string, string, string]
+    const r = await cairn(["--repo", repo, "restore", "first", a, b, "--json"], env)
+    expect(r.code).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.results.map((x: { dest: string; sharedWith: number }) => [x.dest, x.sharedWith])).toEqual([
+      [a, 1],
+      [b, 1],
+    ])
+    expect(out.failed).toEqual([])
+    for (const d of [a, b]) expect(await describeTree(d)).toEqual(await describeTree(src))
+    await fsp.mkdir(c)
+    await fsp.writeFile(path.join(c, "mine.txt"), "keep")
+    const d = path.join(root, "d")
+    const partly = await cairn(["--repo", repo, "restore", "first", c, d], env)
+    expect(partly.code).toBe(1)
+    expect(partly.stdout).toBe(`restored 2 files, 2 dirs, 1 symlinks (24 B) into ${d}\n`)
+    expect(partly.stderr).toMatch(/^cairn: cannot restore into .*\/c: it is not empty/)
+    expect(await describeTree(d)).toEqual(await describeTree(src))
+    expect(await fsp.readdir(c)).toEqual(["mine.txt"])
+    const both = await cairn(["--repo", repo, "restore", "first", c, path.join(c, "inside")], env)
+    expect(both.code).toBe(1)
+    expect(both.stderr).toMatch(/^cairn: 2 of 2 restores failed: .*not empty.*; .*one lies inside the other/)
+  })
+
   it("a refused restore of a large snapshot exits (its writer threads had started)", async () => {
     const many = await tempDir()
     await buildTree(many, Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`f${i}.txt`, { file: `file ${i}` }])))

@@ -3,9 +3,9 @@ import { promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
 import { describe, expect, it } from "vitest"
-import { Box, Repository, isCairnError } from "../../engine/index.js"
-import { describeTree } from "../fixtures.js"
-import { tempDir } from "../helpers.js"
+import { Box, Repository, isCairnError, type RestoreResult } from "../../engine/index.js"
+import { buildTree, describeTree } from "../fixtures.js"
+import { seededBytes, tempDir } from "../helpers.js"
 
 async function repo() {
   return Repository.open({ path: path.join(await tempDir(), "repo") })
@@ -51,6 +51,48 @@ describe("Box API", () => {
     expect(second.parent).toBe(first.id)
     expect(second.stats.addedBytes).toBe(0)
     expect(await copy.listSnapshots()).toHaveLength(1)
+  })
+
+  it("restores asked for together share one pass; each settles on its own, and a restore with a signal runs alone", async () => {
+    const r = await repo()
+    const src = await tempDir()
+    await buildTree(src, { a: { file: "one" }, big: { file: seededBytes("big", 600_000) }, d: { dir: { l: { symlink: "../a" } } } })
+    const { snapshot } = await r.snapshots.create(src)
+    const root = await tempDir()
+    const taken = path.join(root, "taken")
+    await fsp.mkdir(taken)
+    await fsp.writeFile(path.join(taken, "x"), "mine")
+    const dests = ["p", "q", "r"].map((n) => path.join(root, n))
+    const outcomes = await Promise.allSettled([...dests.map((d) => r.snapshots.restore(snapshot.id, d)), r.snapshots.restore(snapshot.id, taken)])
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "fulfilled", "rejected"])
+    for (const o of outcomes.slice(0, 3)) expect((o as PromiseFulfilledResult<RestoreResult>).value.sharedWith).toBe(2)
+    expect(isCairnError((outcomes[3] as PromiseRejectedResult).reason, "ALREADY_EXISTS")).toBe(true)
+    const want = await describeTree(src)
+    for (const d of dests) expect(await describeTree(d)).toEqual(want)
+    // other options, a signal, or a restore asked for after the pass began: a pass of its own
+    const [other, signalled] = await Promise.all([
+      r.snapshots.restore(snapshot.id, path.join(root, "s"), { subPath: "/d" }),
+      r.snapshots.restore(snapshot.id, path.join(root, "t"), { signal: new AbortController().signal }),
+    ])
+    expect(other.sharedWith).toBeUndefined()
+    expect(signalled.sharedWith).toBeUndefined()
+  })
+
+  it("boxes branched together are each their own, and each re-snapshots without reading a file", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r })
+    for (let i = 0; i < 30; i++) await box.files.write({ path: `/d${i % 3}/f${i}`, content: `file ${i}` })
+    await box.files.write({ path: "/big.bin", content: seededBytes("big", 500_000) })
+    const snap = await box.snapshot()
+    const boxes = await Promise.all([1, 2, 3].map(() => Box.fromSnapshot(snap.id, { repo: r })))
+    for (const b of boxes) expect(await describeTree(b.dir)).toEqual(await describeTree(box.dir))
+    await boxes[0]!.files.write({ path: "/d0/f0", content: "edited" })
+    expect((await boxes[1]!.files.read("/d0/f0")).toString()).toBe("file 0")
+    for (const b of boxes.slice(1)) {
+      const again = await r.snapshots.create(b.dir, { boxId: b.id })
+      expect(again.readBytes).toBe(0)
+      expect(again.snapshot.tree).toBe(snap.tree)
+    }
   })
 
   it("refuses box paths that leave the box", async () => {

@@ -1,8 +1,8 @@
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import { contentMatches, MaterializationCache, type ExpectedContent } from "../../engine/matcache.js"
-import { restoreSnapshot } from "../../engine/restore.js"
+import { restoreSnapshot, restoreSnapshotMany, type RestoreResult } from "../../engine/restore.js"
 import { createSnapshot } from "../../engine/snapshot.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { hashBytes } from "../../store/ids.js"
@@ -69,6 +69,66 @@ describe("materialization cache", () => {
     expect((await fsp.readdir(path.join(root, "b"))).sort()).toEqual(["big.bin", "small.txt", "text.txt"])
     // rebuilt from packs, then cached again: the next restore copies both
     expect((await restoreSnapshot(store, snapshot, path.join(root, "c"), { writers })).fromCache).toBe(2)
+    await store.close()
+  })
+
+  it.each(WRITERS)("a fan-out gives every destination its own copy of each cached file (%s)", async (_label, writers) => {
+    // "twin.bin" has big.bin's content under another mode: one cache entry, four files per destination group
+    const { store, src, snapshot } = await setup({ "twin.bin": { file: seededBytes("big", 700_000), mode: 0o600 } })
+    const root = await tempDir()
+    await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers })
+    const dests = ["a", "b", "c"].map((n) => path.join(root, n))
+    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })), { writers })
+    const want = await describeTree(src)
+    for (const [i, o] of outcomes.entries()) {
+      expect(o.status).toBe("fulfilled")
+      expect((o as PromiseFulfilledResult<RestoreResult>).value.fromCache).toBe(3)
+      expect(await describeTree(dests[i]!)).toEqual(want)
+    }
+    const inodes = new Set<number>()
+    for (const d of [path.join(root, "first"), ...dests]) for (const f of ["big.bin", "twin.bin", "text.txt"]) inodes.add((await fsp.stat(path.join(d, f))).ino)
+    expect(inodes.size).toBe(12)
+    await fsp.appendFile(path.join(dests[0]!, "big.bin"), "tampered")
+    for (const d of dests.slice(1)) expect(await describeTree(d)).toEqual(want)
+    await store.close()
+  })
+
+  it("a fan-out reads each cache entry once: the other destinations get copies of the checked copy", async () => {
+    const { store, snapshot } = await setup({ "twin.bin": { file: seededBytes("big", 700_000), mode: 0o600 } })
+    const root = await tempDir()
+    await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers: false })
+    const entries = path.join(store.cacheDir, "files")
+    const copy = vi.spyOn(fs, "copyFileSync")
+    try {
+      await restoreSnapshotMany(store, snapshot, ["a", "b", "c"].map((n) => ({ dest: path.join(root, n) })), { writers: false })
+      const sources = copy.mock.calls.map(([from]) => String(from))
+      // two entries (big.bin and its twin share one), each copied out once; 3 x 3 files in all
+      expect(sources.filter((f) => f.startsWith(entries))).toHaveLength(2)
+      expect(sources).toHaveLength(9)
+    } finally {
+      copy.mockRestore()
+    }
+    await store.close()
+  })
+
+  it.each(WRITERS)("a fan-out with a damaged entry rebuilds that file from packs in every destination (%s)", async (_label, writers) => {
+    const { store, src, snapshot } = await setup()
+    const root = await tempDir()
+    await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers })
+    const entries = path.join(store.cacheDir, "files")
+    for (const sub of await fsp.readdir(entries)) {
+      for (const name of await fsp.readdir(path.join(entries, sub))) {
+        const file = path.join(entries, sub, name)
+        if ((await fsp.stat(file)).size === 700_000) await fsp.writeFile(file, Buffer.alloc(700_000, 1))
+      }
+    }
+    const dests = ["a", "b"].map((n) => path.join(root, n))
+    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })), { writers })
+    for (const [i, o] of outcomes.entries()) {
+      expect((o as PromiseFulfilledResult<RestoreResult>).value.fromCache).toBe(1)
+      expect(await describeTree(dests[i]!)).toEqual(await describeTree(src))
+      expect((await fsp.readdir(dests[i]!)).sort()).toEqual(["big.bin", "small.txt", "text.txt"])
+    }
     await store.close()
   })
 

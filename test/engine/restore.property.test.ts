@@ -8,7 +8,7 @@ import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { BLOB_TREE } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
-import { restoreFailed, restoreSnapshot, type RestoreResult } from "../../engine/restore.js"
+import { restoreFailed, restoreSnapshot, restoreSnapshotMany, type RestoreResult } from "../../engine/restore.js"
 import { isCairnError } from "../../store/errors.js"
 import type { FileEntry } from "../../engine/tree.js"
 import { flattenTree, loadTree } from "../../engine/walk.js"
@@ -124,6 +124,101 @@ describe("fan-out", () => {
     const later = path.join(root, "later")
     await restoreSnapshot(store, snapshot, later)
     expect(await describeTree(later)).toEqual(want)
+    await store.close()
+  })
+
+  it("one pass into several destinations gives each the tree, independent of the others (random trees)", async () => {
+    const store = await newStore()
+    await fc.assert(
+      fc.asyncProperty(treeArb.map(withHardlinks), fc.boolean(), async (spec, writers) => {
+        const src = await tempDir()
+        await buildTree(src, spec)
+        const { snapshot } = await createSnapshot(store, src)
+        const root = await tempDir()
+        const dests = ["a", "b", "c"].map((n) => path.join(root, n))
+        const progress = new Map<string, number>()
+        const outcomes = await restoreSnapshotMany(
+          store,
+          snapshot,
+          dests.map((dest) => ({ dest, onProgress: (p) => progress.set(dest, p.filesDone ?? 0) })),
+          { writers },
+        )
+        const want = await describeTree(src)
+        for (const [i, o] of outcomes.entries()) {
+          expect(o.status).toBe("fulfilled")
+          const r = (o as PromiseFulfilledResult<RestoreResult>).value
+          expect(r.dest).toBe(dests[i])
+          expect(r.sharedWith).toBe(2)
+          expect(r.files).toBe(outcomes[0]!.status === "fulfilled" ? outcomes[0].value.files : -1)
+          if (r.files > 0) expect(progress.get(dests[i]!)).toBe(r.files)
+          expect(await describeTree(dests[i]!)).toEqual(want)
+        }
+        // every file of one destination is its own: rewriting them all (hardlinks included) leaves the others as they were
+        const files = (await fsp.readdir(dests[0]!, { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+        for (const f of files) {
+          const p = path.join(f.parentPath ?? f.path, f.name)
+          await fsp.chmod(p, 0o600)
+          await fsp.writeFile(p, "changed")
+        }
+        for (const d of dests.slice(1)) expect(await describeTree(d)).toEqual(want)
+      }),
+      { numRuns: 20 },
+    )
+    await store.close()
+  })
+
+  it("a destination refused or overlapping another is reported alone; the others are restored", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { a: { file: "one" }, big: { file: seededBytes("big", 300_000) } })
+    const { snapshot } = await createSnapshot(store, src)
+    const root = await tempDir()
+    const full = path.join(root, "full")
+    await fsp.mkdir(full)
+    await fsp.writeFile(path.join(full, "keep"), "mine")
+    const ok1 = path.join(root, "ok1")
+    const ok2 = path.join(root, "ok2")
+    const outcomes = await restoreSnapshotMany(store, snapshot, [{ dest: ok1 }, { dest: full }, { dest: path.join(ok1, "inner") }, { dest: ok1 }, { dest: ok2 }, { dest: "" }])
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "rejected", "rejected", "rejected", "fulfilled", "rejected"])
+    const reason = (i: number) => String((outcomes[i] as PromiseRejectedResult).reason)
+    expect(reason(1)).toMatch(/not empty/)
+    expect(reason(2)).toMatch(/one lies inside the other/)
+    expect(reason(3)).toMatch(/one lies inside the other/)
+    expect(reason(5)).toMatch(/needs a destination directory/)
+    expect((outcomes[0] as PromiseFulfilledResult<RestoreResult>).value.sharedWith).toBe(1)
+    const want = await describeTree(src)
+    expect(await describeTree(ok1)).toEqual(want)
+    expect(await describeTree(ok2)).toEqual(want)
+    expect(await fsp.readdir(full)).toEqual(["keep"])
+    await store.close()
+  })
+
+  it("damage in a pack fails the damaged file in every destination and nothing else", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await newStore(backend)
+    const src = await tempDir()
+    await buildTree(src, { good: { file: "fine" }, bad: { file: seededBytes("bad", 5000) }, big: { file: seededBytes("big", 700_000) } })
+    const { snapshot } = await createSnapshot(store, src)
+    const entry = (await loadTree(store, snapshot.tree)).entries.find((e) => e.name === "bad") as FileEntry
+    const [loc] = await store.locateMany([entry.chunks![0]!])
+    if (!loc || loc === "pending") throw new Error("chunk not indexed")
+    backend.tamper(`data/${loc.pack.slice(0, 2)}/${loc.pack}`, (b) => {
+      const c = Uint8Array.from(b)
+      c[loc.offset + 100]! ^= 0x40
+      return c
+    })
+    const root = await tempDir()
+    const dests = [path.join(root, "x"), path.join(root, "y")]
+    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })))
+    for (const [i, o] of outcomes.entries()) {
+      expect(o.status).toBe("rejected")
+      const err = (o as PromiseRejectedResult).reason
+      expect(err.code).toBe("INTEGRITY")
+      expect(err.data.failed.map((f: { path: string }) => f.path)).toEqual(["bad"])
+      expect((await fsp.readdir(dests[i]!)).sort()).toEqual(["big", "good"])
+      expect(await fsp.readFile(path.join(dests[i]!, "good"), "utf8")).toBe("fine")
+      expect((await fsp.readFile(path.join(dests[i]!, "big"))).equals(seededBytes("big", 700_000))).toBe(true)
+    }
     await store.close()
   })
 })
