@@ -9,7 +9,8 @@
 //   restore      full restore of the first snapshot into an empty directory,
 //                verified against the corpus (first repetition)
 //   fanout-4     4 restores of that snapshot at once (4 processes); tools may
-//                add variants (cairn: box create x4, Promise.all in one process),
+//                add variants (cairn: box create x4, one `cairn restore` with 4
+//                destinations, Promise.all in one process),
 //                which run in the first repetition only
 // Tools without incremental snapshots (cp, tar) skip nochange and change:
 // those would repeat first.

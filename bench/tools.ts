@@ -147,7 +147,11 @@ function cairn(): Tool {
       "box-create-4": async (repo, id, dests, m) => {
         await m.parallel(dests.map(() => (mm: Meter) => mm.run("node", cli(repo, "box", "create", "--from", id, "--json"), env(repo))))
       },
-      // One process, N restores through the library with Promise.all.
+      // One `cairn restore` given all N destinations: one pass fills them all.
+      "one-cli-4": async (repo, id, dests, m) => {
+        await m.run("node", cli(repo, "restore", id, ...dests), env(repo))
+      },
+      // One process, N restores through the library with Promise.all (which share one pass).
       "promise-all-4": async (repo, id, dests, m) => {
         const script = join(PROJECT_ROOT, "dist", "bench", "cairn-fanout.js")
         await m.run("node", [script, repo.path, id, ...dests], env(repo))
