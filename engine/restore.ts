@@ -427,12 +427,10 @@ class Restorer {
     const fanout = this.live()
     await this.restoreFiles(fanout.flatMap((d) => files.map((f) => ({ dest: d, rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))))
     for (const d of fanout) {
-      this.refuseOn(d, () => {
-        if (fanout.length > 1) d.result.sharedWith = fanout.length - 1
-        d.result.dirs = dirs.length
-      })
+      d.result.dirs = dirs.length
+      if (fanout.length > 1) d.result.sharedWith = fanout.length - 1
+      await this.finishDest(d, snapshot, top, base, placed, dirs, files, made.get(d) ?? false)
     }
-    for (const d of fanout) await this.finishDest(d, snapshot, top, base, placed, dirs, files, made.get(d) ?? false)
   }
 
   /** Symlinks, hardlinks, directory metadata and the stat cache of one destination whose files are in place. */
