@@ -129,6 +129,43 @@ export class Box {
     }
   }
 
+  /**
+   * `count` new boxes holding exactly a snapshot's state, restored in one
+   * pass (each chunk read, decoded and checked once, written into each box's
+   * own files), in the repository's workspace directory. All or none: if a
+   * box cannot be made, none is kept. `onProgress` follows the first box.
+   */
+  static async fromSnapshotMany(
+    idOrName: string,
+    count: number,
+    opts: Pick<BoxOptions, "repo" | "labels"> & Pick<RestoreOptions, "signal" | "onProgress"> = {},
+  ): Promise<Box[]> {
+    if (!Number.isSafeInteger(count) || count < 1) throw new BadInputError(`a number of boxes must be a whole number of at least 1, not ${JSON.stringify(count)}`)
+    checkRecordFields({ labels: opts.labels }, "box")
+    const repo = await resolveRepo(opts.repo)
+    const snapshot = await repo.snapshots.get(idOrName)
+    const ids = Array.from({ length: count }, () => randomId("box"))
+    const dirs = ids.map((id) => path.join(repo.workspaceRoot, id))
+    for (const dir of dirs) await assertFreshDir(dir)
+    const boxes: Box[] = []
+    try {
+      const targets = ids.map((id, i) => ({ dest: dirs[i]!, statCacheKey: id, ...(i === 0 && opts.onProgress ? { onProgress: opts.onProgress } : {}) }))
+      const outcomes = await repo.snapshots.restoreMany(snapshot.id, targets, { ...(opts.signal ? { signal: opts.signal } : {}) })
+      const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected")
+      if (failed) throw failed.reason
+      const createdAt = new Date().toISOString()
+      for (const [i, id] of ids.entries()) {
+        const record = { id, dir: dirs[i]!, labels: opts.labels ?? { ...snapshot.labels }, createdAt, fromSnapshot: snapshot.id, lastSnapshot: snapshot.id }
+        boxes.push(await Box.register(repo, record))
+      }
+      return boxes
+    } catch (err) {
+      for (const b of boxes) await repo.store.deleteRecord("boxes", b.id).catch(() => {})
+      for (const dir of dirs) await fsp.rm(dir, { recursive: true, force: true })
+      throw err
+    }
+  }
+
   static async get(idOrName: string, opts: Pick<BoxOptions, "repo"> = {}): Promise<Box> {
     const repo = await resolveRepo(opts.repo)
     if (/^box_[0-9a-f]{16}$/.test(idOrName)) {

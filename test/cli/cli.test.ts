@@ -212,6 +212,19 @@ describe("cairn CLI", () => {
     expect((await cairn(["--repo", repo, "box", "rm", "dev"], env)).code).toBe(0)
     await expect(fsp.stat(box.dir)).rejects.toThrow()
     expect((await cairn(["--repo", repo, "show", lastLine(snap.stdout)], env)).code).toBe(0)
+    // several boxes from one snapshot, in one pass
+    const many = await cairn(["--repo", repo, "box", "create", "--from", "first", "--count", "3", "--json"], env)
+    expect(many.code).toBe(0)
+    const made = JSON.parse(many.stdout) as Array<{ id: string; dir: string; fromSnapshot: string }>
+    expect(made).toHaveLength(3)
+    for (const b of made) expect(await describeTree(b.dir)).toEqual(await describeTree(src))
+    const plain = await cairn(["--repo", repo, "box", "create", "--from", "first", "--count", "2", "--quiet"], env)
+    expect(plain.stdout).toMatch(/^box_[0-9a-f]{16}\nbox_[0-9a-f]{16}\n$/)
+    for (const bad of [["--count", "2"], ["--from", "first", "--count", "0"], ["--from", "first", "--count", "2", "--name", "x"]]) {
+      const r = await cairn(["--repo", repo, "box", "create", ...bad], env)
+      expect(r.code, bad.join(" ")).toBe(2)
+      expect(r.stderr).toMatch(/^cairn: .*--count/)
+    }
   })
 
   it("export and import a tar stream", async () => {

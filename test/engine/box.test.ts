@@ -95,6 +95,38 @@ describe("Box API", () => {
     }
   })
 
+  it("fromSnapshotMany makes N boxes in one pass, each its own; all or none", async () => {
+    const r = await repo()
+    const box = await Box.create({ repo: r, labels: { team: "a" } })
+    for (let i = 0; i < 12; i++) await box.files.write({ path: `/d${i % 3}/f${i}`, content: `file ${i}` })
+    await box.files.write({ path: "/big.bin", content: seededBytes("many", 400_000) })
+    const snap = await box.snapshot({ labels: { stage: "deps" } })
+    const progress: number[] = []
+    const boxes = await Box.fromSnapshotMany(snap.id, 3, { repo: r, onProgress: (p) => progress.push(p.filesDone ?? 0) })
+    expect(boxes).toHaveLength(3)
+    expect(new Set(boxes.map((b) => b.dir)).size).toBe(3)
+    expect(progress.at(-1)).toBe(13)
+    for (const b of boxes) {
+      expect(b.info).toMatchObject({ fromSnapshot: snap.id, lastSnapshot: snap.id, labels: { stage: "deps" } })
+      expect(await describeTree(b.dir)).toEqual(await describeTree(box.dir))
+      expect((await Box.get(b.id, { repo: r })).dir).toBe(b.dir)
+    }
+    await boxes[0]!.files.write({ path: "/big.bin", content: "changed" })
+    expect((await boxes[1]!.files.read("/big.bin")).equals(seededBytes("many", 400_000))).toBe(true)
+    const again = await r.snapshots.create(boxes[2]!.dir, { boxId: boxes[2]!.id })
+    expect(again.readBytes).toBe(0)
+
+    await expect(Box.fromSnapshotMany(snap.id, 0, { repo: r })).rejects.toMatchObject({ code: "BAD_INPUT" })
+    // the packs gone (and the restore cache): the restore fails, and no box of the batch is kept
+    const before = (await Box.list({ repo: r })).length
+    const workspaces = await fsp.readdir(r.workspaceRoot)
+    await fsp.rm(path.join(r.location, "data"), { recursive: true })
+    await fsp.rm(path.join(r.store.cacheDir, "files"), { recursive: true, force: true })
+    await expect(Box.fromSnapshotMany(snap.id, 2, { repo: r, labels: {} })).rejects.toThrow(/pack [0-9a-f]+/)
+    expect((await Box.list({ repo: r })).length).toBe(before)
+    expect((await fsp.readdir(r.workspaceRoot)).sort()).toEqual(workspaces.sort())
+  })
+
   it("refuses box paths that leave the box", async () => {
     const r = await repo()
     const box = await Box.create({ repo: r })
