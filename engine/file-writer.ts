@@ -70,10 +70,9 @@ export interface PlaceFile {
   /** set unless linking: the file's own metadata */
   meta?: Omit<WholeFile, "temp" | "final">
   /**
-   * Other files of the same content (the same file in the other
-   * destinations of a fan-out): copied from the checked temp file before it
-   * is renamed, so that the cache entry is copied and hashed once. Not when
-   * linking.
+   * Other files of the same content (equal files of one restore): copied
+   * from the checked temp file before it is renamed, so that the cache entry
+   * is copied and hashed once. Not when linking.
    */
   copies?: WholeFile[]
 }

@@ -17,6 +17,17 @@ export class Semaphore {
   async acquire(): Promise<() => void> {
     if (this.free > 0) this.free--
     else await new Promise<void>((resolve) => this.waiters.push(resolve))
+    return this.releaser()
+  }
+
+  /** A slot if one is free now (its release function), else undefined; never waits. */
+  tryAcquire(): (() => void) | undefined {
+    if (this.free === 0) return undefined
+    this.free--
+    return this.releaser()
+  }
+
+  private releaser(): () => void {
     let released = false
     return () => {
       if (released) return

@@ -72,8 +72,9 @@ describe("materialization cache", () => {
     await store.close()
   })
 
-  it.each(WRITERS)("a fan-out gives every destination its own copy of each cached file (%s)", async (_label, writers) => {
-    // "twin.bin" has big.bin's content under another mode: one cache entry, four files per destination group
+  it.each(WRITERS)("a fan-out rebuilds large files from packs once for every destination, each its own copy (%s)", async (_label, writers) => {
+    // in a fan-out a large file's chunks are decoded once and written into each destination
+    // by both writers: copying a cache entry N times would queue in one writer
     const { store, src, snapshot } = await setup({ "twin.bin": { file: seededBytes("big", 700_000), mode: 0o600 } })
     const root = await tempDir()
     await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers })
@@ -82,7 +83,7 @@ describe("materialization cache", () => {
     const want = await describeTree(src)
     for (const [i, o] of outcomes.entries()) {
       expect(o.status).toBe("fulfilled")
-      expect((o as PromiseFulfilledResult<RestoreResult>).value.fromCache).toBe(3)
+      expect((o as PromiseFulfilledResult<RestoreResult>).value).toMatchObject({ fromCache: 0, sharedWith: 2 })
       expect(await describeTree(dests[i]!)).toEqual(want)
     }
     const inodes = new Set<number>()
@@ -93,42 +94,36 @@ describe("materialization cache", () => {
     await store.close()
   })
 
-  it("a fan-out reads each cache entry once: the other destinations get copies of the checked copy", async () => {
-    const { store, snapshot } = await setup({ "twin.bin": { file: seededBytes("big", 700_000), mode: 0o600 } })
+  it("equal files in one restore read their cache entry once: the others are copies of the checked copy", async () => {
+    const { store, src, snapshot } = await setup({ "twin.bin": { file: seededBytes("big", 700_000), mode: 0o600 } })
     const root = await tempDir()
     await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers: false })
     const entries = path.join(store.cacheDir, "files")
     const copy = vi.spyOn(fs, "copyFileSync")
     try {
-      await restoreSnapshotMany(store, snapshot, ["a", "b", "c"].map((n) => ({ dest: path.join(root, n) })), { writers: false })
+      const r = await restoreSnapshot(store, snapshot, path.join(root, "again"), { writers: false })
+      expect(r.fromCache).toBe(3)
       const sources = copy.mock.calls.map(([from]) => String(from))
-      // two entries (big.bin and its twin share one), each copied out once; 3 x 3 files in all
+      // two entries (big.bin and its twin share one), each copied out once; twin.bin copied from big.bin's checked copy
       expect(sources.filter((f) => f.startsWith(entries))).toHaveLength(2)
-      expect(sources).toHaveLength(9)
+      expect(sources).toHaveLength(3)
     } finally {
       copy.mockRestore()
     }
+    expect(await describeTree(path.join(root, "again"))).toEqual(await describeTree(src))
     await store.close()
   })
 
-  it.each(WRITERS)("a fan-out with a damaged entry rebuilds that file from packs in every destination (%s)", async (_label, writers) => {
+  it("a fan-out in hardlink mode links every destination's large files to the cache entry", async () => {
     const { store, src, snapshot } = await setup()
     const root = await tempDir()
-    await restoreSnapshot(store, snapshot, path.join(root, "first"), { writers })
-    const entries = path.join(store.cacheDir, "files")
-    for (const sub of await fsp.readdir(entries)) {
-      for (const name of await fsp.readdir(path.join(entries, sub))) {
-        const file = path.join(entries, sub, name)
-        if ((await fsp.stat(file)).size === 700_000) await fsp.writeFile(file, Buffer.alloc(700_000, 1))
-      }
-    }
+    await restoreSnapshot(store, snapshot, path.join(root, "first"), { link: true })
     const dests = ["a", "b"].map((n) => path.join(root, n))
-    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })), { writers })
-    for (const [i, o] of outcomes.entries()) {
-      expect((o as PromiseFulfilledResult<RestoreResult>).value.fromCache).toBe(1)
-      expect(await describeTree(dests[i]!)).toEqual(await describeTree(src))
-      expect((await fsp.readdir(dests[i]!)).sort()).toEqual(["big.bin", "small.txt", "text.txt"])
-    }
+    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })), { link: true })
+    for (const o of outcomes) expect((o as PromiseFulfilledResult<RestoreResult>).value.fromCache).toBe(2)
+    const inodes = await Promise.all([path.join(root, "first"), ...dests].map(async (d) => (await fsp.stat(path.join(d, "big.bin"))).ino))
+    expect(new Set(inodes).size).toBe(1)
+    for (const d of dests) expect(await fsp.readFile(path.join(d, "text.txt"))).toEqual(await fsp.readFile(path.join(src, "text.txt")))
     await store.close()
   })
 

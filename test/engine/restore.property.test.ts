@@ -107,6 +107,33 @@ describe("restore(snapshot(tree)) == tree", () => {
   })
 })
 
+describe("many large files open at once", () => {
+  // each large file keeps its temp file open while its chunks come in; more of them under way at
+  // once than there are open-file slots (64) once left the restore waiting on itself, never finishing
+  it.each([
+    ["writer threads", true, 1],
+    ["inline writes", false, 1],
+    ["a fan-out of 3", true, 3],
+  ] as const)("100 equal multi-chunk files restore whole (%s)", async (_label, writers, fanout) => {
+    const store = await newStore()
+    const src = await tempDir()
+    const data = seededBytes("equal", 300_000)
+    await buildTree(src, Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`f${i}.bin`, { file: data }])))
+    const { snapshot } = await createSnapshot(store, src)
+    const entry = (await loadTree(store, snapshot.tree)).entries[0] as FileEntry
+    expect(entry.chunks!.length).toBeGreaterThan(1)
+    const root = await tempDir()
+    const dests = Array.from({ length: fanout }, (_, i) => path.join(root, `d${i}`))
+    const outcomes = await restoreSnapshotMany(store, snapshot, dests.map((dest) => ({ dest })), { writers, cache: false })
+    const want = await describeTree(src)
+    for (const [i, o] of outcomes.entries()) {
+      expect(o.status).toBe("fulfilled")
+      expect(await describeTree(dests[i]!)).toEqual(want)
+    }
+    await store.close()
+  })
+})
+
 describe("fan-out", () => {
   it("parallel restores are identical and independent", async () => {
     const store = await newStore()

@@ -37,6 +37,26 @@ describe("Semaphore", () => {
     a()
     ;(await b)()
   })
+
+  it("tryAcquire takes a free slot at once and never waits; its release serves a waiter first", async () => {
+    const sem = new Semaphore(2)
+    const one = sem.tryAcquire()
+    const two = sem.tryAcquire()
+    expect(one).toBeTypeOf("function")
+    expect(two).toBeTypeOf("function")
+    expect(sem.tryAcquire()).toBeUndefined()
+    let waited = false
+    const three = sem.acquire().then((r) => ((waited = true), r))
+    one!()
+    ;(await three)()
+    expect(waited).toBe(true)
+    // three's release freed a slot (no one was waiting); two still holds the other
+    const four = sem.tryAcquire()
+    expect(four).toBeTypeOf("function")
+    expect(sem.tryAcquire()).toBeUndefined()
+    two!()
+    four!()
+  })
 })
 
 describe("mapLimit", () => {
