@@ -315,13 +315,24 @@ if (isMain()) {
   // 2027 on will need Node 22; cairn pins its SDK version, so the warning does
   // not apply to it. (The library leaves the host process's environment alone.)
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true"
+  let settled = false
   run(process.argv.slice(2)).then(
     (code) => {
+      settled = true
       if (!output.closed && !output.failed) process.exitCode = code
     },
     (err) => {
+      settled = true
       process.stderr.write(`cairn: ${err}\n`)
       process.exitCode = 1
     },
   )
+  // Nothing left to wait for, and the command neither finished nor failed: a bug that
+  // left it waiting on itself. Never exit 0 (or quietly) then.
+  process.on("beforeExit", () => {
+    if (settled) return
+    settled = true
+    process.stderr.write("cairn: internal error: the command stopped without finishing (nothing was left to wait for); this is a bug, please report it\n")
+    process.exitCode = 70
+  })
 }
