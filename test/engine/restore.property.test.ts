@@ -115,7 +115,8 @@ describe("many large files open at once", () => {
     ["inline writes", false, 1],
     ["a fan-out of 3", true, 3],
   ] as const)("100 equal multi-chunk files restore whole (%s)", async (_label, writers, fanout) => {
-    const store = await newStore()
+    // chunks of at most 64 KiB: each 300 KB file is several, whatever the repository's gear table
+    const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 64 * 1024, chunker: { minSize: 4096, avgSize: 16384, maxSize: 65536 } } })
     const src = await tempDir()
     const data = seededBytes("equal", 300_000)
     await buildTree(src, Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`f${i}.bin`, { file: data }])))
