@@ -180,7 +180,7 @@ export class Repository {
 }
 
 interface RestoreBatch {
-  members: Array<{ target: RestoreTarget; resolve: (r: RestoreResult) => void; reject: (err: unknown) => void }>
+  members: Array<{ idOrName: string; target: RestoreTarget; resolve: (r: RestoreResult) => void; reject: (err: unknown) => void }>
 }
 
 class SnapshotApi {
@@ -252,15 +252,15 @@ class SnapshotApi {
       const { restoreSnapshot } = await import("./restore.js")
       return restoreSnapshot(this.store, snapshot, dest, opts)
     }
-    const key = JSON.stringify([idOrName, shared.subPath ?? "/", Boolean(shared.overwrite), shared.owners ?? null, shared.cache ?? true, Boolean(shared.link), shared.writers ?? true])
+    const key = JSON.stringify([shared.subPath ?? "/", Boolean(shared.overwrite), shared.owners ?? null, shared.cache ?? true, Boolean(shared.link), shared.writers ?? true])
     let batch = this.batches.get(key)
     if (!batch) {
       const opened: RestoreBatch = { members: [] }
       this.batches.set(key, (batch = opened))
-      void this.runBatch(key, idOrName, shared, opened)
+      void this.runBatch(key, shared, opened)
     }
     const members = batch.members
-    return new Promise((resolve, reject) => members.push({ target: { dest, statCacheKey, onProgress }, resolve, reject }))
+    return new Promise((resolve, reject) => members.push({ idOrName, target: { dest, statCacheKey, onProgress }, resolve, reject }))
   }
 
   /**
@@ -274,21 +274,46 @@ class SnapshotApi {
     return restoreSnapshotMany(this.store, snapshot, targets, opts)
   }
 
-  /** Restores asked for together, by their options; one is open until its snapshot record is read. */
+  /** Restores asked for together, by their options; one is open until its members' snapshot records are read. */
   private readonly batches = new Map<string, RestoreBatch>()
 
-  private async runBatch(key: string, idOrName: string, opts: SharedRestoreOptions, batch: RestoreBatch): Promise<void> {
+  /**
+   * Runs a batch: its members' snapshots are looked up (a name, an id and
+   * "latest" naming one snapshot are one), then each snapshot is restored in
+   * one pass into all of its members' destinations.
+   */
+  private async runBatch(key: string, opts: SharedRestoreOptions, batch: RestoreBatch): Promise<void> {
     const close = () => {
       if (this.batches.get(key) === batch) this.batches.delete(key)
     }
     try {
-      // restores asked for in this turn of the event loop, or while the record is read, join this one
-      await new Promise((resolve) => setImmediate(resolve))
-      const snapshot = await this.get(idOrName)
       const { restoreSnapshotMany } = await import("./restore.js")
+      // restores asked for in this turn of the event loop, or while the records are read, join this one
+      await new Promise((resolve) => setImmediate(resolve))
+      const records = new Map<string, Promise<SnapshotRecord>>()
+      while (batch.members.some((m) => !records.has(m.idOrName))) {
+        for (const m of batch.members) if (!records.has(m.idOrName)) records.set(m.idOrName, this.get(m.idOrName))
+        await Promise.allSettled(records.values())
+      }
       close()
-      const outcomes = await restoreSnapshotMany(this.store, snapshot, batch.members.map((m) => m.target), opts)
-      outcomes.forEach((o, i) => (o.status === "fulfilled" ? batch.members[i]!.resolve(o.value) : batch.members[i]!.reject(o.reason)))
+      const bySnapshot = new Map<string, { snapshot: SnapshotRecord; members: RestoreBatch["members"] }>()
+      for (const m of batch.members) {
+        const found = await records.get(m.idOrName)!.catch((err: unknown) => void m.reject(err))
+        if (!found) continue
+        const group = bySnapshot.get(found.id) ?? { snapshot: found, members: [] }
+        bySnapshot.set(found.id, group)
+        group.members.push(m)
+      }
+      await Promise.all(
+        [...bySnapshot.values()].map(async ({ snapshot, members }) => {
+          try {
+            const outcomes = await restoreSnapshotMany(this.store, snapshot, members.map((m) => m.target), opts)
+            outcomes.forEach((o, i) => (o.status === "fulfilled" ? members[i]!.resolve(o.value) : members[i]!.reject(o.reason)))
+          } catch (err) {
+            for (const m of members) m.reject(err)
+          }
+        }),
+      )
     } catch (err) {
       close()
       for (const m of batch.members) m.reject(err)

@@ -57,16 +57,23 @@ describe("Box API", () => {
     const r = await repo()
     const src = await tempDir()
     await buildTree(src, { a: { file: "one" }, big: { file: seededBytes("big", 600_000) }, d: { dir: { l: { symlink: "../a" } } } })
-    const { snapshot } = await r.snapshots.create(src)
+    const { snapshot } = await r.snapshots.create(src, { name: "deps" })
     const root = await tempDir()
     const taken = path.join(root, "taken")
     await fsp.mkdir(taken)
     await fsp.writeFile(path.join(taken, "x"), "mine")
     const dests = ["p", "q", "r"].map((n) => path.join(root, n))
-    const outcomes = await Promise.allSettled([...dests.map((d) => r.snapshots.restore(snapshot.id, d)), r.snapshots.restore(snapshot.id, taken)])
-    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "fulfilled", "rejected"])
+    // by id, by name and as "latest": one snapshot, one pass; a taken destination or an unknown name fails alone
+    const outcomes = await Promise.allSettled([
+      ...[snapshot.id, "deps", "latest"].map((idOrName, i) => r.snapshots.restore(idOrName, dests[i]!)),
+      r.snapshots.restore(snapshot.id, taken),
+      r.snapshots.restore("no-such-snapshot", path.join(root, "none")),
+    ])
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "fulfilled", "rejected", "rejected"])
     for (const o of outcomes.slice(0, 3)) expect((o as PromiseFulfilledResult<RestoreResult>).value.sharedWith).toBe(2)
     expect(isCairnError((outcomes[3] as PromiseRejectedResult).reason, "ALREADY_EXISTS")).toBe(true)
+    expect(isCairnError((outcomes[4] as PromiseRejectedResult).reason, "NOT_FOUND")).toBe(true)
+    await expect(fsp.stat(path.join(root, "none"))).rejects.toThrow()
     const want = await describeTree(src)
     for (const d of dests) expect(await describeTree(d)).toEqual(want)
     // other options, a signal, or a restore asked for after the pass began: a pass of its own
