@@ -396,7 +396,7 @@ class Restorer {
   async run(snapshot: SnapshotRecord): Promise<void> {
     // a part of the snapshot gets the content of hardlinks whose first member lies outside it
     const { top, base, placed } = await placePart(this.store, snapshot.tree, this.opts.subPath ?? "/")
-    for (const d of this.live()) this.refuseOn(d, () => this.checkPathLengths(d, placed))
+    await this.eachLive((d) => this.checkPathLengths(d, placed))
     if (this.live().length === 0) return
     const files = placed.filter((p): p is PlacedEntry & { entry: FileEntry } => p.entry.type === "file" && p.entry.link === undefined)
     // a large restore's writer threads start up while the directories are made (a small one may never need both)
@@ -405,25 +405,16 @@ class Restorer {
     const locating = this.locate(files)
     locating.catch(() => {}) // awaited below; not unhandled if every destination is refused first
     const made = new Map<Dest, boolean>()
-    for (const d of this.live()) {
-      try {
-        made.set(d, await this.prepareDest(d))
-      } catch (err) {
-        d.error = err
-      }
-    }
+    await this.eachLive(async (d) => void made.set(d, await this.prepareDest(d)))
     throwIfAborted(this.opts.signal)
 
     const dirs = placed.filter((p) => p.entry.type === "dir")
-    for (const d of this.live()) {
-      try {
-        for (const dir of dirs) await this.makeDir(d, dir.rel)
-      } catch (err) {
-        d.error = err
-      }
+    const bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
+    await this.eachLive(async (d) => {
       d.filesTotal = files.length
-      d.bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
-    }
+      d.bytesTotal = bytesTotal
+      for (const dir of dirs) await this.makeDir(d, dir.rel)
+    })
     if (this.live().length === 0) return
     this.locs = await locating
     const fanout = this.live()
@@ -462,7 +453,8 @@ class Restorer {
       }
       // directory metadata last, deepest first, so that read-only dirs do not block their children
       for (const dir of [...dirs].reverse()) await this.guard(d, dir.rel, async () => this.setMeta(this.abs(d, dir.rel), dir.entry, false))
-      if (top.type === "dir" && (this.opts.subPath ?? "/").replace(/\/+/g, "") !== "") {
+      const whole = (this.opts.subPath ?? "/").replace(/\/+/g, "") === ""
+      if (top.type === "dir" && !whole) {
         await this.guard(d, ".", async () => this.setMeta(d.root, top, false))
       } else if (top.type === "dir") {
         // the snapshotted directory's own metadata is in the record; older snapshots lack it: 0755, the mtime left as it is
@@ -472,7 +464,6 @@ class Restorer {
         // a single entry's new directory: no longer owner-only, as mkdir would make it
         await this.guard(d, ".", async () => fs.chmodSync(d.root, 0o755))
       }
-      const whole = this.opts.subPath === undefined || this.opts.subPath.replace(/\/+/g, "") === ""
       if (d.statCacheKey !== undefined && d.result.failed.length === 0) await this.seedStatCache(d, placed, top, whole ? snapshot.exclude : undefined)
       if (d.result.failed.length > 0) d.error = restoreFailed(d.root, d.result)
     } catch (err) {
@@ -481,13 +472,15 @@ class Restorer {
     }
   }
 
-  /** Runs fn; what it throws becomes d's error (an abort stops every destination). */
-  private refuseOn(d: Dest, fn: () => void): void {
-    try {
-      fn()
-    } catch (err) {
-      if (isCairnError(err, "ABORTED")) throw err
-      d.error = err
+  /** Runs a step for each destination still taking part, in turn; what it throws becomes that destination's error (an abort stops them all). */
+  private async eachLive(step: (d: Dest) => void | Promise<void>): Promise<void> {
+    for (const d of this.live()) {
+      try {
+        await step(d)
+      } catch (err) {
+        if (isCairnError(err, "ABORTED")) throw err
+        d.error = err
+      }
     }
   }
 
@@ -694,11 +687,6 @@ class Restorer {
     reads.sort((a, b) => a.loc.offset - b.loc.offset)
     let i = 0
     while (i < reads.length) {
-      if (this.dests.every((d) => d.full !== undefined || d.error !== undefined)) {
-        // every destination's file system is full: each file still to write would fail the same way, one by one
-        for (const r of reads.slice(i)) for (const t of r.targets) await this.failFull(t.job)
-        return
-      }
       // one segment: neighbouring blobs read with one ranged get
       let j = i + 1
       const start = reads[i]!.loc.offset
@@ -710,8 +698,10 @@ class Restorer {
       const group = reads.slice(i, j)
       i = j
       throwIfAborted(this.opts.signal) // segment by segment: a pack can hold a whole small restore
-      // (in a fan-out) a destination whose file system is full gets nothing more
+      // a destination whose file system is full gets nothing more (each file would fail the same way, one by one),
+      // and a segment no file still wants is not read
       for (const r of group) for (const t of r.targets) if (t.job.dest.full !== undefined) await this.failFull(t.job)
+      if (group.every((r) => r.targets.every((t) => t.job.failed))) continue
       let segment: Uint8Array
       try {
         segment = await this.store.readPackRange(pack, start, end - start)
