@@ -95,6 +95,8 @@ export class Store {
   private readonly packBuffers: PackBuffers
   private open: OpenPack
   private packWrites = new Set<Promise<void>>()
+  /** The open pack's sealing, while it waits for the previous pack's write (sealPack). */
+  private sealing?: Promise<void>
   private writeError: unknown
   private readonly codec: Codec
   /** Compressions in flight: few large blobs (memory), many small ones (they go to the workers in batches; see codec-pool.ts). */
@@ -447,9 +449,20 @@ export class Store {
     return this.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
   }
 
-  /** Copies a blob's stored bytes into the open pack (pending until its pack is written); seals a full pack. */
+  /**
+   * Copies a blob's stored bytes into the open pack (pending until its pack
+   * is written); seals a full pack. While the open pack is full and waits
+   * for the previous pack's write, a blob waits with its stored bytes rather
+   * than fill another pack: at most two packs (one filling, one being
+   * written) are in memory.
+   */
   private async append(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): Promise<PutResult> {
-    if (this.writeError) throw this.writeError
+    for (;;) {
+      if (this.writeError) throw this.writeError
+      if (this.open.size < this.config.packSize) break
+      await this.sealPack()
+    }
+    // from the check on without a pause: blobs that waited together fill the pack in turn, not all at once
     // only the entry's own fields: a caller may pass a location from another pack
     const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
     this.pending.set(blob.id, added)
@@ -457,12 +470,29 @@ export class Store {
     return { id: blob.id, added: true, storedLength: added.entry.length }
   }
 
-  /** Seals the open pack and starts writing it; waits while another pack is still being written. */
-  private async sealPack(): Promise<void> {
+  /**
+   * Seals the open pack and starts writing it, once the pack before it is
+   * written; one sealing at a time, which every caller meanwhile shares.
+   */
+  private sealPack(): Promise<void> {
+    if (this.sealing) return this.sealing
+    if (this.packWrites.size === 0) {
+      this.sealNow()
+      return Promise.resolve()
+    }
+    this.sealing = (async () => {
+      while (this.packWrites.size > 0) await Promise.race(this.packWrites)
+      // from here to the swap without a pause: a later call seals the next pack
+      this.sealing = undefined
+      this.sealNow()
+    })()
+    return this.sealing
+  }
+
+  private sealNow(): void {
     const pack = this.open
     if (pack.entries.length === 0) return
     this.open = this.packBuffers.open()
-    while (this.packWrites.size >= 1) await Promise.race(this.packWrites)
     const write = this.writePack(pack).catch((err) => {
       // the blobs are not stored: forget them, so that a retry stores them again
       // instead of trusting a pending copy that no pack will ever hold
@@ -491,7 +521,7 @@ export class Store {
   async flush(): Promise<{ packs: number }> {
     this.assertOpen()
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight.values()])
-    await this.sealPack()
+    while (this.open.entries.length > 0) await this.sealPack()
     while (this.packWrites.size > 0) await Promise.all([...this.packWrites])
     this.packBuffers.trim() // an idle store holds no pack memory
     if (this.writeError) {
@@ -702,7 +732,10 @@ export class Store {
     this.assertOpen()
     const pending = this.pending.get(blob.id)
     if (pending || this.inflight.has(blob.id)) return { id: blob.id, added: false, storedLength: pending?.entry.length ?? stored.length }
-    return this.append(blob, stored)
+    // in flight like storeBlob's (it may wait for room in a pack): a second call meanwhile is not added twice
+    const work = this.append(blob, stored).finally(() => this.inflight.delete(blob.id))
+    this.inflight.set(blob.id, work)
+    return work
   }
 }
 

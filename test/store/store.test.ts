@@ -286,6 +286,41 @@ describe("Store", () => {
     await reopened.close()
   })
 
+  it("while a pack is being written, blobs wait once the next one is full: at most two packs in memory", async () => {
+    class SlowPacks extends MemoryObjectStore {
+      writing = 0
+      private gate?: () => void
+      readonly blocked = new Promise<void>((resolve) => (this.gate = resolve))
+      open(): void {
+        this.gate!()
+      }
+      override async put(key: string, data: Uint8Array): Promise<void> {
+        if (key.startsWith("data/")) {
+          this.writing++
+          await this.blocked
+        }
+        return super.put(key, data)
+      }
+    }
+    const backend = new SlowPacks()
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 64 * 1024 } })
+    // incompressible 16 KiB blobs: four fill a pack
+    const blobs = Array.from({ length: 40 }, (_, i) => seededBytes(`wait-${i}`, 16 * 1024))
+    let settled = 0
+    const puts = blobs.map((b) => store.putBlob(BLOB_DATA, b).then((r) => (settled++, r)))
+    await new Promise((r) => setTimeout(r, 200))
+    // the first pack's write hangs; the second pack fills and waits; the others wait with their bytes
+    expect(backend.writing).toBe(1)
+    expect(settled).toBeGreaterThanOrEqual(4)
+    expect(settled).toBeLessThanOrEqual(8)
+    backend.open()
+    expect((await Promise.all(puts)).every((r) => r.added)).toBe(true)
+    await store.flush()
+    expect([...(await backend.list("data/"))].length).toBeGreaterThanOrEqual(10)
+    for (const b of blobs) expect(Buffer.from(await store.getBlob(hashBytes(b))).equals(b)).toBe(true)
+    await store.close()
+  })
+
   it("a remote backend's tree blobs are cached on the host, hash-checked on every read", async () => {
     class Remote extends MemoryObjectStore {
       readonly remote = true
