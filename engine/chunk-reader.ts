@@ -30,8 +30,23 @@ import { WorkerPool } from "../store/worker-pool.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
 import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
 
-/** Bytes of chunk starts per request: a few dozen chunks per message. */
+/**
+ * Bytes of chunk starts per request: a few dozen chunks per message. Smaller
+ * spans cost the main thread more: 1 MiB ones took a snapshot after the
+ * bench's change 0.2-0.3 s longer (four times the messages, each waking a
+ * reader, and the joins), for no less memory once reply buffers are reused.
+ */
 const SPAN = 4 << 20
+
+/**
+ * Reply buffers given back for reuse: a consumer done with a batch gives its
+ * buffer back (ChunkBatch.release), and the next request takes one to a
+ * reader, which copies its reply into it. Without this, every span left a
+ * dead buffer for the collector. Readers keep none: the buffers in use are
+ * those in flight, those whose chunks are being stored, and these few.
+ */
+const SPARE = 2
+const spare: ArrayBuffer[] = []
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
@@ -50,13 +65,22 @@ function sortedHas(a, x) {
   }
   return lo < a.length && a[lo] === x
 }
+// the reply's buffer: the one the request brought (a reply buffer given back; taken once), else a new one
+function replyBuffer(job, size, want) {
+  const given = job.give
+  job.give = undefined
+  if (given && given.byteLength >= size) return new Uint8Array(given, 0, size)
+  // a whole request's size, so that it can serve any later one; a small file's tail gets its own size
+  return size > want / 2 ? new Uint8Array(new ArrayBuffer(want), 0, size) : new Uint8Array(size)
+}
 parentPort.on("message", (job) => {
+  const given = job.give
   let fd
   try {
     fd = fs.openSync(job.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
     const r = job.r
     const want = job.span + r.max
-    const buf = wasm ? wasm.view(want) : new Uint8Array(want)
+    const buf = wasm ? wasm.view(want) : replyBuffer(job, want, want)
     let n = 0
     for (;;) {
       const k = fs.readSync(fd, buf, n, want - n, job.from + n)
@@ -90,15 +114,18 @@ parentPort.on("message", (job) => {
         if (k === elided[0]) head = s
         if (k >= elided[0] && !skip.has(k)) parts.push(buf.subarray(s, s + lengths[k]))
       }
-      out = new Uint8Array(parts.reduce((t, p) => t + p.length, head))
+      out = replyBuffer(job, parts.reduce((t, p) => t + p.length, head), want)
       out.set(buf.subarray(0, head))
       let at = head
       for (const p of parts) { out.set(p, at); at += p.length }
     } else {
       // the WebAssembly memory stays here: its bytes leave as a copy
-      out = wasm ? buf.slice(0, n) : buf
+      if (wasm) {
+        out = replyBuffer(job, n, want)
+        out.set(buf.subarray(0, n))
+      } else out = buf
     }
-    parentPort.postMessage({ id: job.id, buffer: out.buffer, read: n, head, elided, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
+    parentPort.postMessage({ id: job.id, buffer: out.buffer, reused: given !== undefined && out.buffer === given, read: n, head, elided, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String((err && err.message) || err), code: err && err.code })
   } finally {
@@ -121,6 +148,8 @@ export interface ReaderCounts {
   requests: number
   /** windows read on the calling thread to join a span whose reply left bytes out */
   windows: number
+  /** replies that came in a buffer given back (ChunkBatch.release) */
+  reused: number
 }
 
 export interface ChunkBatch {
@@ -130,6 +159,12 @@ export interface ChunkBatch {
   bytes: Array<Uint8Array | undefined>
   /** the file's fstat when this batch was read */
   stat: FileStat
+  /**
+   * Gives the buffer under `bytes` back for reuse: call it once, when no
+   * view of the batch's bytes is used any more (its chunks are stored, or
+   * copied). A consumer that never calls it leaves the buffer to the collector.
+   */
+  release(): void
 }
 
 interface Reply {
@@ -143,6 +178,8 @@ interface Reply {
   elided: number[]
   /** the read reached the end of the file */
   eof: boolean
+  /** buffer is the one the request gave */
+  reused: boolean
   lengths: number[]
   ids: BlobId[]
   used: number
@@ -212,7 +249,8 @@ export async function* chunkFile(
   const known = opts.known && knownPrefixes(opts.known)
   const request = (from: number): Pending => {
     if (opts.counts) opts.counts.requests++
-    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known })
+    const give = spare.pop()
+    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, give }, give ? [give] : [])
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
   }
@@ -223,6 +261,7 @@ export async function* chunkFile(
   let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span)
   for (;;) {
     const reply = await current.reply
+    if (opts.counts && reply.reused) opts.counts.reused++
     let batch = join(reply, current.from, pos, params, gear, replyWindow(reply, current.from))
     // the reply left out bytes the join cuts: read them here (from the same file, by its stat), in a window
     // that grows until the join cannot be short of bytes (RESYNC_LIMIT chunks and maxSize ahead)
@@ -245,11 +284,17 @@ export async function* chunkFile(
       ahead = request(current.from + span)
     }
     const s = reply.stat
+    let released = false
     yield {
       lengths: batch.lengths,
       ids: batch.ids,
       bytes: batch.bytes,
       stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile },
+      release: () => {
+        if (released) return
+        released = true
+        if (spare.length < SPARE && reply.buffer.byteLength >= span) spare.push(reply.buffer)
+      },
     }
     if (done) return
   }

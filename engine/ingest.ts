@@ -145,12 +145,15 @@ export class Ingestor {
         last = batch.stat
         if (last.ino !== first.ino || last.size !== first.size || last.mtimeNs !== first.mtimeNs || last.ctimeNs !== first.ctimeNs) steady = false
         let at = 0
+        const stored: Promise<void>[] = []
         for (const [k, len] of batch.lengths.entries()) {
           const id = batch.ids[k]!
           chunks.push(id)
-          await put(id, batch.bytes[k])
+          stored.push((await put(id, batch.bytes[k])).stored)
           at += len
         }
+        // the batch's buffer is reused once each of its chunks is stored (copied into a pack) or found stored
+        void Promise.allSettled(stored).then(() => batch.release())
         size += at
         onBytes?.(at)
       }
@@ -161,9 +164,10 @@ export class Ingestor {
   /**
    * Runs produce, which hands chunks to put in file order; at most WINDOW of
    * them are being stored at once (put waits for the oldest beyond that), and
-   * every store settles before an error propagates.
+   * every store settles before an error propagates. put gives back the
+   * chunk's own store, which settles once its bytes are no longer used.
    */
-  private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array | undefined) => Promise<void>) => Promise<void>): Promise<void> {
+  private async storeInOrder(produce: (put: (id: BlobId, piece: Uint8Array | undefined) => Promise<{ stored: Promise<void> }>) => Promise<void>): Promise<void> {
     const window: Promise<void>[] = []
     const put = async (id: BlobId, piece: Uint8Array | undefined) => {
       const stored = this.putChunk(BLOB_DATA, id, piece)
@@ -171,6 +175,7 @@ export class Ingestor {
       stored.catch(() => {})
       window.push(stored)
       if (window.length >= WINDOW) await window.shift()
+      return { stored }
     }
     try {
       await produce(put)

@@ -12,7 +12,8 @@ import { seededBytes, tempDir, textBytes } from "../helpers.js"
 const GEAR = gearTable(new TextEncoder().encode("chunk reader seed"))
 const PARAMS = { minSize: 2048, avgSize: 8192, maxSize: 32768 }
 
-async function readAll(file: string, params = PARAMS, opts: Parameters<typeof chunkFile>[3] = {}) {
+/** Every chunk of a file; `release`: copies each batch's bytes and gives its buffer back for reuse. */
+async function readAll(file: string, params = PARAMS, opts: Parameters<typeof chunkFile>[3] = {}, release = false) {
   const lengths: number[] = []
   const ids: BlobId[] = []
   const bytes: Array<Uint8Array | undefined> = []
@@ -20,8 +21,10 @@ async function readAll(file: string, params = PARAMS, opts: Parameters<typeof ch
     batch.lengths.forEach((len, k) => {
       lengths.push(len)
       ids.push(batch.ids[k]!)
-      bytes.push(batch.bytes[k])
+      const b = batch.bytes[k]
+      bytes.push(release && b ? Buffer.from(b) : b)
     })
+    if (release) batch.release()
   }
   const whole = bytes.every((b) => b !== undefined)
   return { lengths, ids, bytes, data: whole ? Buffer.concat(bytes as Uint8Array[]) : undefined }
@@ -35,12 +38,12 @@ describe("chunkFile", () => {
     const bytesOf = (p: { kind: string; size: number }, i: number) =>
       p.kind === "text" ? textBytes(`t${i}`, p.size) : p.kind === "random" ? seededBytes(`r${i}`, p.size) : Buffer.alloc(p.size, i)
     await fc.assert(
-      fc.asyncProperty(fc.array(part, { maxLength: 5 }), fc.constantFrom(undefined, 100_000, 333_333), fc.boolean(), async (parts, span, hint) => {
+      fc.asyncProperty(fc.array(part, { maxLength: 5 }), fc.constantFrom(undefined, 100_000, 333_333), fc.boolean(), fc.boolean(), async (parts, span, hint, release) => {
         const data = Buffer.concat(parts.map(bytesOf))
         const file = path.join(dir, "f.bin")
         await fsp.writeFile(file, data)
         // a size hint that is too small (the file grew after the scan) must not matter either
-        const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), ...(hint ? { sizeHint: Math.floor(data.length / 3) } : {}) })
+        const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), ...(hint ? { sizeHint: Math.floor(data.length / 3) } : {}) }, release)
         const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
         expect(got.lengths).toEqual(want)
         let at = 0
@@ -56,7 +59,7 @@ describe("chunkFile", () => {
     const file = path.join(dir, "f.bin")
     let elidedSome = 0
     let plainRequests = 0
-    const counts = { requests: 0, windows: 0 }
+    const counts = { requests: 0, windows: 0, reused: 0 }
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 0, max: 2_500_000 }),
@@ -75,9 +78,10 @@ describe("chunkFile", () => {
           if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
           await fsp.writeFile(file, data)
           const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
-          const plain = { requests: 0, windows: 0 }
+          const plain = { requests: 0, windows: 0, reused: 0 }
           await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain })
-          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts })
+          // reply buffers given back are reused, also for replies that leave chunks out
+          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts }, edit % 2 === 0)
           plainRequests += plain.requests
           const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
           expect(got.lengths).toEqual(want)
@@ -100,6 +104,22 @@ describe("chunkFile", () => {
     // spans whose replies left out the bytes a join cuts were joined from a window read here, not asked for again
     expect(counts.windows).toBeGreaterThan(5)
     expect(counts.requests).toBe(plainRequests)
+  })
+
+  it("a batch's buffer given back carries a later reply, which is exact; one never given back is not reused", async () => {
+    const dir = await tempDir()
+    const file = path.join(dir, "f.bin")
+    const data = Buffer.concat([textBytes("reuse", 3_000_000), seededBytes("reuse", 3_000_000)])
+    await fsp.writeFile(file, data)
+    await readAll(file, PARAMS, { span: 500_000 }) // takes up the buffers earlier tests gave back
+    const kept = { requests: 0, windows: 0, reused: 0 }
+    const plain = await readAll(file, PARAMS, { span: 500_000, counts: kept })
+    const given = { requests: 0, windows: 0, reused: 0 }
+    const reused = await readAll(file, PARAMS, { span: 500_000, counts: given }, true)
+    expect(kept.reused).toBe(0)
+    expect(given.reused).toBeGreaterThan(given.requests / 2)
+    expect(reused.ids).toEqual(plain.ids)
+    expect(reused.data?.equals(data)).toBe(true)
   })
 
   it("reports the file's stat with every batch and keeps error codes", async () => {

@@ -61,11 +61,22 @@ describe("without WebAssembly (node --jitless)", () => {
       const streamed = new Chunker(p, gear)
       const parts = [...streamed.push(data.subarray(0, 123_457)), ...streamed.push(data.subarray(123_457)), ...streamed.finish()]
       const read = []
-      for await (const batch of chunkFile(file, p, gear, { span: 100_000 })) read.push(...batch.ids)
+      // each batch's buffer given back: the JavaScript reader reads into it
+      const counts = { requests: 0, windows: 0, reused: 0 }
+      for await (const batch of chunkFile(file, p, gear, { span: 100_000, counts })) {
+        read.push(...batch.ids)
+        batch.release()
+      }
+      console.log(JSON.stringify({ reused: counts.reused, requests: counts.requests }))
       console.log(JSON.stringify({ wasm: typeof WebAssembly, cutter: wasmCutter("") === undefined, whole: chunkLengths(data, p, gear), streamed: parts.map((c) => c.length), read }))
     `
     const out = execFileSync(process.execPath, ["--jitless", "--no-warnings", "--input-type=module", "-e", child, file, SEED, JSON.stringify(PARAMS)], { encoding: "utf8" })
-    const js = JSON.parse(out) as { wasm: string; cutter: boolean; whole: number[]; streamed: number[]; read: string[] }
+    const [reuse, result] = out.trim().split("\n")
+    // the first requests go out before any batch is given back
+    const { reused, requests } = JSON.parse(reuse!) as { reused: number; requests: number }
+    expect(reused).toBeGreaterThanOrEqual(requests - 4)
+    expect(reused).toBeGreaterThan(0)
+    const js = JSON.parse(result!) as { wasm: string; cutter: boolean; whole: number[]; streamed: number[]; read: string[] }
     expect(js.wasm).toBe("undefined")
     expect(js.cutter).toBe(true)
 
