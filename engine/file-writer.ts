@@ -28,7 +28,7 @@
 
 import os from "node:os"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
-import { WorkerPool } from "../store/worker-pool.js"
+import { GARBAGE_SOURCE, WorkerPool } from "../store/worker-pool.js"
 import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
 /** A whole file: the blob is all of it. */
@@ -108,6 +108,7 @@ const fs = require("node:fs")
 const zlib = require("node:zlib")
 const { createHash } = require("node:crypto")
 const { parentPort } = require("node:worker_threads")
+${GARBAGE_SOURCE}
 const NONE = ${CODEC_NONE}, DEFLATE = ${CODEC_DEFLATE}, BROTLI = ${CODEC_BROTLI}
 
 function decode(codec, bytes, rawLength) {
@@ -184,6 +185,8 @@ parentPort.on("message", (job) => {
 
 function writeAll(job) {
   const segment = new Uint8Array(job.buffer)
+  // the segment, and the chunks decoded from it
+  handled(segment.length + job.blobs.reduce((n, b) => n + b.rawLength, 0))
   return job.blobs.map((b) => {
     let raw
     try {

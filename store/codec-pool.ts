@@ -11,7 +11,7 @@
 // The pool machinery (spawning, ref'ing, crash handling) is worker-pool.ts.
 
 import os from "node:os"
-import { WorkerPool } from "./worker-pool.js"
+import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 
 /**
  * Brotli's settings for blobs: quality 1, and a window (log2 bytes) as large
@@ -23,11 +23,13 @@ export const BROTLI_LGWIN = 18
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
+${GARBAGE_SOURCE}
 const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: ${BROTLI_QUALITY}, [zlib.constants.BROTLI_PARAM_LGWIN]: ${BROTLI_LGWIN} } }
 const compress = (codec, input) => codec === 2
   ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
   : zlib.deflateRawSync(input, { level: 1 })
 parentPort.on("message", (job) => {
+  handled(job.buffer.byteLength)
   try {
     if (job.op === "encodeMany") {
       // one reply for a batch of small blobs, packed into one buffer: [len u32, bytes]...

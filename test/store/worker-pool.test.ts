@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process"
 import path from "node:path"
 import { threadId } from "node:worker_threads"
 import { describe, expect, it } from "vitest"
-import { WorkerPool } from "../../store/worker-pool.js"
+import { GARBAGE_SOURCE, WorkerPool } from "../../store/worker-pool.js"
 
 /** Replies with its thread id after `ms`; fails on request. */
 const SOURCE = `
@@ -63,5 +63,31 @@ describe("WorkerPool", () => {
     await expect(pool.run({ fail: true })).rejects.toMatchObject({ message: "asked to fail", code: "EFAIL" })
     expect((await pool.run<{ thread: number }>({})).thread).toBeGreaterThan(0)
     await pool.close()
+  })
+  it("a worker that counts what it handles collects its dead buffers as it goes; one that does not holds them", async () => {
+    // V8 collects for outside-the-heap memory only after ~64 MiB of it: a worker of a few MiB of heap never got there sooner
+    const source = (collect: boolean) => `
+const { parentPort } = require("node:worker_threads")
+${GARBAGE_SOURCE}
+parentPort.on("message", (job) => {
+  ${collect ? "handled(job.buffer.byteLength)" : ""}
+  parentPort.postMessage({ id: job.id })
+})
+`
+    // bytes sent from here are counted here until the worker's isolate frees them
+    const held = async (collect: boolean) => {
+      const pool = new WorkerPool(source(collect), 1, { maxYoungGenerationSizeMb: 4 })
+      const before = process.memoryUsage().arrayBuffers
+      for (let i = 0; i < 192; i++) {
+        const buffer = new ArrayBuffer(256 * 1024)
+        await pool.run({ buffer }, [buffer])
+      }
+      const after = process.memoryUsage().arrayBuffers
+      await pool.close()
+      return (after - before) / (1 << 20)
+    }
+    // 48 MiB went through each
+    expect(await held(true)).toBeLessThan(20)
+    expect(await held(false)).toBeGreaterThan(30)
   })
 })
