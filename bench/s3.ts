@@ -253,7 +253,7 @@ function cairnAdapter(ctx: Ctx, backend: "fs" | "s3"): Adapter {
         CAIRN_S3_ENDPOINT: flags.endpoint,
         CAIRN_REPO: join(base, "unused-default"),
       })
-      const cli = (args: string[], cache = "cache", cwd?: string) => runTimed(process.execPath, [CLI, "--repo", repoArg, ...args], { env: env(cache), cwd })
+      const cli = (args: string[], cache = "cache", cwd?: string) => runTimed(CLI, ["--repo", repoArg, ...args], { env: env(cache), cwd })
       await cli(["init"])
       let id = ""
       let hosts = 0
@@ -315,7 +315,7 @@ interface Row {
 
 async function main(): Promise<void> {
   const flags = parseFlags(process.argv.slice(2))
-  if (!existsSync(CLI)) usage(`${CLI} is missing: run "npx tsc -p tsconfig.json" first`)
+  if (!existsSync(CLI)) usage(`${CLI} is missing: run "npm run build" first`)
   const notes: string[] = []
 
   const loopback = /^https?:\/\/(127\.0\.0\.1|localhost|\[::1\])(:\d+)?\/?$/.test(flags.endpoint)

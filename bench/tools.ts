@@ -86,17 +86,18 @@ export function parseCairnId(stdout: string): string {
 }
 
 function cairn(): Tool {
-  const cli = (repo: Repo, ...args: string[]): string[] => [CAIRN_CLI, "--repo", repo.path, ...args]
+  // the executable itself, as `cairn` runs: its #! line gives node's flags
+  const cli = (repo: Repo, ...args: string[]): string[] => ["--repo", repo.path, ...args]
   // the host-local cache (index, stat caches, trees, restored files) goes to aux, as restic's and borg's do
   const env = (repo: Repo): { env: NodeJS.ProcessEnv } => ({ env: { ...process.env, CAIRN_CACHE_DIR: join(repo.aux, "cairn-cache") } })
   const tool: Tool = {
     name: "cairn",
     kind: "cairn",
     async available() {
-      if (!existsSync(CAIRN_CLI)) return { ok: false, version: "", note: "dist/cli/main.js not built yet" }
+      if (!existsSync(CAIRN_CLI)) return { ok: false, version: "", note: "dist/cli/main.js not built yet (npm run build)" }
       for (const flag of ["--version", "version"]) {
         try {
-          const { stdout } = await run("node", [CAIRN_CLI, flag])
+          const { stdout } = await run(CAIRN_CLI, [flag])
           return { ok: true, version: firstLine(stdout) || "cairn" }
         } catch {
           // try the next spelling
@@ -105,26 +106,26 @@ function cairn(): Tool {
       return { ok: true, version: "cairn (version unknown)" }
     },
     async init(repo, m) {
-      await m.run("node", cli(repo, "init"), env(repo))
+      await m.run(CAIRN_CLI, cli(repo, "init"), env(repo))
     },
     async snapshot(repo, dir, tag, m) {
-      const r = await m.run("node", cli(repo, "snapshot", dir, "--name", tag, "--json"), env(repo))
+      const r = await m.run(CAIRN_CLI, cli(repo, "snapshot", dir, "--name", tag, "--json"), env(repo))
       return parseCairnId(r.stdout)
     },
     async restore(repo, id, dest, m) {
       try {
-        await m.run("node", cli(repo, "restore", id, dest), env(repo))
+        await m.run(CAIRN_CLI, cli(repo, "restore", id, dest), env(repo))
       } catch (e) {
         // Tolerate a CLI that wants DEST not to exist yet.
         if (!(e instanceof CommandError) || (await readdir(dest)).length > 0) throw e
         await rmdir(dest)
-        await m.run("node", cli(repo, "restore", id, dest), env(repo))
+        await m.run(CAIRN_CLI, cli(repo, "restore", id, dest), env(repo))
       }
     },
     async list(repo, m) {
       for (const cmd of ["list", "ls", "snapshots"]) {
         try {
-          const r = await m.run("node", cli(repo, cmd, "--json"), env(repo))
+          const r = await m.run(CAIRN_CLI, cli(repo, cmd, "--json"), env(repo))
           const j = JSON.parse(r.stdout) as unknown
           const arr = Array.isArray(j) ? j : ((j as Record<string, unknown>).snapshots as unknown[]) ?? []
           return arr.map((s) => (typeof s === "string" ? s : String((s as Record<string, unknown>).id)))
@@ -135,21 +136,21 @@ function cairn(): Tool {
       return []
     },
     async forget(repo, ids, m) {
-      await m.run("node", cli(repo, "rm", ...ids), env(repo))
+      await m.run(CAIRN_CLI, cli(repo, "rm", ...ids), env(repo))
     },
     async gc(repo, m) {
-      await m.run("node", cli(repo, "gc"), env(repo))
+      await m.run(CAIRN_CLI, cli(repo, "gc"), env(repo))
     },
     repoSize: defaultSize,
     fanoutVariants: {
       // One `box create` per destination, concurrently; boxes live where the
       // CLI puts them, so only time and memory are measured.
       "box-create-4": async (repo, id, dests, m) => {
-        await m.parallel(dests.map(() => (mm: Meter) => mm.run("node", cli(repo, "box", "create", "--from", id, "--json"), env(repo))))
+        await m.parallel(dests.map(() => (mm: Meter) => mm.run(CAIRN_CLI, cli(repo, "box", "create", "--from", id, "--json"), env(repo))))
       },
       // One `cairn restore` given all N destinations: one pass fills them all.
       "one-cli-4": async (repo, id, dests, m) => {
-        await m.run("node", cli(repo, "restore", id, ...dests), env(repo))
+        await m.run(CAIRN_CLI, cli(repo, "restore", id, ...dests), env(repo))
       },
       // One process, N restores through the library with Promise.all (which share one pass).
       "promise-all-4": async (repo, id, dests, m) => {

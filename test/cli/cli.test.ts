@@ -51,6 +51,16 @@ beforeAll(async () => {
 })
 
 describe("cairn CLI", () => {
+  it("the executable runs itself, with the node flags of its #! line", async () => {
+    const preload = path.join(await tempDir(), "flags.mjs")
+    await fsp.writeFile(preload, "process.on('exit', () => process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n'))\n")
+    const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
+      execFile(MAIN, ["--version"], { env: { ...process.env, NODE_OPTIONS: `--import=${preload}` } }, (err, stdout, stderr) => (err ? reject(err) : resolve({ stdout, stderr }))),
+    )
+    expect(stdout).toMatch(/^cairn \d+\.\d+\.\d+ /)
+    expect(stderr).toContain('execArgv ["--max-semi-space-size=2"]')
+  })
+
   it("snapshot prints the id last; ls, show, cat and restore round-trip", async () => {
     const snap = await cairn(["--repo", repo, "snapshot", src, "--name", "first"], env)
     expect(snap.code).toBe(0)
