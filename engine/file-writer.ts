@@ -177,16 +177,18 @@ function finishPlaced(f, from) {
 parentPort.on("message", (job) => {
   try {
     if (job.place) return parentPort.postMessage({ id: job.id, outcomes: placeOne(job.place) })
-    parentPort.postMessage({ id: job.id, outcomes: writeAll(job) })
+    const outcomes = writeAll(job)
+    // the segment's buffer goes back, for the caller's next read
+    parentPort.postMessage({ id: job.id, outcomes, buffer: job.buffer }, [job.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String(err && err.message || err) })
   }
 })
 
 function writeAll(job) {
-  const segment = new Uint8Array(job.buffer)
-  // the segment, and the chunks decoded from it
-  handled(segment.length + job.blobs.reduce((n, b) => n + b.rawLength, 0))
+  const segment = new Uint8Array(job.buffer, 0, job.length)
+  // the chunks decoded from the segment are garbage once written (the segment's buffer goes back)
+  handled(job.blobs.reduce((n, b) => n + b.rawLength, 0))
   return job.blobs.map((b) => {
     let raw
     try {
@@ -221,15 +223,15 @@ export class FileWriterPool {
 
   /**
    * Decodes, checks and writes the blobs of one segment. With `handOver`,
-   * the segment's memory moves to the worker (unusable here after) when the
-   * segment spans all of it; otherwise its bytes are copied and the caller's
-   * stay usable.
+   * the memory of a segment that starts its buffer moves to the worker
+   * (unusable here after); otherwise its bytes are copied and the caller's
+   * stay usable. The buffer the segment travelled in comes back with the
+   * outcomes, the caller's to reuse.
    */
-  async write(segment: Uint8Array, blobs: WriteBlob[], handOver = false): Promise<(BlobOutcome | undefined)[]> {
-    const whole = segment.byteOffset === 0 && segment.byteLength === segment.buffer.byteLength && segment.buffer instanceof ArrayBuffer
-    const buffer = handOver && whole ? (segment.buffer as ArrayBuffer) : (segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer)
-    const reply = await this.pool.run<{ outcomes: (BlobOutcome | undefined)[] }>({ buffer, blobs }, [buffer])
-    return reply.outcomes
+  async write(segment: Uint8Array, blobs: WriteBlob[], handOver = false): Promise<{ outcomes: (BlobOutcome | undefined)[]; buffer: ArrayBuffer }> {
+    const movable = segment.byteOffset === 0 && segment.buffer instanceof ArrayBuffer
+    const buffer = handOver && movable ? (segment.buffer as ArrayBuffer) : (segment.buffer.slice(segment.byteOffset, segment.byteOffset + segment.byteLength) as ArrayBuffer)
+    return this.pool.run<{ outcomes: (BlobOutcome | undefined)[]; buffer: ArrayBuffer }>({ buffer, length: segment.byteLength, blobs }, [buffer])
   }
 
   /**

@@ -105,6 +105,8 @@ export interface RestoreResult {
 const WARM_WRITERS = 256
 const SEGMENT_GAP = 256 * 1024
 const SEGMENT_MAX = 4 * 1024 * 1024
+/** Segment buffers kept for reuse: one per writer in flight, and one being read, cover a restore. */
+const SPARE_SEGMENTS = 4
 
 /**
  * One destination of a restore pass. A pass can fill several destinations
@@ -254,6 +256,23 @@ class Restorer {
   private readonly inWriters = new Set<Promise<void>>()
   /** one segment per writer thread at a time (see restorePack) */
   private readonly writerWindow: Semaphore
+  /**
+   * Segment buffers of SEGMENT_MAX bytes done with (back from the writers, or
+   * used here), for later segments to be read into: a fresh buffer per
+   * segment left the main thread's malloc heap fragmented by 4 MiB holes.
+   */
+  private readonly spareSegments: ArrayBuffer[] = []
+
+  /** A buffer to read a segment of `length` bytes into: a spare one, or a new one that can serve any later segment; none for a small one. */
+  private segmentBuffer(length: number): Uint8Array | undefined {
+    if (length < SEGMENT_MAX / 4) return undefined
+    return new Uint8Array(this.spareSegments.pop() ?? new ArrayBuffer(SEGMENT_MAX))
+  }
+
+  /** Keeps a segment's buffer for a later read (SPARE_SEGMENTS at most; a read's own buffer of another size is left to the collector). */
+  private spareSegment(buffer: ArrayBufferLike): void {
+    if (buffer instanceof ArrayBuffer && buffer.byteLength === SEGMENT_MAX && this.spareSegments.length < SPARE_SEGMENTS) this.spareSegments.push(buffer)
+  }
 
   /** What a cached copy of this file must hold (undefined if a chunk is missing from the index): checked chunk by chunk before the copy is used. */
   private expected(e: FileEntry): ExpectedContent | undefined {
@@ -704,7 +723,7 @@ class Restorer {
       if (group.every((r) => r.targets.every((t) => t.job.failed))) continue
       let segment: Uint8Array
       try {
-        segment = await this.store.readPackRange(pack, start, end - start)
+        segment = await this.store.readPackRange(pack, start, end - start, undefined, this.segmentBuffer(end - start))
       } catch (err) {
         for (const r of group) for (const t of r.targets) await this.fail(t.job, describe(err), codeOf(err))
         continue
@@ -720,6 +739,7 @@ class Restorer {
         // the segment waits here, read, until a writer is free: queued behind a long job, it would leave another writer
         // idle. One the writers take whole is handed over, not copied.
         const release = await this.writerWindow.acquire()
+        // (the segment's buffer, handed over or copied, comes back from the writer for a later segment)
         const written = this.writeInWorkers(pack, segment, start, toWriters, inline.length === 0).finally(release)
         this.inWriters.add(written)
         const forget = () => void this.inWriters.delete(written)
@@ -740,6 +760,8 @@ class Restorer {
           )
         }),
       )
+      // done with here (a segment handed over to a writer is empty here, and comes back from it)
+      this.spareSegment(segment.buffer)
     }
   }
 
@@ -771,7 +793,9 @@ class Restorer {
     }))
     let outcomes: (BlobOutcome | undefined)[]
     try {
-      outcomes = await this.writers!.write(segment, blobs, handOver)
+      const reply = await this.writers!.write(segment, blobs, handOver)
+      outcomes = reply.outcomes
+      this.spareSegment(reply.buffer)
     } catch (err) {
       for (const r of reads) for (const t of r.targets) await this.fail(t.job, describe(err), "IO")
       return

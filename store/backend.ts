@@ -29,6 +29,13 @@ export interface ObjectInfo {
 export interface ByteRange {
   offset: number
   length: number
+  /**
+   * A buffer of at least `length` bytes that the range may be read into (the
+   * result is then a view of it, and the caller's): a caller that reads many
+   * ranges reuses its buffers instead of leaving one per read to the
+   * collector. A hint: a backend may return a buffer of its own.
+   */
+  into?: Uint8Array
 }
 
 export interface ObjectStore {

@@ -605,11 +605,14 @@ export class Store {
     return this.decodeChecked(id, loc.codec, stored, loc.rawLength, loc.pack, loc.kind === BLOB_TREE)
   }
 
-  /** Reads a byte range of a pack; a missing or short pack is an IntegrityError. */
-  async readPackRange(pack: string, offset: number, length: number, blob?: BlobId): Promise<Uint8Array> {
+  /**
+   * Reads a byte range of a pack (into `into`, when the backend can: see
+   * ByteRange); a missing or short pack is an IntegrityError.
+   */
+  async readPackRange(pack: string, offset: number, length: number, blob?: BlobId, into?: Uint8Array): Promise<Uint8Array> {
     let bytes: Uint8Array
     try {
-      bytes = await this.backend.get(packKey(pack), { offset, length })
+      bytes = await this.backend.get(packKey(pack), { offset, length, ...(into ? { into } : {}) })
     } catch (err) {
       if (err instanceof NotFoundError) {
         throw new IntegrityError(`pack ${pack} is missing from the repository${blob ? ` (it holds blob ${blob})` : ""}`, {

@@ -77,7 +77,7 @@ export class FsObjectStore implements ObjectStore {
     try {
       const offset = range?.offset ?? 0
       const length = range?.length ?? (await handle.stat()).size - offset
-      const buf = Buffer.allocUnsafe(Math.max(0, length))
+      const buf = range?.into && range.into.length >= length ? range.into.subarray(0, length) : Buffer.allocUnsafe(Math.max(0, length))
       let done = 0
       while (done < buf.length) {
         const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done)

@@ -26,10 +26,10 @@ describe("file writer threads", () => {
     const dir = await tempDir()
     const raw = textBytes("w", 50_000)
     const kept = oneBlob(dir, "kept", raw)
-    expect(await pool.write(kept.segment, kept.blobs)).toEqual([undefined])
+    expect((await pool.write(kept.segment, kept.blobs)).outcomes).toEqual([undefined])
     expect(kept.segment.byteLength).toBeGreaterThan(0) // copied: still usable here
     const given = oneBlob(dir, "given", raw)
-    expect(await pool.write(given.segment, given.blobs, true)).toEqual([undefined])
+    expect((await pool.write(given.segment, given.blobs, true)).outcomes).toEqual([undefined])
     expect(given.segment.byteLength).toBe(0) // moved to the worker
     for (const name of ["kept", "given"]) {
       expect(await fsp.readFile(path.join(dir, name))).toEqual(raw)
@@ -46,15 +46,32 @@ describe("file writer threads", () => {
     const larger = new Uint8Array(segment.length + 10)
     larger.set(segment, 10)
     const view = larger.subarray(10)
-    expect(await pool.write(view, blobs, true)).toEqual([undefined])
+    expect((await pool.write(view, blobs, true)).outcomes).toEqual([undefined])
     expect(larger.byteLength).toBe(segment.length + 10)
+  })
+
+  it("a segment read into the start of a larger buffer moves whole, and the buffer comes back for the next segment", async () => {
+    const dir = await tempDir()
+    const buffer = new ArrayBuffer(1 << 20)
+    let view = new Uint8Array(buffer)
+    for (const [i, size] of [30_000, 70_000, 5_000].entries()) {
+      const raw = textBytes(`r${i}`, size)
+      const { segment, blobs } = oneBlob(dir, `f${i}`, raw)
+      view.set(segment)
+      const reply = await pool.write(view.subarray(0, segment.length), blobs, true)
+      expect(reply.outcomes).toEqual([undefined])
+      expect(view.byteLength).toBe(0) // moved, not copied
+      expect(reply.buffer.byteLength).toBe(1 << 20)
+      view = new Uint8Array(reply.buffer)
+      expect(await fsp.readFile(path.join(dir, `f${i}`))).toEqual(raw)
+    }
   })
 
   it("reports a blob that does not hash to its id, and leaves no file", async () => {
     const dir = await tempDir()
     const { segment, blobs } = oneBlob(dir, "bad", textBytes("b", 10_000))
     blobs[0]!.id = "0".repeat(64)
-    const [outcome] = await pool.write(segment, blobs, true)
+    const [outcome] = (await pool.write(segment, blobs, true)).outcomes
     expect(outcome?.integrity).toMatch(/does not match its hash/)
     expect(await fsp.readdir(dir)).toEqual([])
   })

@@ -11,7 +11,7 @@ import { FaultyObjectStore, prng } from "../../store/backends/faulty.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
-import { bytes, expectBytes, objectStoreContract, sameBytes } from "./contract.js"
+import { bytes, expectBytes, objectStoreContract, sameBytes, seededBytes } from "./contract.js"
 
 async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "cairn-store-"))
@@ -57,6 +57,19 @@ describe("FsObjectStore", () => {
     }
     return out
   }
+
+  it("reads a range into the buffer it is given, when that is large enough", () =>
+    withStore(async (store) => {
+      const data = seededBytes(5000, 7)
+      await store.put("data/ab/abcd", data)
+      const into = new Uint8Array(4096)
+      const got = await store.get("data/ab/abcd", { offset: 1000, length: 3000, into })
+      expect(got.buffer).toBe(into.buffer)
+      expectBytes(got, data.subarray(1000, 4000))
+      const tooSmall = await store.get("data/ab/abcd", { offset: 0, length: 5000, into })
+      expect(tooSmall.buffer).not.toBe(into.buffer)
+      expectBytes(tooSmall, data)
+    }))
 
   it("creates files and directories without group or world write access", async () => {
     const oldMask = process.umask(0)

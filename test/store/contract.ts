@@ -194,6 +194,17 @@ export function objectStoreContract(name: string, make: MakeStore, options: Cont
         )
       })
 
+      it("a range read with a buffer to read into gives the same bytes, into it or not; a buffer too small is not used", async () => {
+        const into = new Uint8Array(1000).fill(0xee)
+        const got = await store.get("data/ff/ffee", { offset: 100, length: 600, into })
+        expectBytes(got, data.subarray(100, 700))
+        if (got.buffer === into.buffer) expect(got.byteOffset).toBe(0) // read into it: a view of its start
+        const small = new Uint8Array(10)
+        const past = await store.get("data/ff/ffee", { offset: 4000, length: 200, into: small })
+        expectBytes(past, data.subarray(4000))
+        expect(past.buffer).not.toBe(small.buffer)
+      })
+
       it("throws NotFoundError for a missing key, even for a zero-length range", async () => {
         await expectNotFound(store.get("data/00/0000", { offset: 0, length: 10 }))
         await expectNotFound(store.get("data/00/0000", { offset: 0, length: 0 }))
