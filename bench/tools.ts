@@ -7,7 +7,7 @@
 // decides what is measured. Snapshot ids are whatever the tool needs to
 // restore or delete that snapshot (restic id, borg archive name, ...).
 
-import { existsSync } from "node:fs"
+import { accessSync, constants as fsConstants, existsSync } from "node:fs"
 import { mkdir, readdir, rmdir } from "node:fs/promises"
 import { join } from "node:path"
 import { PROJECT_ROOT } from "./corpora.js"
@@ -95,15 +95,17 @@ function cairn(): Tool {
     kind: "cairn",
     async available() {
       if (!existsSync(CAIRN_CLI)) return { ok: false, version: "", note: "dist/cli/main.js not built yet (npm run build)" }
-      for (const flag of ["--version", "version"]) {
-        try {
-          const { stdout } = await run(CAIRN_CLI, [flag])
-          return { ok: true, version: firstLine(stdout) || "cairn" }
-        } catch {
-          // try the next spelling
-        }
+      try {
+        accessSync(CAIRN_CLI, fsConstants.X_OK)
+      } catch {
+        return { ok: false, version: "", note: "dist/cli/main.js is not executable (npm run build makes it so)" }
       }
-      return { ok: true, version: "cairn (version unknown)" }
+      try {
+        const { stdout } = await run(CAIRN_CLI, ["--version"])
+        return { ok: true, version: firstLine(stdout) || "cairn" }
+      } catch (err) {
+        return { ok: false, version: "", note: `dist/cli/main.js --version failed: ${err instanceof Error ? err.message : String(err)}` }
+      }
     },
     async init(repo, m) {
       await m.run(CAIRN_CLI, cli(repo, "init"), env(repo))

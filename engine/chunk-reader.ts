@@ -32,9 +32,10 @@ import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams }
 
 /**
  * Bytes of chunk starts per request: a few dozen chunks per message. Smaller
- * spans cost the main thread more: 1 MiB ones took a snapshot after the
- * bench's change 0.2-0.3 s longer (four times the messages, each waking a
- * reader, and the joins), for no less memory once reply buffers are reused.
+ * spans cost the main thread more (four times the messages at 1 MiB, each
+ * waking a reader, and more joins), and save no memory once reply buffers
+ * are reused: a first snapshot of the bench's workspace peaked at 252-261
+ * MiB with 1, 2 or 4 MiB spans.
  */
 const SPAN = 4 << 20
 
@@ -43,7 +44,8 @@ const SPAN = 4 << 20
  * buffer back (ChunkBatch.release), and the next request takes one to a
  * reader, which copies its reply into it. Without this, every span left a
  * dead buffer for the collector. Readers keep none: the buffers in use are
- * those in flight, those whose chunks are being stored, and these few.
+ * those in flight, those whose chunks are being stored, and these few
+ * (kept for the process: 9 MiB at most).
  */
 const SPARE = 2
 const spare: ArrayBuffer[] = []

@@ -36,16 +36,20 @@ const COLLECT_BYTES = 8 << 20
  * collection; a worker allocates too little on its own heap to collect
  * sooner. Each worker thus held tens of MiB of dead buffers. A worker's heap
  * is a few MiB, so a full collection takes ~0.5 ms: ~25 ms per 400 MiB.
- * `gc` is taken from a fresh context after --expose-gc (a flag that only
- * changes contexts made later, so the main thread's global stays as it was).
+ * `gc` is taken from a fresh context made while --expose-gc is set (a flag
+ * that only changes contexts made later; it is unset again at once).
  */
 export const GARBAGE_SOURCE = `
 const collectGarbage = (() => {
+  const v8 = require("node:v8")
   try {
-    require("node:v8").setFlagsFromString("--expose-gc")
+    v8.setFlagsFromString("--expose-gc")
     return require("node:vm").runInNewContext("gc")
   } catch {
     return undefined
+  } finally {
+    // contexts made later (a library user's vm contexts) get no gc global
+    v8.setFlagsFromString("--no-expose-gc")
   }
 })()
 let garbageBytes = 0

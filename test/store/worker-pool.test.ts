@@ -1,6 +1,7 @@
 // The worker pool under the codec pool and restore's writers: jobs, errors, spawning.
 import { execFileSync } from "node:child_process"
 import path from "node:path"
+import vm from "node:vm"
 import { threadId } from "node:worker_threads"
 import { describe, expect, it } from "vitest"
 import { GARBAGE_SOURCE, WorkerPool } from "../../store/worker-pool.js"
@@ -89,5 +90,7 @@ parentPort.on("message", (job) => {
     // 48 MiB went through each
     expect(await held(true)).toBeLessThan(20)
     expect(await held(false)).toBeGreaterThan(30)
+    // the flag that gave the workers their gc is unset again: contexts made later have none
+    expect(vm.runInNewContext("typeof gc")).toBe("undefined")
   })
 })
