@@ -7,7 +7,7 @@
 // decides what is measured. Snapshot ids are whatever the tool needs to
 // restore or delete that snapshot (restic id, borg archive name, ...).
 
-import { accessSync, constants as fsConstants, existsSync } from "node:fs"
+import { accessSync, constants as fsConstants } from "node:fs"
 import { mkdir, readdir, rmdir } from "node:fs/promises"
 import { join } from "node:path"
 import { PROJECT_ROOT } from "./corpora.js"
@@ -86,19 +86,19 @@ export function parseCairnId(stdout: string): string {
 }
 
 function cairn(): Tool {
-  // the executable itself, as `cairn` runs: its #! line gives node's flags
-  const cli = (repo: Repo, ...args: string[]): string[] => ["--repo", repo.path, ...args]
-  // the host-local cache (index, stat caches, trees, restored files) goes to aux, as restic's and borg's do
+  // the executable itself, as `cairn` runs (its #! line gives node's flags); the host-local cache
+  // (index, stat caches, trees, restored files) goes to aux, as restic's and borg's do
   const env = (repo: Repo): { env: NodeJS.ProcessEnv } => ({ env: { ...process.env, CAIRN_CACHE_DIR: join(repo.aux, "cairn-cache") } })
+  const cli = (m: Meter, repo: Repo, ...args: string[]) => m.run(CAIRN_CLI, ["--repo", repo.path, ...args], env(repo))
   const tool: Tool = {
     name: "cairn",
     kind: "cairn",
     async available() {
-      if (!existsSync(CAIRN_CLI)) return { ok: false, version: "", note: "dist/cli/main.js not built yet (npm run build)" }
       try {
         accessSync(CAIRN_CLI, fsConstants.X_OK)
-      } catch {
-        return { ok: false, version: "", note: "dist/cli/main.js is not executable (npm run build makes it so)" }
+      } catch (err) {
+        const missing = (err as NodeJS.ErrnoException).code === "ENOENT"
+        return { ok: false, version: "", note: `dist/cli/main.js ${missing ? "not built yet" : "is not executable"} (npm run build)` }
       }
       try {
         const { stdout } = await run(CAIRN_CLI, ["--version"])
@@ -108,26 +108,26 @@ function cairn(): Tool {
       }
     },
     async init(repo, m) {
-      await m.run(CAIRN_CLI, cli(repo, "init"), env(repo))
+      await cli(m, repo, "init")
     },
     async snapshot(repo, dir, tag, m) {
-      const r = await m.run(CAIRN_CLI, cli(repo, "snapshot", dir, "--name", tag, "--json"), env(repo))
+      const r = await cli(m, repo, "snapshot", dir, "--name", tag, "--json")
       return parseCairnId(r.stdout)
     },
     async restore(repo, id, dest, m) {
       try {
-        await m.run(CAIRN_CLI, cli(repo, "restore", id, dest), env(repo))
+        await cli(m, repo, "restore", id, dest)
       } catch (e) {
         // Tolerate a CLI that wants DEST not to exist yet.
         if (!(e instanceof CommandError) || (await readdir(dest)).length > 0) throw e
         await rmdir(dest)
-        await m.run(CAIRN_CLI, cli(repo, "restore", id, dest), env(repo))
+        await cli(m, repo, "restore", id, dest)
       }
     },
     async list(repo, m) {
       for (const cmd of ["list", "ls", "snapshots"]) {
         try {
-          const r = await m.run(CAIRN_CLI, cli(repo, cmd, "--json"), env(repo))
+          const r = await cli(m, repo, cmd, "--json")
           const j = JSON.parse(r.stdout) as unknown
           const arr = Array.isArray(j) ? j : ((j as Record<string, unknown>).snapshots as unknown[]) ?? []
           return arr.map((s) => (typeof s === "string" ? s : String((s as Record<string, unknown>).id)))
@@ -138,21 +138,21 @@ function cairn(): Tool {
       return []
     },
     async forget(repo, ids, m) {
-      await m.run(CAIRN_CLI, cli(repo, "rm", ...ids), env(repo))
+      await cli(m, repo, "rm", ...ids)
     },
     async gc(repo, m) {
-      await m.run(CAIRN_CLI, cli(repo, "gc"), env(repo))
+      await cli(m, repo, "gc")
     },
     repoSize: defaultSize,
     fanoutVariants: {
       // One `box create` per destination, concurrently; boxes live where the
       // CLI puts them, so only time and memory are measured.
       "box-create-4": async (repo, id, dests, m) => {
-        await m.parallel(dests.map(() => (mm: Meter) => mm.run(CAIRN_CLI, cli(repo, "box", "create", "--from", id, "--json"), env(repo))))
+        await m.parallel(dests.map(() => (mm: Meter) => cli(mm, repo, "box", "create", "--from", id, "--json")))
       },
       // One `cairn restore` given all N destinations: one pass fills them all.
       "one-cli-4": async (repo, id, dests, m) => {
-        await m.run(CAIRN_CLI, cli(repo, "restore", id, ...dests), env(repo))
+        await cli(m, repo, "restore", id, ...dests)
       },
       // One process, N restores through the library with Promise.all (which share one pass).
       "promise-all-4": async (repo, id, dests, m) => {

@@ -634,7 +634,7 @@ class Restorer {
     // and leaving them for later would cut each pack into many small reads). Not in a fan-out
     // that copies: there a large file's chunks are decoded once and written into every
     // destination by both writers, where its N copies out of the cache would queue in one
-    // writer (4 boxes of the workspace: 3.4-4.0 s from packs, 4.9-5.1 s from the cache).
+    // writer (4 boxes of the workspace: 4.5-5.2 s from packs, 6.8-10.8 s from the cache, 4 alternating pairs).
     const fromCache = this.cache && (destinations === 1 || this.opts.link)
     const cached: Array<[FileJob, ExpectedContent]> = []
     const direct: FileJob[] = []

@@ -432,9 +432,14 @@ export class Store {
     this.assertOpen()
     const already = this.adding(id)
     if (already) return already
-    const work = this.encodeAndAppend(kind, id, data).finally(() => this.inflight.delete(id))
-    this.inflight.set(id, work)
-    return work
+    return this.inFlight(id, this.encodeAndAppend(kind, id, data))
+  }
+
+  /** The adding of a blob, as the one in flight for its id until it settles (see adding and locateMany). */
+  private inFlight(id: BlobId, work: Promise<PutResult>): Promise<PutResult> {
+    const tracked = work.finally(() => this.inflight.delete(id))
+    this.inflight.set(id, tracked)
+    return tracked
   }
 
   private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
@@ -736,9 +741,7 @@ export class Store {
     const pending = this.pending.get(blob.id)
     if (pending || this.inflight.has(blob.id)) return { id: blob.id, added: false, storedLength: pending?.entry.length ?? stored.length }
     // in flight like storeBlob's (it may wait for room in a pack): a second call meanwhile is not added twice
-    const work = this.append(blob, stored).finally(() => this.inflight.delete(blob.id))
-    this.inflight.set(blob.id, work)
-    return work
+    return this.inFlight(blob.id, this.append(blob, stored))
   }
 }
 
