@@ -74,6 +74,8 @@ export interface IngestTotals {
 
 export class Ingestor {
   private readonly distinct = new Map<BlobId, number>()
+  /** blobs the repository is known to hold, with their stored lengths (hold) */
+  private readonly held = new Map<BlobId, number>()
   private started: Promise<void>[] = []
   private readonly batcher: LookupBatcher
   readonly gear: Uint32Array
@@ -206,6 +208,17 @@ export class Ingestor {
     if (!this.distinct.has(id)) this.distinct.set(id, storedLength)
   }
 
+  /**
+   * Tells the ingest that the repository holds a blob (its caller knows, as
+   * the incremental cache does while it is trusted): should a chunk with
+   * that id come, it is accounted at once, without an index lookup. A big
+   * file with a small edit sends thousands of such chunks; each lookup was
+   * a round trip to the index, at most WINDOW of them at a time.
+   */
+  hold(id: BlobId, storedLength: number): void {
+    this.held.set(id, storedLength)
+  }
+
   /** Stored length of a blob this ingest referenced (final once drained and flushed), or -1. */
   lengthOf(id: BlobId): number {
     return this.distinct.get(id) ?? -1
@@ -237,6 +250,11 @@ export class Ingestor {
 
   /** Stores a blob unless the repository has it; data undefined: it must have it (putKnown). */
   private async putChunk(kind: number, id: BlobId, data: Uint8Array | undefined): Promise<void> {
+    const held = this.held.get(id)
+    if (held !== undefined) {
+      if (!this.distinct.get(id)) this.distinct.set(id, held)
+      return
+    }
     if (data === undefined) return this.putKnown(id)
     if (this.distinct.has(id)) return
     this.distinct.set(id, 0)

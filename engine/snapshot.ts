@@ -98,9 +98,9 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
 
   return store.withLock(false, "snapshot", async () => {
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    // read while the scan runs (it yields now and then); loadStatCache never rejects
+    // read while the scan runs (it yields now and then); loadStatCache and cacheTrusted never reject
     const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
-    const ready = cacheLoad.then((cache) => new SnapshotRun(store, root, cache, patterns, opts))
+    const ready = cacheLoad.then(async (cache) => new SnapshotRun(store, root, cache, await cacheTrusted(store, cache), patterns, opts))
     // a large file that changed is read while the scan goes on (the reader thread would idle until the scan ends)
     const onLargeFile = { size: SMALL_FILE + 1, fn: (node: ScanNode) => void ready.then((run) => run.readEarly(node)) }
     let scan: ScanResult
@@ -171,6 +171,22 @@ async function ownDirs(store: Store): Promise<{ ids: Set<string>; reason: string
 }
 
 /**
+ * Whether the repository still holds every blob the cache names, with the
+ * lengths it recorded: while each index file the cache lists exists, no pack
+ * holding them was deleted (see statcache.ts). Decided once, when the cache
+ * is loaded: gc cannot run while the snapshot holds the repository's lock.
+ * Never rejects: when the index files cannot be listed, the cache is not
+ * trusted and its blobs are looked up (the backend's error, if it lasts,
+ * fails the snapshot where it is needed).
+ */
+async function cacheTrusted(store: Store, cache: StatCacheView): Promise<boolean> {
+  const names = cache.indexFiles
+  if (names === undefined) return false
+  const present = await store.indexFileNames().catch(() => undefined)
+  return present !== undefined && names.every((n) => present.has(n))
+}
+
+/**
  * Reads a small file whole, reading one byte past the expected size to
  * notice growth, and returns it with the file's stat taken after the read
  * (fstat: a thread-pool lstat costs the main thread more than the read).
@@ -211,8 +227,6 @@ class SnapshotRun {
   readonly warnings: Warning[] = []
   /** blobs of the cache looked up in the index (see resolveCachedBlobs), with their stored lengths */
   private readonly known = new Map<BlobId, number>()
-  /** whether the cache's index files all still exist (see statcache.ts) */
-  private trusted = false
   private readonly chunksOf = new Map<string, BlobId[]>()
   private readonly vanished = new Set<string>()
   /** files whose bytes changed while they were read: not cached, so the next snapshot reads them again */
@@ -247,6 +261,8 @@ class SnapshotRun {
     readonly store: Store,
     readonly root: string,
     readonly cache: StatCacheView,
+    /** whether the cache's index files all still exist (cacheTrusted) */
+    private readonly trusted: boolean,
     readonly patterns: string[],
     readonly opts: SnapshotOptions,
   ) {
@@ -281,11 +297,6 @@ class SnapshotRun {
    * restore) by one bulk lookup.
    */
   async resolveCachedBlobs(): Promise<void> {
-    const names = this.cache.indexFiles
-    if (names !== undefined) {
-      const present = await this.store.indexFileNames()
-      this.trusted = names.every((n) => present.has(n))
-    }
     const unknown = new Set<BlobId>()
     if (!this.trusted || this.cache.someLengthUnknown) {
       for (const b of this.cache.blobs()) if (!this.trusted || b.length < 0) unknown.add(b.id)
@@ -431,13 +442,15 @@ class SnapshotRun {
   }
 
   /**
-   * The chunks the cache lists for a file at rel: most are in the repository
-   * (the ones the cache's snapshot holds), but a read may start before that
-   * is known (readEarly), so each one is looked up when it comes.
+   * The chunks the cache lists for a file at rel. While the cache is trusted
+   * the repository holds them all, and the ingest is told so; otherwise each
+   * one is looked up when it comes (most are held: the ones the cache's
+   * snapshot holds).
    */
   private cachedChunks(rel: string): BlobId[] | undefined {
     const cached = this.cache.get(rel)
     if (cached?.kind !== "file" || cached.chunks.length === 0) return undefined
+    if (this.trusted) for (const c of cached.chunks) if (c.length >= 0) this.ingest.hold(c.id, c.length)
     return cached.chunks.map((c) => c.id)
   }
 

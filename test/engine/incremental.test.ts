@@ -9,6 +9,7 @@ import { diffTrees } from "../../engine/diff.js"
 import { collectGarbage } from "../../engine/gc.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot, type SnapshotOptions } from "../../engine/snapshot.js"
+import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
 import { dirCacheKey } from "../../engine/statcache.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { Store } from "../../store/store.js"
@@ -107,6 +108,46 @@ describe("incremental snapshots", () => {
     const changed = await createSnapshot(store, src, { parent: unchanged.snapshot })
     expect(changed.readBytes).toBe(700_000)
     expect(changed.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    await store.close()
+  })
+
+  it("a large file's unchanged chunks are not looked up while the cache can vouch for them", async () => {
+    const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 256 * 1024, chunker: { minSize: 8192, avgSize: 32768, maxSize: 131072 } } })
+    const src = await tempDir()
+    const data = seededBytes("held", 3_000_000)
+    await buildTree(src, { "big.bin": { file: data }, "small.txt": { file: "small" } })
+    const first = await createSnapshot(store, src)
+    const c = store.config.chunker
+    const chunks = chunkLengths(data, c, gearTable(Buffer.from(c.seed, "hex"))).length
+    expect(chunks).toBeGreaterThan(20)
+    const looked: string[] = []
+    const locateMany = store.locateMany.bind(store)
+    store.locateMany = async (ids) => {
+      looked.push(...ids)
+      return locateMany(ids)
+    }
+    const edit = async (at: number) => {
+      const big = await fsp.open(path.join(src, "big.bin"), "r+")
+      await big.write(Buffer.from(`an edit at ${at}`), 0, 14, at)
+      await big.close()
+    }
+    await edit(1_500_000)
+    const second = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(second.readBytes).toBe(3_000_000)
+    // only what is new is looked up: the chunk or two around the edit, and the root tree
+    expect(looked.length).toBeLessThanOrEqual(4)
+    const full = await fullRead(store, src)
+    expect(second.snapshot.tree).toBe(full.snapshot.tree)
+    expect(second.snapshot.stats).toEqual({ ...full.snapshot.stats, addedBytes: second.snapshot.stats.addedBytes })
+    // after the index is rebuilt (as by a gc) the cache cannot vouch: each chunk is looked up, and the result is the same
+    await store.rebuildIndex()
+    looked.length = 0
+    await edit(500_000)
+    const third = await createSnapshot(store, src, { parent: second.snapshot })
+    expect(looked.length).toBeGreaterThan(chunks)
+    const again = await fullRead(store, src)
+    expect(third.snapshot.tree).toBe(again.snapshot.tree)
+    expect(third.snapshot.stats).toEqual({ ...again.snapshot.stats, addedBytes: third.snapshot.stats.addedBytes })
     await store.close()
   })
 
