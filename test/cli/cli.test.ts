@@ -51,14 +51,20 @@ beforeAll(async () => {
 })
 
 describe("cairn CLI", () => {
-  it("the executable runs itself, with the node flags of its #! line", async () => {
+  it("the executable runs itself, with the node flags and malloc settings of its #! line, not passed on", async () => {
     const preload = path.join(await tempDir(), "flags.mjs")
-    await fsp.writeFile(preload, "process.on('exit', () => process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n'))\n")
+    const show = "(when) => process.stderr.write(when + ' ' + JSON.stringify([process.env.MALLOC_MMAP_THRESHOLD_, process.env.MALLOC_TRIM_THRESHOLD_]) + '\\n')"
+    await fsp.writeFile(
+      preload,
+      `const show = ${show}\nshow('start')\nprocess.on('exit', () => { show('exit'); process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n') })\n`,
+    )
     const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
       execFile(MAIN, ["--version"], { env: { ...process.env, NODE_OPTIONS: `--import=${preload}` } }, (err, stdout, stderr) => (err ? reject(err) : resolve({ stdout, stderr }))),
     )
     expect(stdout).toMatch(/^cairn \d+\.\d+\.\d+ /)
     expect(stderr).toContain('execArgv ["--max-semi-space-size=2"]')
+    expect(stderr).toContain('start ["4194304","67108864"]') // what glibc read when the process started
+    expect(stderr).toContain("exit [null,null]") // and what a command it runs would not see
   })
 
   it("snapshot prints the id last; ls, show, cat and restore round-trip", async () => {
