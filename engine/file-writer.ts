@@ -28,6 +28,7 @@
 
 import os from "node:os"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
+import { decodeOptions } from "../store/codec-pool.js"
 import { GARBAGE_SOURCE, WorkerPool } from "../store/worker-pool.js"
 import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
@@ -111,8 +112,9 @@ const { parentPort } = require("node:worker_threads")
 ${GARBAGE_SOURCE}
 const NONE = ${CODEC_NONE}, DEFLATE = ${CODEC_DEFLATE}, BROTLI = ${CODEC_BROTLI}
 
+${decodeOptions.toString()}
 function decode(codec, bytes, rawLength) {
-  const opts = { maxOutputLength: Math.max(rawLength, 1) }
+  const opts = decodeOptions(rawLength)
   if (codec === NONE) return bytes
   if (codec === BROTLI) return zlib.brotliDecompressSync(bytes, opts)
   if (codec === DEFLATE) return zlib.inflateRawSync(bytes, opts)

@@ -20,10 +20,25 @@ import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 export const BROTLI_QUALITY = 1
 export const BROTLI_LGWIN = 18
 
+/**
+ * zlib's options for decoding a blob of rawLength bytes: the output buffer
+ * is made large enough for all of it at once. With zlib's 16 KiB default a
+ * 64 KiB blob took four output buffers, a fifth when the last one filled,
+ * and a sixth to concatenate them: ~150 KiB allocated (and, where new
+ * memory is slow, its pages faulted in) and 64 KiB copied, for one 64 KiB
+ * result. One byte more than rawLength, because an output buffer that fills
+ * exactly makes zlib allocate another before it sees the end. More than
+ * rawLength is an error (maxOutputLength), as before.
+ */
+export function decodeOptions(rawLength: number): { maxOutputLength: number; chunkSize: number } {
+  return { maxOutputLength: Math.max(rawLength, 1), chunkSize: Math.max(rawLength + 1, 64) }
+}
+
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
 ${GARBAGE_SOURCE}
+${decodeOptions.toString()}
 const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: ${BROTLI_QUALITY}, [zlib.constants.BROTLI_PARAM_LGWIN]: ${BROTLI_LGWIN} } }
 const compress = (codec, input) => codec === 2
   ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
@@ -52,7 +67,7 @@ parentPort.on("message", (job) => {
     if (job.op === "encode") {
       out = compress(job.codec, input)
     } else {
-      const opts = { maxOutputLength: Math.max(job.rawLength, 1) }
+      const opts = decodeOptions(job.rawLength)
       out = job.codec === 2 ? zlib.brotliDecompressSync(input, opts) : zlib.inflateRawSync(input, opts)
     }
     const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)

@@ -15,7 +15,7 @@
 // on the other core while the main thread chunks and hashes.
 
 import zlib from "node:zlib"
-import { codecPool } from "./codec-pool.js"
+import { codecPool, decodeOptions } from "./codec-pool.js"
 
 export const CODEC_NONE = 0
 export const CODEC_DEFLATE = 1
@@ -98,7 +98,7 @@ export async function encode(data: Uint8Array, preferred: Codec): Promise<Encode
  * add context).
  */
 export async function decode(codec: number, bytes: Uint8Array, rawLength: number, inline = false): Promise<Uint8Array> {
-  const opts = { maxOutputLength: Math.max(rawLength, 1) }
+  const opts = decodeOptions(rawLength)
   const sync = inline || rawLength <= SMALL_BLOB * 4
   switch (codec) {
     case CODEC_NONE:
