@@ -11,14 +11,20 @@
 // The pool machinery (spawning, ref'ing, crash handling) is worker-pool.ts.
 
 import os from "node:os"
+import zlib from "node:zlib"
 import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 
 /**
- * Brotli's settings for blobs: quality 1, and a window (log2 bytes) as large
- * as most chunks (a longer one finds no more matches in a chunk-sized input).
+ * Compresses one blob: brotli (codec 2) at quality 1 with a window (log2
+ * bytes) as large as most chunks (a longer one finds no more matches in a
+ * chunk-sized input), else raw deflate at level 1. The workers run this very
+ * function (its source is theirs); `z` is node:zlib.
  */
-export const BROTLI_QUALITY = 1
-export const BROTLI_LGWIN = 18
+export function compressBlob(z: typeof zlib, codec: number, input: Uint8Array): Buffer {
+  if (codec !== 2) return z.deflateRawSync(input, { level: 1 })
+  const c = z.constants
+  return z.brotliCompressSync(input, { params: { [c.BROTLI_PARAM_QUALITY]: 1, [c.BROTLI_PARAM_LGWIN]: 18, [c.BROTLI_PARAM_SIZE_HINT]: input.length } })
+}
 
 /**
  * zlib's options for decoding a blob of rawLength bytes: the output buffer
@@ -39,10 +45,8 @@ const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
 ${GARBAGE_SOURCE}
 ${decodeOptions.toString()}
-const BROTLI = { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: ${BROTLI_QUALITY}, [zlib.constants.BROTLI_PARAM_LGWIN]: ${BROTLI_LGWIN} } }
-const compress = (codec, input) => codec === 2
-  ? zlib.brotliCompressSync(input, { params: { ...BROTLI.params, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
-  : zlib.deflateRawSync(input, { level: 1 })
+${compressBlob.toString()}
+const compress = (codec, input) => compressBlob(zlib, codec, input)
 parentPort.on("message", (job) => {
   handled(job.buffer.byteLength)
   try {
@@ -147,6 +151,11 @@ export class CodecPool {
         for (const w of batch.waiters) w.reject(err)
       },
     )
+  }
+
+  /** Workers running (they start with the first job). */
+  get started(): number {
+    return this.pool.started
   }
 
   decode(codec: number, data: Uint8Array, rawLength: number): Promise<Uint8Array> {
