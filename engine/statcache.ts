@@ -120,6 +120,8 @@ const SUM_BYTES = 32
 const HEAD_BYTES = MAGIC.length + 6 * 4
 const KINDS = ["file", "link", "dir", "symlink"] as const
 const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
+/** The writer's per-entry columns (EntryColumns), by name. */
+const COLUMN_NAMES = ["kind", "size", "mtime", "ctime", "ino", "treeSize", "treeEntries", "relChars", "mtimeChars", "blobCount"] as const
 const ID_CHARS = 64
 
 function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
@@ -230,12 +232,22 @@ class LoadedStatCache implements StatCacheView {
   copyTo(rel: string, w: StatCacheWriter): boolean {
     const i = this.index.get(rel)
     if (i === undefined) return false
-    const lengths = this.blobLength.subarray(this.blobAt[i]!, this.blobAt[i]! + this.blobCount[i]!)
-    if (lengths.some((l) => l < 0)) return false
-    const t = this.textAt[i]!
-    const chars = this.relChars[i]! + this.mtimeChars[i]! + lengths.length * ID_CHARS
-    w.row(this.kind[i]!, this.size[i]!, this.mtime[i]!, this.ctime[i]!, this.ino[i]!, this.treeSize[i]!, this.treeEntries[i]!, this.relChars[i]!, this.mtimeChars[i]!, this.text.slice(t, t + chars), lengths)
+    for (let b = this.blobAt[i]!, end = b + this.blobCount[i]!; b < end; b++) if (this.blobLength[b]! < 0) return false
+    w.copyRow(this, i)
     return true
+  }
+
+  /** Appends entries [start, end) to w as they are: a slice of each column and one of the text. */
+  copyRowsTo(w: StatCacheWriter, start: number, end: number): void {
+    const n = this.kind.length
+    const blobEnd = end < n ? this.blobAt[end]! : this.blobLength.length
+    const textEnd = end < n ? this.textAt[end]! : this.text.length
+    const cut = <T extends { subarray(a: number, b: number): T }>(c: T) => c.subarray(start, end)
+    w.rows(
+      { kind: cut(this.kind), size: cut(this.size), mtime: cut(this.mtime), ctime: cut(this.ctime), ino: cut(this.ino), treeSize: cut(this.treeSize), treeEntries: cut(this.treeEntries), relChars: cut(this.relChars), mtimeChars: cut(this.mtimeChars), blobCount: cut(this.blobCount) },
+      this.blobLength.subarray(this.blobAt[start]!, blobEnd),
+      this.text.slice(this.textAt[start]!, textEnd),
+    )
   }
 
   private blobsOf(i: number): CachedBlob[] {
@@ -283,12 +295,30 @@ export async function loadStatCache(cacheDir: string, key: string): Promise<Stat
   }
 }
 
+/** An entry's columns, one value each; `rows` takes them for many entries at once. */
+interface EntryColumns {
+  kind: Uint8Array
+  size: Float64Array
+  mtime: BigInt64Array
+  ctime: BigInt64Array
+  ino: BigUint64Array
+  treeSize: Float64Array
+  treeEntries: Uint32Array
+  relChars: Uint32Array
+  mtimeChars: Uint32Array
+  blobCount: Uint32Array
+}
+
 /**
  * Builds a cache file entry by entry, straight into its columns: no entry
- * objects, no per-column arrays. An entry unchanged since the loaded cache is
- * copied from it (StatCacheView.copyTo): a few typed-array writes and one
- * substring, where building it anew cost a snapshot of a workspace with one
- * changed file ~0.2 s on its critical path. Entries may come in any order.
+ * objects, no per-column arrays. Entries unchanged since the loaded cache are
+ * copied from it (StatCacheView.copyTo), and consecutive ones (the next
+ * snapshot walks the tree in the order the cache was written, so an
+ * unchanged stretch of the tree is one run) as one run: a slice of each
+ * column and one substring per run, not per entry. Building entries anew
+ * cost a snapshot of a workspace with one changed file ~0.2 s on its
+ * critical path; copying them one by one, ~70 ms for 15,000 entries.
+ * Entries may come in any order.
  */
 export class StatCacheWriter {
   private n = 0
@@ -308,13 +338,44 @@ export class StatCacheWriter {
   private blobLength = new Float64Array(0)
   private readonly text: string[] = []
   private textChars = 0
+  /** entries [start, end) of a loaded cache, to be copied as one run */
+  private run?: { from: LoadedStatCache; start: number; end: number }
 
   constructor(capacity = 256) {
     this.grow(Math.max(16, capacity), Math.max(16, capacity))
   }
 
   get entries(): number {
-    return this.n
+    return this.n + (this.run ? this.run.end - this.run.start : 0)
+  }
+
+  /** Copies entry i of a loaded cache (LoadedStatCache.copyTo), extending the pending run when it follows it. */
+  copyRow(from: LoadedStatCache, i: number): void {
+    if (this.run?.from === from && this.run.end === i) {
+      this.run.end++
+      return
+    }
+    this.flushRun()
+    this.run = { from, start: i, end: i + 1 }
+  }
+
+  /** Appends many entries' columns, their blob lengths and their text at once. */
+  rows(cols: EntryColumns, lengths: Float64Array, text: string): void {
+    const k = cols.kind.length
+    if (this.n + k > this.cap || this.m + lengths.length > this.blobCap) this.grow(Math.max(this.cap * 2, this.n + k), Math.max(this.blobCap * 2, this.m + lengths.length))
+    for (const name of COLUMN_NAMES) this[name].set(cols[name] as never, this.n)
+    this.blobLength.set(lengths, this.m)
+    this.n += k
+    this.m += lengths.length
+    this.text.push(text)
+    this.textChars += text.length
+  }
+
+  private flushRun(): void {
+    const run = this.run
+    if (!run) return
+    this.run = undefined
+    run.from.copyRowsTo(this, run.start, run.end)
   }
 
   add(rel: string, e: CachedEntry): void {
@@ -326,6 +387,7 @@ export class StatCacheWriter {
 
   /** One entry's columns; `text` is its rel path, treeMtime field and blob ids, one after the other. */
   row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, relChars: number, mtimeChars: number, text: string, lengths: ArrayLike<number>): void {
+    this.flushRun()
     if (this.n === this.cap || this.m + lengths.length > this.blobCap) this.grow(this.cap * 2, Math.max(this.blobCap * 2, this.m + lengths.length))
     const i = this.n++
     this.kind[i] = kind
@@ -345,9 +407,11 @@ export class StatCacheWriter {
 
   /** The file's bytes, checksum included, written into one buffer (the cache of a large workspace is megabytes). */
   encode(meta: Omit<StatCache, "entries">): Buffer {
+    this.flushRun()
     const n = this.n
-    const text = this.text.join("")
-    const textBytes = Buffer.byteLength(text, "utf8")
+    // the text is written piece by piece: joined, it would be one more string of megabytes
+    let textBytes = 0
+    for (const piece of this.text) textBytes += Buffer.byteLength(piece, "utf8")
     const head = Buffer.from(JSON.stringify({ patterns: meta.patterns ?? null, index: meta.indexFiles ?? null, stored: meta.storedBytes }), "utf8")
     const columns: ArrayBufferView[] = [
       ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => c.subarray(0, n)),
@@ -357,14 +421,15 @@ export class StatCacheWriter {
     const length = HEAD_BYTES + columns.reduce((sum, c) => sum + c.byteLength, 0) + head.length + textBytes
     const out = Buffer.allocUnsafe(length + SUM_BYTES)
     let at = MAGIC.copy(out, 0)
-    for (const v of [FORMAT, n, this.m, head.length, text.length, textBytes]) at = out.writeUInt32LE(v, at)
+    for (const v of [FORMAT, n, this.m, head.length, this.textChars, textBytes]) at = out.writeUInt32LE(v, at)
     for (const c of columns) {
       out.set(new Uint8Array(c.buffer, c.byteOffset, c.byteLength), at)
       at += c.byteLength
     }
     at += head.copy(out, at)
     // as many UTF-8 bytes as UTF-16 units: all ASCII, which latin1 writes the same, faster
-    at += out.write(text, at, textBytes === text.length ? "latin1" : "utf8")
+    const encoding = textBytes === this.textChars ? "latin1" : "utf8"
+    for (const piece of this.text) at += out.write(piece, at, encoding)
     if (at !== length) throw new Error(`stat cache encoding wrote ${at} bytes, not ${length}`) // never leave unwritten bytes in the file
     createHash("sha256").update(out.subarray(0, at)).digest().copy(out, at)
     return out

@@ -78,23 +78,32 @@ describe("stat cache file", () => {
     const dir = await tempDir()
     const entries = fc.uniqueArray(fc.tuple(fc.array(name, { minLength: 0, maxLength: 3 }).map((n) => n.join("/")), entry), { selector: ([rel]) => rel, maxLength: 30 })
     await fc.assert(
-      fc.asyncProperty(entries, entries, fc.array(fc.boolean(), { minLength: 30, maxLength: 30 }), async (old, added, pick) => {
+      fc.asyncProperty(entries, entries, fc.array(fc.nat(3), { minLength: 30, maxLength: 30 }), async (old, added, pick) => {
         await saveStatCache(dir, "old", { entries: new Map(old), patterns: ["x"] })
         const view = await loadStatCache(dir, "old")
         // a small capacity, so that the writer grows on the way
         const w = new StatCacheWriter(1)
         const expected = new Map<string, CachedEntry>()
         const fresh = added.filter(([rel]) => !old.some(([o]) => o === rel))
-        for (const [i, [rel, e]] of old.entries()) {
-          if (!pick[i]) continue
+        const copy = (rel: string, e: CachedEntry) => {
           const unknownLength = (e.tree ? [e.tree] : e.chunks).some((b) => b.length < 0)
           expect(view.copyTo(rel, w)).toBe(!unknownLength)
           if (!unknownLength) expected.set(rel, e)
         }
-        for (const [rel, e] of fresh.reverse()) {
-          w.add(rel, e)
-          expected.set(rel, e)
+        const addFresh = () => {
+          const next = fresh.pop()
+          if (!next) return
+          w.add(...next)
+          expected.set(...next)
         }
+        // in the cache's order (consecutive entries are copied as runs), with new entries between them
+        // (pick 1: copy; 2: copy, then add one; 3: add one), then the rest backwards, then the other new ones
+        for (const [i, [rel, e]] of old.entries()) {
+          if (pick[i] === 1 || pick[i] === 2) copy(rel, e)
+          if (pick[i]! >= 2) addFresh()
+        }
+        for (const [i, [rel, e]] of [...old.entries()].reverse()) if (pick[i] === 0 || pick[i] === 3) copy(rel, e)
+        while (fresh.length > 0) addFresh()
         expect(view.copyTo("no/such/entry", w)).toBe(false)
         expect(w.entries).toBe(expected.size)
         await writeStatCache(dir, "new", w, { indexFiles: ["i1"], storedBytes: 7 })
