@@ -14,17 +14,19 @@
 //
 // It also sets two of glibc's malloc settings (MALLOC_ENV), so that memory
 // freed is kept for the next allocation rather than given back to the
-// kernel at once. By default an allocation over 128 KiB is a fresh mapping,
-// unmapped when freed, and a worker's arena is trimmed as soon as its top is
-// free: each compression (brotli's and deflate's state is a few hundred KiB,
-// allocated per call) and many buffers touched new pages. A new page costs
-// its fault, and on this project's VM (memory the host backs lazily, freed
-// pages handed back to it) ~20 us: 5 ms per MiB, 100 times a page touched
-// again. A first snapshot of the bench's workspace took 68,000-79,000 page
-// faults and 2.1 s of system time; with these, 57,500-58,000 and 1.9-2.3 s,
-// 0.3-0.5 s less CPU in all, and it peaked at 222 MiB (229-236). On a
-// machine where a fault is cheap they cost nothing but the up to 64 MiB a
+// kernel at once: by default an allocation over 128 KiB is a fresh mapping,
+// unmapped when freed, and a worker's arena is trimmed as soon as its top
+// is free, so buffers and zlib's per-call state kept coming back as new
+// pages. A new page costs its fault, and on this project's VM (memory the
+// host backs lazily, freed pages handed back to it) ~20 us: 5 ms per MiB,
+// 100 times a page touched again. A first snapshot of the bench's workspace
+// took 68,000-79,000 page faults and 2.1 s of system time; with these,
+// 57,500-58,000 and 1.9-2.3 s, 0.3-0.5 s less CPU in all, and it peaked at
+// 222 MiB (229-236). Either setting alone is worse than neither (125,000
+// and 138,000 faults: setting one turns off glibc's dynamic thresholds). On
+// a machine where a fault is cheap they cost nothing but the up to 64 MiB a
 // process may keep.
+
 import { promises as fsp, realpathSync } from "node:fs"
 import os from "node:os"
 import { fileURLToPath } from "node:url"
