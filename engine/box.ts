@@ -9,7 +9,6 @@
 // unique in its repository; a "boxnames/<hash>" record claims it (see
 // withFreeName).
 
-import { spawn } from "node:child_process"
 import { createHash } from "node:crypto"
 import { constants as fsConstants, promises as fsp } from "node:fs"
 import os from "node:os"
@@ -212,6 +211,8 @@ export class Box {
     opts: { env?: Record<string, string>; timeoutMs?: number; killAfterMs?: number; signal?: AbortSignal; inherit?: boolean } = {},
   ): Promise<ExecResult> {
     await this.assertDir()
+    // loaded when first used: node:child_process brings net and dgram, ~10 ms of every cairn start otherwise
+    const { spawn } = await import("node:child_process")
     return new Promise((resolve, reject) => {
       const inherit = opts.inherit === true
       const group = !inherit || opts.timeoutMs !== undefined // its own process group: a timeout kills all of the command

@@ -11,7 +11,7 @@ import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
-import { Readable } from "node:stream"
+import type { Readable } from "node:stream"
 import type { ObjectStore } from "../store/backend.js"
 import { FsObjectStore } from "../store/backends/fs.js"
 import { makeDirs } from "../store/dirs.js"
@@ -412,6 +412,7 @@ class SnapshotApi {
     if (entry.type !== "file") throw new BadInputError(`${filePath} is a directory in the snapshot, not a file; list it instead (cairn show SNAP PATH)`)
     const chunks = entry.chunks ?? []
     const store = this.store
+    const { Readable } = await import("node:stream")
     return Readable.from(
       (async function* () {
         for (const id of chunks) yield Buffer.from(await store.getBlob(id as BlobId))

@@ -11,7 +11,7 @@
 // The pool machinery (spawning, ref'ing, crash handling) is worker-pool.ts.
 
 import os from "node:os"
-import zlib from "node:zlib"
+import type zlib from "node:zlib"
 import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 
 /**

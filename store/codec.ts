@@ -16,8 +16,13 @@
 // MiB, which cost less inline than the worker's start (INLINE_BUDGET). Small
 // blobs are decompressed inline, larger ones in the pool.
 
-import zlib from "node:zlib"
+import { createRequire } from "node:module"
+import type zlibModule from "node:zlib"
 import { codecPool, compressBlob, decodeOptions } from "./codec-pool.js"
+
+/** node:zlib, loaded when first used: an unchanged snapshot compresses and decompresses nothing. */
+let zlibLoaded: typeof zlibModule | undefined
+const zlib = (): typeof zlibModule => (zlibLoaded ??= createRequire(import.meta.url)("node:zlib") as typeof zlibModule)
 
 export const CODEC_NONE = 0
 export const CODEC_DEFLATE = 1
@@ -112,7 +117,7 @@ function compressInline(data: Uint8Array): boolean {
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
   const out = compressInline(data)
-    ? compressBlob(zlib, preferred, data)
+    ? compressBlob(zlib(), preferred, data)
     : data.length <= SMALL_BLOB
       ? await codecPool().encodeSmall(preferred, data)
       : await codecPool().encode(preferred, data)
@@ -132,9 +137,9 @@ export async function decode(codec: number, bytes: Uint8Array, rawLength: number
     case CODEC_NONE:
       return bytes
     case CODEC_BROTLI:
-      return sync ? zlib.brotliDecompressSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
+      return sync ? zlib().brotliDecompressSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
     case CODEC_DEFLATE:
-      return sync ? zlib.inflateRawSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
+      return sync ? zlib().inflateRawSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
     default:
       throw new Error(`unknown codec ${codec}`)
   }

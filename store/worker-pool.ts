@@ -11,7 +11,11 @@
 // replaced on next use. The source is inline so that it runs the same from
 // compiled dist/ and from TypeScript under a test runner.
 
-import { Worker, type ResourceLimits } from "node:worker_threads"
+import { createRequire } from "node:module"
+import type { ResourceLimits, Worker } from "node:worker_threads"
+
+/** node:worker_threads, loaded when the first worker starts (a command that starts none does not pay for it). */
+const workerThreads = (): typeof import("node:worker_threads") => createRequire(import.meta.url)("node:worker_threads")
 
 /**
  * A worker inherits the process's flags, and under `node --input-type=module
@@ -114,7 +118,7 @@ export class WorkerPool {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(this.source, { eval: true, ...(WORKER_EXEC_ARGV ? { execArgv: WORKER_EXEC_ARGV } : {}), ...(this.limits ? { resourceLimits: this.limits } : {}) })
+    const worker = new (workerThreads().Worker)(this.source, { eval: true, ...(WORKER_EXEC_ARGV ? { execArgv: WORKER_EXEC_ARGV } : {}), ...(this.limits ? { resourceLimits: this.limits } : {}) })
     const slot: Slot = { worker, inflight: 0 }
     worker.on("message", (msg: { id: number; error?: string } & Record<string, unknown>) => {
       const p = this.pending.get(msg.id)

@@ -67,6 +67,22 @@ describe("cairn CLI", () => {
     expect(stderr).toContain("exit [null,null]") // and what a command it runs would not see
   })
 
+  it("an unchanged snapshot loads neither node:child_process, node:zlib nor node:worker_threads (start-up time)", async () => {
+    const preload = path.join(await tempDir(), "modules.cjs")
+    await fsp.writeFile(preload, "process.on('exit', () => process.stderr.write('modules ' + JSON.stringify(process.moduleLoadList) + '\\n'))\n")
+    const root = await tempDir()
+    await buildTree(path.join(root, "w"), { "a.txt": { file: "a" }, d: { dir: { "b.txt": { file: "b" } } } })
+    const where = ["--repo", path.join(root, "repo")]
+    const envs = { CAIRN_CACHE_DIR: path.join(root, "cache") }
+    expect((await cairn([...where, "init"], envs)).code).toBe(0)
+    expect((await cairn([...where, "snapshot", path.join(root, "w")], envs)).code).toBe(0)
+    const again = await cairn([...where, "snapshot", path.join(root, "w")], { ...envs, NODE_OPTIONS: `--require=${preload}` })
+    expect(again.code).toBe(0)
+    const loaded = JSON.parse(again.stderr.split("modules ")[1]!) as string[]
+    expect(loaded).toContain("NativeModule fs") // the list is node's own
+    for (const name of ["child_process", "zlib", "worker_threads"]) expect(loaded).not.toContain(`NativeModule ${name}`)
+  })
+
   it("snapshot prints the id last; ls, show, cat and restore round-trip", async () => {
     const snap = await cairn(["--repo", repo, "snapshot", src, "--name", "first"], env)
     expect(snap.code).toBe(0)
