@@ -26,6 +26,7 @@
 
 import fs, { constants as fsConstants } from "node:fs"
 import os from "node:os"
+import { SpareBuffers } from "../store/spare-buffers.js"
 import { WorkerPool } from "../store/worker-pool.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
 import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
@@ -47,8 +48,7 @@ const SPAN = 4 << 20
  * those in flight, those whose chunks are being stored, and these few
  * (kept for the process: 9 MiB at most).
  */
-const SPARE = 2
-const spare: ArrayBuffer[] = []
+const spare = new SpareBuffers(2)
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
@@ -251,7 +251,7 @@ export async function* chunkFile(
   const known = opts.known && knownPrefixes(opts.known)
   const request = (from: number): Pending => {
     if (opts.counts) opts.counts.requests++
-    const give = spare.pop()
+    const give = spare.take(span)
     const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, give }, give ? [give] : [])
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
@@ -295,7 +295,7 @@ export async function* chunkFile(
       release: () => {
         if (released) return
         released = true
-        if (spare.length < SPARE && reply.buffer.byteLength >= span) spare.push(reply.buffer)
+        if (reply.buffer.byteLength >= span) spare.give(reply.buffer)
       },
     }
     if (done) return

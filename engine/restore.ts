@@ -39,6 +39,7 @@ import path from "node:path"
 import { mapLimit, Semaphore } from "../store/concurrency.js"
 import { AlreadyExistsError, BadInputError, CairnError, IntegrityError, IoError, isCairnError, throwIfAborted } from "../store/errors.js"
 import { makeDirs } from "../store/dirs.js"
+import { SpareBuffers } from "../store/spare-buffers.js"
 import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
@@ -261,17 +262,12 @@ class Restorer {
    * used here), for later segments to be read into: a fresh buffer per
    * segment left the main thread's malloc heap fragmented by 4 MiB holes.
    */
-  private readonly spareSegments: ArrayBuffer[] = []
+  private readonly spareSegments = new SpareBuffers<ArrayBufferLike>(SPARE_SEGMENTS, (b) => b instanceof ArrayBuffer && b.byteLength === SEGMENT_MAX)
 
   /** A buffer to read a segment of `length` bytes into: a spare one, or a new one that can serve any later segment; none for a small one. */
   private segmentBuffer(length: number): Uint8Array | undefined {
     if (length < SEGMENT_MAX / 4) return undefined
-    return new Uint8Array(this.spareSegments.pop() ?? new ArrayBuffer(SEGMENT_MAX))
-  }
-
-  /** Keeps a segment's buffer for a later read (SPARE_SEGMENTS at most; a read's own buffer of another size is left to the collector). */
-  private spareSegment(buffer: ArrayBufferLike): void {
-    if (buffer instanceof ArrayBuffer && buffer.byteLength === SEGMENT_MAX && this.spareSegments.length < SPARE_SEGMENTS) this.spareSegments.push(buffer)
+    return new Uint8Array(this.spareSegments.take() ?? new ArrayBuffer(SEGMENT_MAX))
   }
 
   /** What a cached copy of this file must hold (undefined if a chunk is missing from the index): checked chunk by chunk before the copy is used. */
@@ -761,7 +757,7 @@ class Restorer {
         }),
       )
       // done with here (a segment handed over to a writer is empty here, and comes back from it)
-      this.spareSegment(segment.buffer)
+      this.spareSegments.give(segment.buffer)
     }
   }
 
@@ -795,7 +791,7 @@ class Restorer {
     try {
       const reply = await this.writers!.write(segment, blobs, handOver)
       outcomes = reply.outcomes
-      this.spareSegment(reply.buffer)
+      this.spareSegments.give(reply.buffer)
     } catch (err) {
       for (const r of reads) for (const t of r.targets) await this.fail(t.job, describe(err), "IO")
       return

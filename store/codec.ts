@@ -97,9 +97,8 @@ export interface Encoded {
  * pool. A worker's start costs ~80 ms of CPU and ~9 MiB of new memory (on
  * this project's VM ~2,300 page faults at ~20 us); compressing 4 MiB inline
  * costs the caller 10-20 ms (brotli at quality 1 runs at 230-500 MB/s here).
- * A snapshot after a small change (a few MiB new)
- * then needs no compressor thread; a large one starts the pool once the
- * budget is spent, and keeps it.
+ * A snapshot after a small change (a few MiB new) then needs no compressor
+ * thread; a large one starts the pool once the budget is spent, and keeps it.
  */
 const INLINE_BUDGET = 4 << 20
 let inlineLeft = INLINE_BUDGET

@@ -10,6 +10,7 @@
 // store copies them first.
 
 import { encodeHeader, encodeTrailer, type PackEntry } from "./pack.js"
+import { SpareBuffers } from "./spare-buffers.js"
 
 /** Spare room over the target pack size: the blob that crosses it, and the header. */
 const SLACK = 1 << 20
@@ -17,7 +18,8 @@ const SLACK = 1 << 20
 const KEEP = 2
 
 export class PackBuffers {
-  private readonly free: Buffer[] = []
+  // only buffers of the usual size are kept: one grown for an unusual pack goes to the collector
+  private readonly free = new SpareBuffers<Buffer>(KEEP, (b) => b.length === this.packSize + SLACK)
 
   constructor(readonly packSize: number) {}
 
@@ -27,19 +29,16 @@ export class PackBuffers {
 
   /** A buffer of at least `size` bytes, reused when one is free. */
   take(size: number): Buffer {
-    const reusable = this.free.findIndex((b) => b.length >= size)
-    if (reusable >= 0) return this.free.splice(reusable, 1)[0]!
-    return Buffer.allocUnsafeSlow(Math.max(size, this.packSize + SLACK))
+    return this.free.take(size) ?? Buffer.allocUnsafeSlow(Math.max(size, this.packSize + SLACK))
   }
 
   /** Lets the free buffers go: nothing is being written (the store flushed). */
   trim(): void {
-    this.free.length = 0
+    this.free.clear()
   }
 
   give(buf: Buffer): void {
-    // only buffers of the usual size are kept: one grown for an unusual pack goes to the collector
-    if (this.free.length < KEEP && buf.length === this.packSize + SLACK) this.free.push(buf)
+    this.free.give(buf)
   }
 }
 
