@@ -251,7 +251,7 @@ export async function* chunkFile(
   const known = opts.known && knownPrefixes(opts.known)
   const request = (from: number): Pending => {
     if (opts.counts) opts.counts.requests++
-    const give = spare.take(span)
+    const give = spare.take() // any: the reader uses it if large enough, and a too small one goes to the collector
     const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, give }, give ? [give] : [])
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
