@@ -27,8 +27,8 @@
 // worker creates nothing else. Codec numbers come from store/codec.ts.
 
 import os from "node:os"
-import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE } from "../store/codec.js"
-import { decodeOptions } from "../store/codec-pool.js"
+import { CODEC_NONE } from "../store/codec.js"
+import { blobDecoder, decodeOptions } from "../store/codec-pool.js"
 import { GARBAGE_SOURCE, WorkerPool } from "../store/worker-pool.js"
 import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
@@ -110,15 +110,20 @@ const zlib = require("node:zlib")
 const { createHash } = require("node:crypto")
 const { parentPort } = require("node:worker_threads")
 ${GARBAGE_SOURCE}
-const NONE = ${CODEC_NONE}, DEFLATE = ${CODEC_DEFLATE}, BROTLI = ${CODEC_BROTLI}
+const NONE = ${CODEC_NONE}
 
 ${decodeOptions.toString()}
+${blobDecoder.toString()}
+const decodeBlob = blobDecoder(zlib)
+// a blob decodes into this buffer (grown to the largest blob seen): it is written out before the next one decodes
+let scratch = new Uint8Array(0)
 function decode(codec, bytes, rawLength) {
-  const opts = decodeOptions(rawLength)
   if (codec === NONE) return bytes
-  if (codec === BROTLI) return zlib.brotliDecompressSync(bytes, opts)
-  if (codec === DEFLATE) return zlib.inflateRawSync(bytes, opts)
-  throw new Error("unknown codec " + codec)
+  if (scratch.length < rawLength) scratch = new Uint8Array(Math.max(rawLength, 64 * 1024))
+  const raw = decodeBlob(codec, bytes, rawLength, scratch)
+  // a new buffer (the decoder's fallback) is garbage once written
+  if (raw.buffer !== scratch.buffer) handled(raw.length)
+  return raw
 }
 
 ${isZeroChunk.toString()}
@@ -189,8 +194,6 @@ parentPort.on("message", (job) => {
 
 function writeAll(job) {
   const segment = new Uint8Array(job.buffer, 0, job.length)
-  // the chunks decoded from the segment are garbage once written (the segment's buffer goes back)
-  handled(job.blobs.reduce((n, b) => n + b.rawLength, 0))
   return job.blobs.map((b) => {
     let raw
     try {

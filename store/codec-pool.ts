@@ -27,17 +27,102 @@ export function compressBlob(z: typeof zlib, codec: number, input: Uint8Array): 
 }
 
 /**
- * zlib's options for decoding a blob of rawLength bytes: the output buffer
- * is made large enough for all of it at once. With zlib's 16 KiB default a
- * 64 KiB blob took four output buffers, a fifth when the last one filled,
- * and a sixth to concatenate them: ~150 KiB allocated (and, where new
- * memory is slow, its pages faulted in) and 64 KiB copied, for one 64 KiB
- * result. One byte more than rawLength, because an output buffer that fills
- * exactly makes zlib allocate another before it sees the end. More than
- * rawLength is an error (maxOutputLength), as before.
+ * zlib's options for decoding a blob of rawLength bytes with node's one-shot
+ * calls (blobDecoder's fallback): the output buffer is made large enough for
+ * all of it at once. With zlib's 16 KiB default a 64 KiB blob took four
+ * output buffers, a fifth when the last one filled, and a sixth to
+ * concatenate them. One byte more than rawLength, because an output buffer
+ * that fills exactly makes zlib allocate another before it sees the end.
+ * More than rawLength is an error (maxOutputLength), as before.
  */
 export function decodeOptions(rawLength: number): { maxOutputLength: number; chunkSize: number } {
   return { maxOutputLength: Math.max(rawLength, 1), chunkSize: Math.max(rawLength + 1, 64) }
+}
+
+/** Decodes one stored blob to exactly rawLength bytes: into `into` (a view of it) when it is large enough, else into a new buffer. */
+export type BlobDecode = (codec: number, input: Uint8Array, rawLength: number, into?: Uint8Array) => Uint8Array
+
+/**
+ * A blob decoder for one thread: one zlib handle per codec, reset between
+ * blobs, writing straight into the caller's buffer.
+ *
+ * Why: node's one-shot calls (brotliDecompressSync, inflateRawSync) build a
+ * stream object, a native handle and a decoder for every call: ~20 us and a
+ * few KiB of garbage each, as much as decoding a small file itself; a
+ * restore decodes one blob per small file, thousands of them. And they
+ * always return new memory, where a restore's writer only needs a scratch
+ * buffer until the bytes are written (new memory costs page faults, on this
+ * project's VM its largest cost after the decoding). Node has no public call
+ * that decodes into a given buffer, so this drives the handle under a stream
+ * made by the public factory, as node's own one-shot calls do
+ * (`_handle.writeSync(flush, in, inOff, inLen, out, outOff, outLen)`, which
+ * leaves [outLeft, inLeft] in `_writeState`). Where those are missing (a
+ * Node that changed them), it falls back to the one-shot calls.
+ *
+ * A blob must decode to exactly rawLength bytes: the output space is
+ * rawLength, then one byte more is offered, which a longer stream fills; a
+ * stream that ends short, is truncated or malformed throws (zlib reports
+ * errors through the stream, which is then destroyed and replaced). Bytes
+ * after the end of a stream are ignored, as the one-shot calls do. The
+ * workers run this very function (its source is theirs); `z` is node:zlib.
+ */
+export function blobDecoder(z: typeof zlib): BlobDecode {
+  interface Handle {
+    writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void
+    reset(): void
+  }
+  interface Open {
+    stream: zlib.BrotliDecompress | zlib.InflateRaw
+    handle: Handle
+    /** [output bytes left, input bytes left] after a write */
+    state: Uint32Array
+    flush: number
+  }
+  const open = new Map<number, Open | null>()
+  const oneMore = new Uint8Array(1)
+  const handleOf = (codec: number): Open | null => {
+    const known = open.get(codec)
+    if (known !== undefined && (known === null || !known.stream.destroyed)) return known
+    const stream = codec === 2 ? z.createBrotliDecompress() : z.createInflateRaw()
+    // an error is thrown below; the stream's own 'error' event must not go unhandled
+    stream.on("error", () => {})
+    const priv = stream as unknown as { _handle?: Handle; _writeState?: unknown }
+    const usable = typeof priv._handle?.writeSync === "function" && typeof priv._handle.reset === "function" && priv._writeState instanceof Uint32Array
+    const flush = codec === 2 ? z.constants.BROTLI_OPERATION_FINISH : z.constants.Z_FINISH
+    const made = usable ? { stream, handle: priv._handle!, state: priv._writeState as Uint32Array, flush } : null
+    open.set(codec, made)
+    return made
+  }
+  const failed = (h: Open): Error => new Error(h.stream.errored?.message || "malformed compressed data")
+  return (codec, input, rawLength, into) => {
+    if (codec !== 1 && codec !== 2) throw new Error(`unknown codec ${codec}`)
+    const h = handleOf(codec)
+    if (h === null) {
+      const opts = decodeOptions(rawLength)
+      const out = codec === 2 ? z.brotliDecompressSync(input, opts) : z.inflateRawSync(input, opts)
+      if (out.length !== rawLength) throw new Error(`decoded ${out.length} bytes, expected ${rawLength}`)
+      return out
+    }
+    const out = into !== undefined && into.length >= rawLength ? into.subarray(0, rawLength) : Buffer.allocUnsafeSlow(rawLength)
+    let used = 0
+    if (rawLength > 0) {
+      h.handle.writeSync(h.flush, input, 0, input.length, out, 0, rawLength)
+      if (h.stream.destroyed) throw failed(h)
+      const produced = rawLength - h.state[0]!
+      if (produced !== rawLength) {
+        h.handle.reset()
+        throw new Error(`decoded ${produced} bytes, expected ${rawLength}`)
+      }
+      used = input.length - h.state[1]!
+    }
+    // all rawLength bytes are out; room for one more shows a longer stream (and lets deflate read its end code)
+    h.handle.writeSync(h.flush, input, used, input.length - used, oneMore, 0, 1)
+    if (h.stream.destroyed) throw failed(h)
+    const longer = h.state[0] === 0
+    h.handle.reset()
+    if (longer) throw new Error(`decodes to more than the ${rawLength} bytes expected`)
+    return out
+  }
 }
 
 const WORKER_SOURCE = `
@@ -45,7 +130,9 @@ const { parentPort } = require("node:worker_threads")
 const zlib = require("node:zlib")
 ${GARBAGE_SOURCE}
 ${decodeOptions.toString()}
+${blobDecoder.toString()}
 ${compressBlob.toString()}
+const decodeBlob = blobDecoder(zlib)
 const compress = (codec, input) => compressBlob(zlib, codec, input)
 parentPort.on("message", (job) => {
   handled(job.buffer.byteLength)
@@ -71,8 +158,7 @@ parentPort.on("message", (job) => {
     if (job.op === "encode") {
       out = compress(job.codec, input)
     } else {
-      const opts = decodeOptions(job.rawLength)
-      out = job.codec === 2 ? zlib.brotliDecompressSync(input, opts) : zlib.inflateRawSync(input, opts)
+      out = decodeBlob(job.codec, input, job.rawLength)
     }
     const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)
     parentPort.postMessage({ id: job.id, buffer: copy }, [copy])

@@ -18,11 +18,12 @@
 
 import { createRequire } from "node:module"
 import type zlibModule from "node:zlib"
-import { codecPool, compressBlob, decodeOptions } from "./codec-pool.js"
+import { blobDecoder, codecPool, compressBlob, type BlobDecode } from "./codec-pool.js"
 
 /** node:zlib, loaded when first used: an unchanged snapshot compresses and decompresses nothing. */
 let zlibLoaded: typeof zlibModule | undefined
 const zlib = (): typeof zlibModule => (zlibLoaded ??= createRequire(import.meta.url)("node:zlib") as typeof zlibModule)
+let decoder: BlobDecode | undefined
 
 export const CODEC_NONE = 0
 export const CODEC_DEFLATE = 1
@@ -130,15 +131,13 @@ export async function encode(data: Uint8Array, preferred: Codec): Promise<Encode
  * add context).
  */
 export async function decode(codec: number, bytes: Uint8Array, rawLength: number, inline = false): Promise<Uint8Array> {
-  const opts = decodeOptions(rawLength)
-  const sync = inline || rawLength <= SMALL_BLOB * 4
   switch (codec) {
     case CODEC_NONE:
       return bytes
     case CODEC_BROTLI:
-      return sync ? zlib().brotliDecompressSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
     case CODEC_DEFLATE:
-      return sync ? zlib().inflateRawSync(bytes, opts) : codecPool().decode(codec, bytes, rawLength)
+      if (inline || rawLength <= SMALL_BLOB * 4) return (decoder ??= blobDecoder(zlib()))(codec, bytes, rawLength)
+      return codecPool().decode(codec, bytes, rawLength)
     default:
       throw new Error(`unknown codec ${codec}`)
   }

@@ -1,10 +1,12 @@
-// Blob codecs (store/codec.ts) and the decode options every decoder uses
-// (decodeOptions: one output buffer, large enough for the whole blob).
+// Blob codecs (store/codec.ts), the decoder every thread uses (blobDecoder:
+// one reused zlib handle per codec, decoding into the caller's buffer) and
+// its fallback's options (decodeOptions: one output buffer, large enough for
+// the whole blob).
 import zlib from "node:zlib"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE, decode, encode } from "../../store/codec.js"
-import { codecPool, decodeOptions } from "../../store/codec-pool.js"
+import { blobDecoder, codecPool, decodeOptions } from "../../store/codec-pool.js"
 import { seededBytes } from "../helpers.js"
 
 /** Bytes that compress: a repeated seeded pattern, cut to length. */
@@ -55,5 +57,63 @@ describe("decodeOptions", () => {
       }
     }
     await codecPool().close()
+  })
+})
+
+const COMPRESS = {
+  [CODEC_BROTLI]: (b: Uint8Array) => zlib.brotliCompressSync(b),
+  [CODEC_DEFLATE]: (b: Uint8Array) => zlib.deflateRawSync(b, { level: 1 }),
+} as const
+
+/** node:zlib as a Node without the private handle would look: the one-shot calls only. */
+const zlibWithoutHandles = {
+  ...zlib,
+  createBrotliDecompress: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
+  createInflateRaw: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
+} as unknown as typeof zlib
+
+describe("blobDecoder", () => {
+  it("decodes any blob exactly, into the caller's buffer when it is large enough, with both codecs, reusing one handle", () => {
+    const decode = blobDecoder(zlib)
+    const into = new Uint8Array(150_000)
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 200_000 }), fc.boolean(), fc.constantFrom(CODEC_BROTLI, CODEC_DEFLATE), fc.string(), (length, random, codec, seed) => {
+        const raw = random ? seededBytes(seed, length) : compressible(seed, length)
+        const out = decode(codec, COMPRESS[codec](raw), length, into)
+        expect(Buffer.from(out.buffer, out.byteOffset, out.length).equals(raw)).toBe(true)
+        // a view of the caller's buffer when it fits, else a buffer of exactly the blob's size
+        expect(out.buffer === into.buffer).toBe(length <= into.length)
+        if (length > into.length) expect(out.buffer.byteLength).toBe(length)
+      }),
+      { numRuns: 60 },
+    )
+  })
+
+  it("refuses a blob that decodes longer, shorter, truncated or malformed, and decodes the next one right", () => {
+    for (const z of [zlib, zlibWithoutHandles]) {
+      const decode = blobDecoder(z)
+      for (const codec of [CODEC_BROTLI, CODEC_DEFLATE] as const) {
+        const raw = compressible(`bad-${codec}`, 70_000)
+        const stored = COMPRESS[codec](raw)
+        const damaged = Buffer.from(stored)
+        damaged.fill(0xff, 10, 40)
+        const bad: Array<[Uint8Array, number]> = [
+          [stored, raw.length - 1],
+          [stored, raw.length + 1],
+          [stored.subarray(0, stored.length - 3), raw.length],
+          [damaged, raw.length],
+          [new Uint8Array(0), raw.length],
+        ]
+        for (const [input, length] of bad) {
+          expect(() => decode(codec, input, length)).toThrow()
+          // the handle a failure left behind (reset, or destroyed and replaced) decodes the next blob
+          expect(Buffer.from(decode(codec, stored, raw.length)).equals(raw)).toBe(true)
+        }
+        // an empty blob, and bytes after the end of a stream (ignored, as node's one-shot calls do)
+        expect(decode(codec, COMPRESS[codec](new Uint8Array(0)), 0).length).toBe(0)
+        expect(Buffer.from(decode(codec, Buffer.concat([stored, Buffer.from("tail")]), raw.length)).equals(raw)).toBe(true)
+      }
+      expect(() => decode(7, new Uint8Array(8), 8)).toThrow(/unknown codec 7/)
+    }
   })
 })
