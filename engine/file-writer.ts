@@ -28,7 +28,7 @@
 
 import os from "node:os"
 import { CODEC_NONE } from "../store/codec.js"
-import { blobDecoder, decodeOptions } from "../store/codec-pool.js"
+import { CODER_SOURCE } from "../store/codec-pool.js"
 import { GARBAGE_SOURCE, WorkerPool } from "../store/worker-pool.js"
 import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
@@ -112,8 +112,7 @@ const { parentPort } = require("node:worker_threads")
 ${GARBAGE_SOURCE}
 const NONE = ${CODEC_NONE}
 
-${decodeOptions.toString()}
-${blobDecoder.toString()}
+${CODER_SOURCE}
 const decodeBlob = blobDecoder(zlib)
 // a blob decodes into this buffer (grown to the largest blob seen): it is written out before the next one decodes
 let scratch = new Uint8Array(0)

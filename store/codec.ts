@@ -18,12 +18,13 @@
 
 import { createRequire } from "node:module"
 import type zlibModule from "node:zlib"
-import { blobDecoder, codecPool, compressBlob, type BlobDecode } from "./codec-pool.js"
+import { blobDecoder, blobEncoder, codecPool, type BlobDecode, type BlobEncode } from "./codec-pool.js"
 
 /** node:zlib, loaded when first used: an unchanged snapshot compresses and decompresses nothing. */
 let zlibLoaded: typeof zlibModule | undefined
 const zlib = (): typeof zlibModule => (zlibLoaded ??= createRequire(import.meta.url)("node:zlib") as typeof zlibModule)
 let decoder: BlobDecode | undefined
+let encoder: BlobEncode | undefined
 
 export const CODEC_NONE = 0
 export const CODEC_DEFLATE = 1
@@ -117,7 +118,7 @@ function compressInline(data: Uint8Array): boolean {
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
   const out = compressInline(data)
-    ? compressBlob(zlib(), preferred, data)
+    ? (encoder ??= blobEncoder(zlib()))(preferred, data)
     : data.length <= SMALL_BLOB
       ? await codecPool().encodeSmall(preferred, data)
       : await codecPool().encode(preferred, data)

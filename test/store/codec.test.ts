@@ -1,12 +1,12 @@
-// Blob codecs (store/codec.ts), the decoder every thread uses (blobDecoder:
-// one reused zlib handle per codec, decoding into the caller's buffer) and
-// its fallback's options (decodeOptions: one output buffer, large enough for
-// the whole blob).
+// Blob codecs (store/codec.ts), the encoder and decoder every thread uses
+// (blobEncoder, blobDecoder: one reused zlib handle per codec; the decoder
+// writes into the caller's buffer) and the decoder's fallback options
+// (decodeOptions: one output buffer, large enough for the whole blob).
 import zlib from "node:zlib"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE, decode, encode } from "../../store/codec.js"
-import { blobDecoder, codecPool, decodeOptions } from "../../store/codec-pool.js"
+import { blobDecoder, blobEncoder, codecPool, decodeOptions } from "../../store/codec-pool.js"
 import { seededBytes } from "../helpers.js"
 
 /** Bytes that compress: a repeated seeded pattern, cut to length. */
@@ -70,7 +70,37 @@ const zlibWithoutHandles = {
   ...zlib,
   createBrotliDecompress: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
   createInflateRaw: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
+  createBrotliCompress: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
+  createDeflateRaw: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
 } as unknown as typeof zlib
+
+describe("blobEncoder", () => {
+  const c = zlib.constants
+  /** node's one-shot calls with the repository's settings: what every encoder must give, byte for byte */
+  const oneShot = (codec: number, b: Uint8Array) =>
+    codec === CODEC_BROTLI
+      ? zlib.brotliCompressSync(b, { params: { [c.BROTLI_PARAM_QUALITY]: 1, [c.BROTLI_PARAM_LGWIN]: 18, [c.BROTLI_PARAM_SIZE_HINT]: b.length } })
+      : zlib.deflateRawSync(b, { level: 1 })
+
+  it("gives node's one-shot output (quality 1, not brotli's default 11) blob after blob, and the input back when compressing would not save 2%", () => {
+    for (const z of [zlib, zlibWithoutHandles]) {
+      const encode = blobEncoder(z)
+      const decode = blobDecoder(zlib)
+      fc.assert(
+        fc.property(fc.integer({ min: 1, max: 200_000 }), fc.boolean(), fc.constantFrom(CODEC_BROTLI, CODEC_DEFLATE), fc.string(), (length, random, codec, seed) => {
+          const raw = random ? seededBytes(seed, length) : compressible(seed, length)
+          const out = encode(codec, raw)
+          const expected = oneShot(codec, raw)
+          if (expected.length < Math.floor(raw.length * 0.98)) {
+            expect(Buffer.from(out).equals(expected)).toBe(true)
+            expect(Buffer.from(decode(codec, out, length)).equals(raw)).toBe(true)
+          } else expect(out).toBe(raw)
+        }),
+        { numRuns: 40 },
+      )
+    }
+  })
+})
 
 describe("blobDecoder", () => {
   it("decodes any blob exactly, into the caller's buffer when it is large enough, with both codecs, reusing one handle", () => {
