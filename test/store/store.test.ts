@@ -242,6 +242,20 @@ describe("Store", () => {
     await reopened.close()
   })
 
+  it("a local index opened empty finds what is added to it, at once and after reopening", async () => {
+    const dir = path.join(await tempDir(), "index")
+    const id = "ef".repeat(32) as BlobId
+    const loc = { pack: "12".repeat(32), kind: 0, codec: 2, offset: 7, length: 9, rawLength: 20 }
+    const index = (await LevelIndex.open(dir))!
+    expect(await index.getMany([id])).toEqual([undefined]) // nothing in it: answered without a read
+    await index.add([[id, loc]], "file-1")
+    expect(await index.getMany([id, "00".repeat(32) as BlobId])).toEqual([loc, undefined])
+    await index.close()
+    const reopened = (await LevelIndex.open(dir))!
+    expect(await reopened.getMany([id])).toEqual([loc])
+    await reopened.close()
+  })
+
   it("keeps blob ids and pack bytes stable (golden)", async () => {
     const data = textBytes("golden", 4096)
     expect(hashBytes(data)).toBe(hashBytes(Buffer.from(data)))
