@@ -4,9 +4,11 @@
 // main thread ~400 us of JavaScript (a stream object, its buffers, several
 // callbacks) for a 64 KiB blob, more than the compression itself, so a
 // snapshot was bound by the main thread while the thread pool idled. A worker
-// runs the synchronous zlib call (~5 us of overhead) and the main thread only
-// posts the bytes (transferred, not copied) and receives the result. The main
-// thread keeps the work that must be ordered: chunking, hashing, dedup, packs.
+// compresses and decodes synchronously, through one reused zlib handle per
+// codec (blobEncoder, blobDecoder: no stream object per blob), and the main
+// thread only posts the bytes (transferred, not copied) and receives the
+// result. The main thread keeps the work that must be ordered: chunking,
+// hashing, dedup, packs.
 //
 // The pool machinery (spawning, ref'ing, crash handling) is worker-pool.ts.
 
@@ -40,16 +42,14 @@ export function blobEncoder(z: typeof zlib): BlobEncode {
   const slots = Math.max(...Object.entries(c).map(([k, v]) => (k.startsWith("BROTLI_PARAM_") ? v : 0))) + 1
   const initParams = new Uint32Array(slots).fill(0xffffffff)
   for (const [k, v] of Object.entries(brotliParams(0))) initParams[Number(k)] = v
-  const open = new Map<number, ZlibHandle | null>()
+  const handleFor = zlibHandles((codec) => {
+    const h = zlibHandle(codec === 2 ? z.createBrotliCompress({ params: brotliParams(0) }) : z.createDeflateRaw({ level: 1 }), codec === 2 ? c.BROTLI_OPERATION_FINISH : c.Z_FINISH)
+    return h !== null && codec === 2 && typeof h.handle.init !== "function" ? null : h
+  })
   let out = new Uint8Array(0)
   const noCallback = () => {}
   return (codec, input) => {
-    let h = open.get(codec)
-    if (h === undefined || (h !== null && h.stream.destroyed)) {
-      h = zlibHandle(codec === 2 ? z.createBrotliCompress({ params: brotliParams(0) }) : z.createDeflateRaw({ level: 1 }), codec === 2 ? c.BROTLI_OPERATION_FINISH : c.Z_FINISH)
-      if (h !== null && codec === 2 && typeof h.handle.init !== "function") h = null
-      open.set(codec, h)
-    }
+    const h = handleFor(codec)
     if (h === null) {
       const made = codec === 2 ? z.brotliCompressSync(input, { params: brotliParams(input.length) }) : z.deflateRawSync(input, { level: 1 })
       return made.length < input.length * 0.98 ? made : input
@@ -100,6 +100,16 @@ export function zlibHandle(stream: ZlibHandle["stream"], flush: number): ZlibHan
   return { stream, handle, state: priv._writeState, flush }
 }
 
+/** One handle per codec, made when first needed and made again after an error destroyed it; null: node has none (use the one-shot calls). */
+export function zlibHandles(make: (codec: number) => ZlibHandle | null): (codec: number) => ZlibHandle | null {
+  const made = new Map<number, ZlibHandle | null>()
+  return (codec) => {
+    let h = made.get(codec)
+    if (h === undefined || (h !== null && h.stream.destroyed)) made.set(codec, (h = make(codec)))
+    return h
+  }
+}
+
 /**
  * zlib's options for decoding a blob of rawLength bytes with node's one-shot
  * calls (blobDecoder's fallback): the output buffer is made large enough for
@@ -139,16 +149,12 @@ export type BlobDecode = (codec: number, input: Uint8Array, rawLength: number, i
  * workers run this very function (its source is theirs); `z` is node:zlib.
  */
 export function blobDecoder(z: typeof zlib): BlobDecode {
-  const open = new Map<number, ZlibHandle | null>()
+  const handleFor = zlibHandles((codec) => zlibHandle(codec === 2 ? z.createBrotliDecompress() : z.createInflateRaw(), codec === 2 ? z.constants.BROTLI_OPERATION_FINISH : z.constants.Z_FINISH))
   const oneMore = new Uint8Array(1)
   const failed = (h: ZlibHandle): Error => new Error(h.stream.errored?.message || "malformed compressed data")
   return (codec, input, rawLength, into) => {
     if (codec !== 1 && codec !== 2) throw new Error(`unknown codec ${codec}`)
-    let h = open.get(codec)
-    if (h === undefined || (h !== null && h.stream.destroyed)) {
-      h = zlibHandle(codec === 2 ? z.createBrotliDecompress() : z.createInflateRaw(), codec === 2 ? z.constants.BROTLI_OPERATION_FINISH : z.constants.Z_FINISH)
-      open.set(codec, h)
-    }
+    const h = handleFor(codec)
     if (h === null) {
       const opts = decodeOptions(rawLength)
       const out = codec === 2 ? z.brotliDecompressSync(input, opts) : z.inflateRawSync(input, opts)
@@ -178,7 +184,7 @@ export function blobDecoder(z: typeof zlib): BlobDecode {
 }
 
 /** The source of blobEncoder and blobDecoder with what they call, for a worker's source (which has `require`). */
-export const CODER_SOURCE = [decodeOptions, zlibHandle, blobDecoder, blobEncoder].map(String).join("\n")
+export const CODER_SOURCE = [decodeOptions, zlibHandle, zlibHandles, blobDecoder, blobEncoder].map(String).join("\n")
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
