@@ -65,13 +65,14 @@ const COMPRESS = {
   [CODEC_DEFLATE]: (b: Uint8Array) => zlib.deflateRawSync(b, { level: 1 }),
 } as const
 
-/** node:zlib as a Node without the private handle would look: the one-shot calls only. */
+/** node:zlib as a Node without the private handle would look: its streams have no `_handle`, so the coders use the one-shot calls. */
+const streamWithoutHandle = () => ({ on() {}, destroyed: false })
 const zlibWithoutHandles = {
   ...zlib,
-  createBrotliDecompress: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
-  createInflateRaw: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
-  createBrotliCompress: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
-  createDeflateRaw: () => Object.assign(new (class extends EventTarget {})(), { on() {}, destroyed: false }),
+  createBrotliDecompress: streamWithoutHandle,
+  createInflateRaw: streamWithoutHandle,
+  createBrotliCompress: streamWithoutHandle,
+  createDeflateRaw: streamWithoutHandle,
 } as unknown as typeof zlib
 
 describe("blobEncoder", () => {
