@@ -14,6 +14,7 @@
 
 import os from "node:os"
 import type zlib from "node:zlib"
+import { SpareBuffers } from "./spare-buffers.js"
 import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 
 /** Compresses one blob; returns the input itself when compressing would not save 2% (it is then stored as it is). */
@@ -209,7 +210,8 @@ parentPort.on("message", (job) => {
         at += o.length
         lengths.push(o.length)
       }
-      parentPort.postMessage({ id: job.id, buffer: packed.buffer, lengths }, [packed.buffer])
+      // the batch's own buffer goes back too, for the next batch
+      parentPort.postMessage({ id: job.id, buffer: packed.buffer, lengths, input: job.buffer }, [packed.buffer, job.buffer])
       return
     }
     const input = new Uint8Array(job.buffer)
@@ -229,6 +231,8 @@ parentPort.on("message", (job) => {
 
 /** A batch of small blobs is sent once it holds this many bytes, or at the end of the tick. */
 const BATCH_BYTES = 256 * 1024
+/** A batch's buffer: room for BATCH_BYTES and the blob that takes it past them (small blobs are at most 16 KiB, codec.ts's SMALL_BLOB); a larger batch gets its own. */
+const BATCH_BUFFER = BATCH_BYTES + 64 * 1024
 
 interface Batch {
   parts: Uint8Array[]
@@ -239,6 +243,10 @@ interface Batch {
 export class CodecPool {
   private readonly pool: WorkerPool
   private readonly batches = new Map<number, Batch>()
+  /** Batch buffers the worker gave back: a new one each batch would be new memory for every 256 KiB of small blobs. */
+  private readonly spareBatches = new SpareBuffers(4, (b) => b.byteLength === BATCH_BUFFER)
+  /** batches of small blobs sent, and buffers made for them (the rest were given back ones) */
+  readonly batchCounts = { sent: 0, buffersMade: 0 }
 
   constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {
     // a small young generation: the workers allocate little besides the buffers they hand back
@@ -273,7 +281,10 @@ export class CodecPool {
     const batch = this.batches.get(codec)
     if (!batch) return
     this.batches.delete(codec)
-    const packed = new Uint8Array(batch.bytes)
+    this.batchCounts.sent++
+    const reused = batch.bytes <= BATCH_BUFFER ? this.spareBatches.take() : undefined
+    if (!reused) this.batchCounts.buffersMade++
+    const packed = new Uint8Array(reused ?? new ArrayBuffer(Math.max(batch.bytes, BATCH_BUFFER)))
     const offsets: number[] = []
     const lengths: number[] = []
     let at = 0
@@ -283,8 +294,9 @@ export class CodecPool {
       lengths.push(part.length)
       at += part.length
     }
-    this.pool.run<{ buffer: ArrayBuffer; lengths: number[] }>({ op: "encodeMany", codec, buffer: packed.buffer, offsets, lengths }, [packed.buffer]).then(
+    this.pool.run<{ buffer: ArrayBuffer; lengths: number[]; input: ArrayBuffer }>({ op: "encodeMany", codec, buffer: packed.buffer, offsets, lengths }, [packed.buffer]).then(
       (reply) => {
+        this.spareBatches.give(reply.input)
         const all = Buffer.from(reply.buffer)
         let from = 0
         reply.lengths.forEach((len, i) => {

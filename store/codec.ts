@@ -6,10 +6,11 @@
 //   chunk long), the default: on this machine it compresses as well as
 //   deflate-1 at about twice the speed (see shared notes and bench/micro.ts).
 //
-// Incompressible data (random, already compressed) costs no compression
-// time: an order-0 entropy estimate over a small sample decides that a blob
-// is stored raw before any compressor runs, and a compressor's output that
-// saves less than 2% is thrown away in favour of the raw bytes. The codec is
+// Incompressible data (random, already compressed) in blobs over SMALL_BLOB
+// costs no compression time: an order-0 entropy estimate over a small sample
+// decides that such a blob is stored raw before any compressor runs; a
+// compressor's output that would save less than 2% is thrown away in favour
+// of the raw bytes (worthCompressing, blobEncoder). The codec is
 // recorded per blob in the pack header. Blobs are compressed in a
 // worker-thread pool (codec-pool.ts), so the compressor runs on the other
 // core while the main thread chunks and hashes, except a process's first few
@@ -83,10 +84,18 @@ export function sampleEntropy(data: Uint8Array): number {
   return bits
 }
 
-export function looksIncompressible(data: Uint8Array): boolean {
-  // Order-0 entropy of a small sample is biased low; 7.6 bits/byte on 4 KiB
-  // is what random bytes give, text and code sit near 5, binaries near 6.
-  return data.length < MIN_COMPRESS || sampleEntropy(data) > ENTROPY_LIMIT
+/**
+ * Whether a blob is compressed at all: not below MIN_COMPRESS bytes; a small
+ * one (up to SMALL_BLOB) always, since the compressor gives back what would
+ * not save 2% and sampling costs the main thread (~7 us a blob, ~100 ms of
+ * a first snapshot of the bench's workspace) more than compressing the odd
+ * incompressible small file costs the compressor; a larger one unless its
+ * sample looks random (order-0 entropy of a small sample is biased low; 7.6
+ * bits/byte on 4 KiB is what random bytes give, text and code sit near 5,
+ * binaries near 6).
+ */
+function worthCompressing(data: Uint8Array): boolean {
+  return data.length >= MIN_COMPRESS && (data.length <= SMALL_BLOB || sampleEntropy(data) <= ENTROPY_LIMIT)
 }
 
 export interface Encoded {
@@ -116,7 +125,7 @@ function compressInline(data: Uint8Array): boolean {
 }
 
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
-  if (preferred === CODEC_NONE || looksIncompressible(data)) return { codec: CODEC_NONE, bytes: data }
+  if (preferred === CODEC_NONE || !worthCompressing(data)) return { codec: CODEC_NONE, bytes: data }
   const out = compressInline(data)
     ? (encoder ??= blobEncoder(zlib()))(preferred, data)
     : data.length <= SMALL_BLOB

@@ -6,7 +6,7 @@ import zlib from "node:zlib"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE, decode, encode } from "../../store/codec.js"
-import { blobDecoder, blobEncoder, codecPool, decodeOptions } from "../../store/codec-pool.js"
+import { blobDecoder, blobEncoder, CodecPool, codecPool, decodeOptions } from "../../store/codec-pool.js"
 import { seededBytes } from "../helpers.js"
 
 /** Bytes that compress: a repeated seeded pattern, cut to length. */
@@ -74,6 +74,38 @@ const zlibWithoutHandles = {
   createBrotliCompress: streamWithoutHandle,
   createDeflateRaw: streamWithoutHandle,
 } as unknown as typeof zlib
+
+describe("encode", () => {
+  it("compresses a small blob that looks random but repeats itself; a large one is sampled and stored raw", async () => {
+    // order-0 entropy near 8 bits a byte, yet brotli finds the second half in the first
+    const twice = (n: number) => Buffer.concat([seededBytes(`half-${n}`, n / 2), seededBytes(`half-${n}`, n / 2)])
+    const small = await encode(twice(8192), CODEC_BROTLI)
+    expect(small.codec).toBe(CODEC_BROTLI)
+    expect(small.bytes.length).toBeLessThan(5000)
+    const large = await encode(twice(128 * 1024), CODEC_BROTLI)
+    expect(large.codec).toBe(CODEC_NONE)
+    // a small blob that does not compress comes back as it is
+    const random = seededBytes("small-random", 8192)
+    const stored = await encode(random, CODEC_BROTLI)
+    expect(stored.codec).toBe(CODEC_NONE)
+    expect(Buffer.from(stored.bytes).equals(random)).toBe(true)
+  })
+
+  it("reuses the buffers of small-blob batches the worker gives back", async () => {
+    const pool = new CodecPool(1)
+    try {
+      for (let tick = 0; tick < 12; tick++) {
+        const blobs = Array.from({ length: 8 }, (_, i) => compressible(`batch-${tick}-${i}`, 12_000))
+        const outs = await Promise.all(blobs.map((b) => pool.encodeSmall(CODEC_BROTLI, b)))
+        outs.forEach((o, i) => expect(zlib.brotliDecompressSync(o).equals(blobs[i]!)).toBe(true))
+      }
+      expect(pool.batchCounts.sent).toBe(12)
+      expect(pool.batchCounts.buffersMade).toBe(1)
+    } finally {
+      await pool.close()
+    }
+  })
+})
 
 describe("blobEncoder", () => {
   const c = zlib.constants
