@@ -17,7 +17,14 @@ import type zlib from "node:zlib"
 import { SpareBuffers } from "./spare-buffers.js"
 import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
 
-/** Compresses one blob; returns the input itself when compressing would not save 2% (it is then stored as it is). */
+/**
+ * A blob is stored compressed only when that takes at most this share of
+ * its bytes: saving less is not worth decoding later. The encoder gives the
+ * input back for such a blob, and encode() (codec.ts) stores it as it is.
+ */
+export const COMPRESSED_AT_MOST = 0.98
+
+/** Compresses one blob; returns the input itself when compressing would not save enough (COMPRESSED_AT_MOST). */
 export type BlobEncode = (codec: number, input: Uint8Array) => Uint8Array
 
 /**
@@ -30,9 +37,9 @@ export type BlobEncode = (codec: number, input: Uint8Array) => Uint8Array
  * more than compressing a small blob, and most of its garbage collection
  * (a first snapshot of the bench's workspace: ~0.4 s less CPU). A brotli
  * handle is initialized again for each blob (a reset would drop its
- * parameters); a deflate handle is reset. The output space is 98% of the
- * input: a blob that does not fit saves too little to be worth decoding
- * later, and comes back as the input. Where node lacks the handle, the
+ * parameters); a deflate handle is reset. The output space is
+ * COMPRESSED_AT_MOST of the input: a blob that does not fit saves too little
+ * to be worth decoding later, and comes back as the input. Where node lacks the handle, the
  * one-shot calls. The workers run this very function (its source is
  * theirs); `z` is node:zlib.
  */
@@ -53,9 +60,9 @@ export function blobEncoder(z: typeof zlib): BlobEncode {
     const h = handleFor(codec)
     if (h === null) {
       const made = codec === 2 ? z.brotliCompressSync(input, { params: brotliParams(input.length) }) : z.deflateRawSync(input, { level: 1 })
-      return made.length < input.length * 0.98 ? made : input
+      return made.length < input.length * COMPRESSED_AT_MOST ? made : input
     }
-    const room = Math.floor(input.length * 0.98)
+    const room = Math.floor(input.length * COMPRESSED_AT_MOST)
     if (room === 0) return input
     if (out.length < room) out = new Uint8Array(Math.max(room, 64 * 1024))
     if (codec === 2) {
@@ -66,7 +73,7 @@ export function blobEncoder(z: typeof zlib): BlobEncode {
     if (h.stream.destroyed) throw new Error(h.stream.errored?.message || "the compressor failed")
     const left = h.state[0]!
     if (codec !== 2) h.handle.reset()
-    // no room left: the output did not fit (or only just), so it saves under 2%
+    // no room left: the output did not fit (or only just), so it saves too little
     if (left === 0) return input
     return out.slice(0, room - left)
   }
@@ -185,7 +192,7 @@ export function blobDecoder(z: typeof zlib): BlobDecode {
 }
 
 /** The source of blobEncoder and blobDecoder with what they call, for a worker's source (which has `require`). */
-export const CODER_SOURCE = [decodeOptions, zlibHandle, zlibHandles, blobDecoder, blobEncoder].map(String).join("\n")
+export const CODER_SOURCE = [`const COMPRESSED_AT_MOST = ${COMPRESSED_AT_MOST}`, ...[decodeOptions, zlibHandle, zlibHandles, blobDecoder, blobEncoder].map(String)].join("\n")
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")

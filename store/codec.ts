@@ -19,7 +19,7 @@
 
 import { createRequire } from "node:module"
 import type zlibModule from "node:zlib"
-import { blobDecoder, blobEncoder, codecPool, type BlobDecode, type BlobEncode } from "./codec-pool.js"
+import { blobDecoder, blobEncoder, codecPool, COMPRESSED_AT_MOST, type BlobDecode, type BlobEncode } from "./codec-pool.js"
 
 /** node:zlib, loaded when first used: an unchanged snapshot compresses and decompresses nothing. */
 let zlibLoaded: typeof zlibModule | undefined
@@ -131,7 +131,8 @@ export async function encode(data: Uint8Array, preferred: Codec): Promise<Encode
     : data.length <= SMALL_BLOB
       ? await codecPool().encodeSmall(preferred, data)
       : await codecPool().encode(preferred, data)
-  if (out.length >= data.length * 0.98) return { codec: CODEC_NONE, bytes: data }
+  // the encoder gives back what would not save enough (the input, or a copy of it from a worker)
+  if (out.length >= data.length * COMPRESSED_AT_MOST) return { codec: CODEC_NONE, bytes: data }
   return { codec: preferred, bytes: out }
 }
 
