@@ -19,10 +19,11 @@
 // A chunk of zeros is not written but left as a hole (isZeroChunk), so that
 // sparse files stay sparse.
 //
-// The contract is restore's: each file is written under a temporary name in
-// its (already created) directory and renamed into place only after its
-// blob decoded to exactly its raw length and hashed to its id; a file that
-// fails is removed and reported, never left under its final name. The main
+// The contract is restore's: each file is written, in its (already created)
+// directory, only after its blob decoded to exactly its raw length and
+// hashed to its id, under a temporary name renamed into place when done, or
+// under its own name inside the restore's stage, which no one sees yet; a
+// file that fails is removed and reported, never left under its final name. The main
 // thread computes every path from validated trees and passes them in; the
 // worker creates nothing else. Codec numbers come from store/codec.ts.
 
@@ -34,7 +35,11 @@ import { PLACE_SOURCE, type ExpectedContent } from "./matcache.js"
 
 /** A whole file: the blob is all of it. */
 export interface WholeFile {
-  temp: string
+  /**
+   * Where it is written before it is renamed to final; absent: written
+   * under final itself, which no one sees yet (inside a restore's stage).
+   */
+  temp?: string
   final: string
   mode: number
   /** seconds, as fs.utimes takes them (see utimesSeconds) */
@@ -64,7 +69,8 @@ export interface WriteBlob {
 /** A file restored from the materialization cache (see place). */
 export interface PlaceFile {
   src: string
-  temp: string
+  /** as WholeFile's */
+  temp?: string
   final: string
   link: boolean
   expect: ExpectedContent
@@ -140,7 +146,7 @@ function writePart(f, raw, zero) {
 
 function writeFile(f, raw, zero) {
   if (f.part !== undefined) return writePart(f, raw, zero)
-  const fd = fs.openSync(f.temp, "wx", 0o600)
+  const fd = fs.openSync(f.temp ?? f.final, "wx", 0o600)
   try {
     if (zero) fs.ftruncateSync(fd, raw.length)
     else for (let done = 0; done < raw.length; ) done += fs.writeSync(fd, raw, done, raw.length - done)
@@ -150,32 +156,34 @@ function writeFile(f, raw, zero) {
   } finally {
     fs.closeSync(fd)
   }
-  fs.renameSync(f.temp, f.final)
+  if (f.temp !== undefined) fs.renameSync(f.temp, f.final)
 }
 
 ${PLACE_SOURCE}
 const sys = { fs, createHash }
 
 function placeOne(p) {
-  if (!placeEntry(p.src, p.temp, p.link, p.expect, sys)) return [false, ...(p.copies ?? []).map(() => false)]
-  // the copies come from the checked temp file while it is still this restore's alone (not yet renamed)
-  const copied = (p.copies ?? []).map((c) => finishPlaced(c, p.temp))
+  const at = p.temp ?? p.final
+  if (!placeEntry(p.src, at, p.link, p.expect, sys)) return [false, ...(p.copies ?? []).map(() => false)]
+  // the copies come from the checked file while it is still this restore's alone (not yet renamed, or in the stage)
+  const copied = (p.copies ?? []).map((c) => finishPlaced(c, at))
   return [finishPlaced({ temp: p.temp, final: p.final, ...p.meta }, undefined), ...copied]
 }
 
 /** Sets a placed file's metadata and renames it into place (copying it from "from" first, if given); false, and no temp file left, if any step failed. */
 function finishPlaced(f, from) {
+  const at = f.temp ?? f.final
   try {
-    if (from !== undefined) fs.copyFileSync(from, f.temp, fs.constants.COPYFILE_EXCL)
+    if (from !== undefined) fs.copyFileSync(from, at, fs.constants.COPYFILE_EXCL)
     if (f.mode !== undefined) {
-      if (f.owner) fs.chownSync(f.temp, f.owner.uid, f.owner.gid)
-      fs.chmodSync(f.temp, f.mode)
-      fs.utimesSync(f.temp, f.mtime, f.mtime)
+      if (f.owner) fs.chownSync(at, f.owner.uid, f.owner.gid)
+      fs.chmodSync(at, f.mode)
+      fs.utimesSync(at, f.mtime, f.mtime)
     }
-    fs.renameSync(f.temp, f.final)
+    if (f.temp !== undefined) fs.renameSync(f.temp, f.final)
     return true
   } catch (err) {
-    try { fs.rmSync(f.temp, { force: true }) } catch {}
+    try { fs.rmSync(at, { force: true }) } catch {}
     return false
   }
 }
@@ -209,7 +217,7 @@ function writeAll(job) {
       try {
         writeFile(f, raw, zero)
       } catch (err) {
-        if (f.part === undefined) try { fs.rmSync(f.temp, { force: true }) } catch {}
+        if (f.part === undefined) try { fs.rmSync(f.temp ?? f.final, { force: true }) } catch {}
         ;(failed ??= {})[i] = [String(err && err.code || "IO"), String(err && err.message || err)]
       }
     })

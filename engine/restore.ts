@@ -4,11 +4,17 @@
 // (owner-writable while we fill them); read the chunks pack by pack, each
 // pack's needed ranges coalesced and read in offset order, decoded on the
 // thread pool and hash-checked; write each chunk at its offset into the
-// file's temporary name (".cairn-<random>.tmp" beside it); when a file's last
-// chunk is written, set its mode and mtime and rename it into place. Files of
+// file; when a file's last chunk is written, set its mode and mtime. Files of
 // one chunk (most of a workspace) are handed, a segment at a time, to writer
 // threads that decode, check and write them the same way (file-writer.ts).
 // Then symlinks, hardlinks, and finally directory modes and mtimes bottom-up.
+//
+// Where files are written until complete: a new or empty destination gets a
+// stage (".cairn-<random>-<n>.stage" inside it) that takes the whole tree,
+// each file under its own name; once the files, symlinks and hardlinks are
+// in, the stage's entries are renamed into the destination (Dest.stage). A
+// non-empty destination (overwrite) gets each file under a temporary name
+// (".cairn-<random>-<n>.tmp" beside it), renamed into place when complete.
 // A chunk of zeros is not written but left as a hole (the file is sized when
 // it is finished), so sparse files stay sparse.
 //
@@ -24,8 +30,10 @@
 // restore creates every directory it descends into (or, with overwrite,
 // checks with lstat that an existing one is a real directory), and never
 // follows a symlink it finds in the destination; so nothing is written
-// outside the destination. A file whose chunk is missing or damaged is never
-// renamed into place: its temp file is removed and the path is reported.
+// outside the destination. A file whose chunk is missing or damaged never
+// reaches its final name: its unfinished file is removed and the path is
+// reported. A restore stopped part-way removes its unfinished files and
+// moves its stage's finished ones into place.
 // Once a write says the destination's file system is full (ENOSPC, EDQUOT),
 // no further pack segment is read: the files not begun are reported as not
 // restored instead of each failing the same way.
@@ -48,7 +56,7 @@ import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from
 import { saveStatCache, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
-import { placePart, type PlacedEntry } from "./walk.js"
+import { placePart, type PlacedEntry, type SnapshotPart } from "./walk.js"
 
 export interface RestoreOptions {
   /** restore only this path of the snapshot ("/" or omitted: everything) */
@@ -128,6 +136,16 @@ interface Dest {
   bytesDone: number
   /** the first failure that said this destination's file system is full: nothing more is written there */
   full?: string
+  /**
+   * A destination that was new or empty is filled through a stage: a
+   * directory inside it (".cairn-<random>-<n>.stage") that takes the whole
+   * tree, each file written under its own name, until the files, symlinks
+   * and hardlinks are done; then its entries are renamed into the
+   * destination (unstage). Nothing unfinished is ever seen under a final
+   * name, without a temporary name and a rename per file (a temp file and a
+   * rename cost ~3% of a restore and ~20% of a 4-box fan-out here).
+   */
+  stage?: string
 }
 
 /** A destination of restoreSnapshotMany, with what is its own. */
@@ -311,23 +329,24 @@ class Restorer {
       throwIfAborted(this.opts.signal)
       const [first, expect] = group[0]!
       const src = this.cache!.file(this.cacheKey(first.entry))
-      const files = group.map(([job]): WholeFile => {
+      const files = group.map(([job]): WholeFile & { at: string } => {
         const final = this.abs(job.dest, job.rel)
         const e = job.entry
-        return { temp: tempName(final), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+        const at = this.writeAt(job.dest, final)
+        return { at, ...(at !== final ? { temp: at } : {}), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
       })
       let placed: boolean[]
       try {
         if (this.opts.overwrite) for (const [job] of group) await this.clearWay(job.dest, job.rel, false)
         if (this.writers) {
-          const [head, ...copies] = files as [WholeFile, ...WholeFile[]]
+          const [head, ...copies] = files.map(({ at, ...f }) => f) as [WholeFile, ...WholeFile[]]
           const { mode, mtime, owner } = head
-          placed = await this.writers.place({ src, temp: head.temp, final: head.final, link, expect, ...(link ? {} : { meta: { mode, mtime, ...(owner ? { owner } : {}) }, copies }) })
+          placed = await this.writers.place({ src, ...(head.temp ? { temp: head.temp } : {}), final: head.final, link, expect, ...(link ? {} : { meta: { mode, mtime, ...(owner ? { owner } : {}) }, copies }) })
         } else {
           placed = this.placeInline(src, link, expect, group.map(([job]) => job), files)
         }
       } catch {
-        for (const f of files) await fsp.rm(f.temp, { force: true })
+        for (const f of files) await fsp.rm(f.at, { force: true })
         placed = files.map(() => false)
       }
       for (const [i, [job]] of group.entries()) {
@@ -344,22 +363,22 @@ class Restorer {
     return missed
   }
 
-  /** fromCache without writer threads: the entry copied and checked into the first file's temp, the others copied from it. */
-  private placeInline(src: string, link: boolean, expect: ExpectedContent, jobs: FileJob[], files: WholeFile[]): boolean[] {
-    const [head, ...copies] = files as [WholeFile, ...WholeFile[]]
-    if (!placeEntry(src, head.temp, link, expect)) return files.map(() => false)
-    const finish = (f: WholeFile, job: FileJob, from?: string): boolean => {
+  /** fromCache without writer threads: the entry copied and checked into the first file's temp (or in the stage), the others copied from it. */
+  private placeInline(src: string, link: boolean, expect: ExpectedContent, jobs: FileJob[], files: Array<WholeFile & { at: string }>): boolean[] {
+    const [head, ...copies] = files as [WholeFile & { at: string }, ...Array<WholeFile & { at: string }>]
+    if (!placeEntry(src, head.at, link, expect)) return files.map(() => false)
+    const finish = (f: WholeFile & { at: string }, job: FileJob, from?: string): boolean => {
       try {
-        if (from !== undefined) fs.copyFileSync(from, f.temp, fs.constants.COPYFILE_EXCL)
-        if (!link) this.setMeta(f.temp, job.entry, false)
-        fs.renameSync(f.temp, f.final)
+        if (from !== undefined) fs.copyFileSync(from, f.at, fs.constants.COPYFILE_EXCL)
+        if (!link) this.setMeta(f.at, job.entry, false)
+        if (f.at !== f.final) fs.renameSync(f.at, f.final)
         return true
       } catch {
-        fs.rmSync(f.temp, { force: true })
+        fs.rmSync(f.at, { force: true })
         return false
       }
     }
-    const copied = copies.map((f, i) => finish(f, jobs[i + 1]!, head.temp))
+    const copied = copies.map((f, i) => finish(f, jobs[i + 1]!, head.at))
     return [finish(head, jobs[0]!), ...copied]
   }
 
@@ -420,9 +439,30 @@ class Restorer {
     const locating = this.locate(files)
     locating.catch(() => {}) // awaited below; not unhandled if every destination is refused first
     const made = new Map<Dest, boolean>()
-    await this.eachLive(async (d) => void made.set(d, await this.prepareDest(d)))
-    throwIfAborted(this.opts.signal)
+    try {
+      await this.eachLive(async (d) => void made.set(d, await this.prepareDest(d)))
+      await this.fill(snapshot, { top, base, placed }, files, locating, made)
+    } finally {
+      // a destination refused, stopped or failed part-way keeps what was finished, as an unstaged one would
+      for (const d of this.dests) {
+        try {
+          this.unstage(d)
+        } catch (err) {
+          d.error ??= err
+        }
+      }
+    }
+  }
 
+  /** Makes the directories, restores the files, then finishes each destination. */
+  private async fill(
+    snapshot: SnapshotRecord,
+    { top, base, placed }: SnapshotPart,
+    files: Array<PlacedEntry & { entry: FileEntry }>,
+    locating: Promise<Map<BlobId, BlobLocation>>,
+    made: Map<Dest, boolean>,
+  ): Promise<void> {
+    throwIfAborted(this.opts.signal)
     const dirs = placed.filter((p) => p.entry.type === "dir")
     const bytesTotal = files.reduce((n, f) => n + f.entry.size, 0)
     await this.eachLive(async (d) => {
@@ -466,6 +506,8 @@ class Restorer {
         const e = p.entry
         if (e.type === "file" && e.link !== undefined) await this.guard(d, p.rel, () => this.makeHardlink(d, p.rel, e, linkBase, restored))
       }
+      // everything is in the stage and complete (what failed is gone from it): into place
+      this.unstage(d)
       // directory metadata last, deepest first, so that read-only dirs do not block their children
       for (const dir of [...dirs].reverse()) await this.guard(d, dir.rel, async () => this.setMeta(this.abs(d, dir.rel), dir.entry, false))
       const whole = (this.opts.subPath ?? "/").replace(/\/+/g, "") === ""
@@ -553,7 +595,8 @@ class Restorer {
     let longest: PlacedEntry | undefined
     let most = 0
     for (const p of placed) {
-      let bytes = destBytes + 1 + Buffer.byteLength(p.rel)
+      // inside the stage, when the destination gets one (it is not known yet: nothing is made before this check)
+      let bytes = destBytes + 1 + STAGE_NAME_BYTES + 1 + Buffer.byteLength(p.rel)
       if (p.entry.type === "file") {
         // a file is written under a temporary name beside it first
         const slash = p.rel.lastIndexOf("/")
@@ -570,23 +613,56 @@ class Restorer {
     }
   }
 
-  /** rel's path in the destination; rels are names from validated trees joined by "/", so no join needs normalizing them. */
+  /**
+   * rel's path in the destination (in its stage while it has one); rels are
+   * names from validated trees joined by "/", so no join needs normalizing them.
+   */
   private abs(d: Dest, rel: string): string {
-    return rel === "" || rel === "." ? d.root : d.root.endsWith("/") ? d.root + rel : `${d.root}/${rel}`
+    const base = d.stage ?? d.root
+    return rel === "" || rel === "." ? base : base.endsWith("/") ? base + rel : `${base}/${rel}`
   }
 
-  /** Makes the destination (owner-only while it is filled; true) or checks the one there (false). */
+  /** Where a file is written until it is complete: under its own name in a stage, else a temporary name beside it. */
+  private writeAt(d: Dest, final: string): string {
+    return d.stage !== undefined ? final : tempName(final)
+  }
+
+  /**
+   * Moves a staged destination's entries into it and removes the stage; from
+   * then on its paths are the destination's own. Directories are still
+   * owner-writable here (moving a directory rewrites its ".."), so this comes
+   * before their metadata.
+   */
+  private unstage(d: Dest): void {
+    const stage = d.stage
+    if (stage === undefined) return
+    for (const name of fs.readdirSync(stage)) fs.renameSync(`${stage}/${name}`, `${d.root}/${name}`)
+    fs.rmdirSync(stage)
+    d.stage = undefined
+  }
+
+  /**
+   * Makes the destination (owner-only while it is filled; true) or checks the
+   * one there (false). A new or empty one gets a stage (see Dest.stage); a
+   * non-empty one (overwrite) is written file by file through temp names.
+   */
   private async prepareDest(d: Dest): Promise<boolean> {
     const st = await fsp.lstat(d.root).catch(() => undefined)
+    let made = false
     if (!st) {
       await makeDirs(d.root, { what: "destination", fix: "choose a destination you can write to" })
-      return true
+      made = true
+    } else {
+      if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${d.root}: it exists and is not a directory`)
+      if ((await fsp.readdir(d.root)).length > 0) {
+        if (this.opts.overwrite) return false
+        throw new AlreadyExistsError(`cannot restore into ${d.root}: it is not empty; choose an empty or new directory, or allow replacing its entries (overwrite: true; cairn restore --overwrite)`)
+      }
     }
-    if (!st.isDirectory()) throw new BadInputError(`cannot restore into ${d.root}: it exists and is not a directory`)
-    if (!this.opts.overwrite && (await fsp.readdir(d.root)).length > 0) {
-      throw new AlreadyExistsError(`cannot restore into ${d.root}: it is not empty; choose an empty or new directory, or allow replacing its entries (overwrite: true; cairn restore --overwrite)`)
-    }
-    return false
+    const stage = `${d.root.endsWith("/") ? d.root : `${d.root}/`}${TEMP_PREFIX}${(tempCount++).toString(36)}.stage`
+    fs.mkdirSync(stage, { mode: 0o700 })
+    d.stage = stage
+    return made
   }
 
   /** With overwrite, removes whatever is at rel unless it is a real directory and a directory is wanted. */
@@ -782,9 +858,9 @@ class Restorer {
       files: r.targets.map((t): WriteFile => {
         if (t.job.entry.chunks!.length > 1) return { part: t.job.temp!, offset: t.offset }
         const final = this.abs(t.job.dest, t.job.rel)
-        t.job.temp = tempName(final)
+        t.job.temp = this.writeAt(t.job.dest, final)
         const e = t.job.entry
-        return { temp: t.job.temp, final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+        return { ...(t.job.temp !== final ? { temp: t.job.temp } : {}), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
       }),
     }))
     let outcomes: (BlobOutcome | undefined)[]
@@ -826,7 +902,7 @@ class Restorer {
     try {
       if (this.opts.overwrite) await this.clearWay(job.dest, job.rel, false)
       const final = this.abs(job.dest, job.rel)
-      job.temp = tempName(final)
+      job.temp = this.writeAt(job.dest, final)
       const fd = fs.openSync(job.temp, "wx", 0o600)
       try {
         if (isZeroChunk(raw)) {
@@ -842,7 +918,7 @@ class Restorer {
       } finally {
         fs.closeSync(fd)
       }
-      fs.renameSync(job.temp, final)
+      if (job.temp !== final) fs.renameSync(job.temp, final)
       job.remaining = 0
       job.dest.bytesDone += raw.length
       this.fileDone(job)
@@ -886,7 +962,7 @@ class Restorer {
       const release = this.openSlots.tryAcquire()
       try {
         await this.clearWay(job.dest, job.rel, false)
-        job.temp = tempName(this.abs(job.dest, job.rel))
+        job.temp = this.writeAt(job.dest, this.abs(job.dest, job.rel))
         const handle = await fsp.open(job.temp, "wx", 0o600)
         if (release) {
           job.handle = handle
@@ -931,7 +1007,8 @@ class Restorer {
     // chunks left as holes may end the file: its size comes from the entry
     if (job.sparse) await fsp.truncate(job.temp!, job.entry.size)
     this.setMeta(job.temp!, job.entry, false)
-    await fsp.rename(job.temp!, this.abs(job.dest, job.rel))
+    const final = this.abs(job.dest, job.rel)
+    if (job.temp !== final) await fsp.rename(job.temp!, final)
     this.fileDone(job)
   }
 
@@ -1011,8 +1088,9 @@ class Restorer {
 /** Unique within this process by the counter, across processes by the random part; created with O_EXCL anyway. */
 const TEMP_PREFIX = `.cairn-${randomBytes(4).toString("hex")}-`
 let tempCount = 0
-/** The longest temporary name (the counter in base 36 stays under 13 digits). */
+/** The longest temporary name (the counter in base 36 stays under 13 digits), and the longest stage's. */
 const TEMP_NAME_BYTES = TEMP_PREFIX.length + 13 + ".tmp".length
+const STAGE_NAME_BYTES = TEMP_PREFIX.length + 13 + ".stage".length
 /** The longest path the kernel takes, without its terminating NUL (PATH_MAX: 4096 on Linux, 1024 on macOS). */
 const PATH_MAX_BYTES = (process.platform === "darwin" ? 1024 : 4096) - 1
 

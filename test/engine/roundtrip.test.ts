@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process"
-import { existsSync, promises as fsp } from "node:fs"
+import { existsSync, promises as fsp, readdirSync } from "node:fs"
 import path from "node:path"
 import { Readable } from "node:stream"
 import fc from "fast-check"
@@ -46,6 +46,50 @@ describe("snapshot and restore", () => {
     const result = await restoreSnapshot(store, snapshot, dest)
     expect(result.failed).toEqual([])
     expect(await describeTree(dest)).toEqual(await describeTree(src))
+    await store.close()
+  })
+
+  it.each([
+    ["writer threads", true],
+    ["inline writes", false],
+  ] as const)("fills a new or empty destination through a stage: nothing shows under a final name before every file is done (%s)", async (_label, writers) => {
+    const store = await setup()
+    const src = await tempDir()
+    const many: Record<string, { file: Uint8Array | string }> = {}
+    for (let i = 0; i < 300; i++) many[`f${i}.txt`] = { file: textBytes(`s${i}`, 100 + i * 37) }
+    await buildTree(src, {
+      many: { dir: many },
+      "big.bin": { file: seededBytes("staged big", 1_500_000) },
+      ro: { dir: { "x.txt": { file: "x" } }, mode: 0o555 },
+      link: { symlink: "big.bin" },
+      "hard-1": { file: "one inode" },
+      "hard-2": { hardlink: "hard-1" },
+    })
+    const { snapshot } = await createSnapshot(store, src)
+    const root = await tempDir()
+    const stage = /^\.cairn-[0-9a-f]{8}-[0-9a-z]+\.stage$/
+    for (const dest of [path.join(root, "new"), path.join(root, "empty")]) {
+      if (dest.endsWith("empty")) await fsp.mkdir(dest)
+      const seen = new Set<string>()
+      const result = await restoreSnapshot(store, snapshot, dest, {
+        writers,
+        onProgress: () => {
+          for (const name of readdirSync(dest)) seen.add(stage.test(name) ? "stage" : name)
+        },
+      })
+      expect(result.failed).toEqual([])
+      expect([...seen]).toEqual(["stage"])
+      expect(await describeTree(dest)).toEqual(await describeTree(src))
+    }
+    // a non-empty destination (overwrite) has no stage: its files are replaced one by one, each through a temp name
+    const full = path.join(root, "full")
+    await buildTree(full, { "keep.txt": { file: "mine" }, "big.bin": { file: "old" } })
+    const seen = new Set<string>()
+    await restoreSnapshot(store, snapshot, full, { writers, overwrite: true, onProgress: () => readdirSync(full).forEach((n) => seen.add(n)) })
+    expect([...seen].filter((n) => n.endsWith(".stage"))).toEqual([])
+    const { "keep.txt": kept, ...restored } = await describeTree(full)
+    expect(kept).toMatch(/^file /)
+    expect(restored).toEqual(await describeTree(src))
     await store.close()
   })
 
