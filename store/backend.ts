@@ -8,7 +8,9 @@
 // Invariants every implementation keeps:
 // - put is atomic and durable: once it resolves, a reader sees the whole new
 //   object; a crash mid-put leaves either the old state or the new one, never
-//   a torn object under the key.
+//   a torn object under the key. A volatile put (PutOptions) is as atomic,
+//   but may be lost, or read back torn or empty, after a crash of the host:
+//   locks are, whose readers take unreadable ones for stale.
 // - putIfAbsent is atomic create-only: of two racing callers exactly one wins.
 // - get of a missing key throws NotFoundError; delete of a missing key is fine.
 // - list returns every key under a prefix with its size and modification time.
@@ -38,11 +40,22 @@ export interface ByteRange {
   into?: Uint8Array
 }
 
+export interface PutOptions {
+  /**
+   * The object need not outlive a crash of this host (a lock: its process
+   * is gone then too), so a backend may skip making it durable: on a local
+   * file system, the two fsyncs of a put. After a burst of writes (an
+   * install, a restore) an fsync waits for the file system to write back far
+   * more than its own file; a command's lock would wait with it.
+   */
+  volatile?: boolean
+}
+
 export interface ObjectStore {
   /** Where the objects live, for messages; never includes credentials. */
   readonly location: string
   /** Writes the object whole. `data` is the caller's again once the promise settles: keep a copy, never the buffer (the store reuses its pack buffers). */
-  put(key: string, data: Uint8Array): Promise<void>
+  put(key: string, data: Uint8Array, opts?: PutOptions): Promise<void>
   /** Creates the object only if no object has the key; returns whether it did. */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>
   /** The object's bytes (or a range of them), in a buffer the caller owns: nothing else holds it. */

@@ -24,6 +24,8 @@ import { LockedError, NotFoundError } from "./errors.js"
 import { randomId } from "./ids.js"
 
 const REFRESH_MS = 60_000
+/** A lock need not outlive a crash of its host: its holder is gone then too, and an unreadable lock is skipped (and removed once old). */
+const VOLATILE = { volatile: true } as const
 const STALE_MS = 5 * 60_000
 
 /** A process as a lock (or a box name's claim) records its holder, so that another can tell whether it still runs. */
@@ -66,7 +68,7 @@ export async function acquireLock(backend: ObjectStore, opts: LockOptions): Prom
     if (!holder) {
       const now = new Date().toISOString()
       const info: LockInfo = { exclusive: opts.exclusive, ...thisProcess(), what: opts.what, time: now, refreshed: now }
-      await backend.put(key, Buffer.from(JSON.stringify(info)))
+      await backend.put(key, Buffer.from(JSON.stringify(info)), VOLATILE)
       holder = await findConflict(backend, opts.exclusive, key)
       if (!holder) return startRefresh(backend, key, info)
       await backend.delete(key)
@@ -160,7 +162,7 @@ function pidAlive(pid: number): boolean {
 function startRefresh(backend: ObjectStore, key: string, info: LockInfo): Lock {
   const timer = setInterval(() => {
     info.refreshed = new Date().toISOString()
-    backend.put(key, Buffer.from(JSON.stringify(info))).catch(() => {})
+    backend.put(key, Buffer.from(JSON.stringify(info)), VOLATILE).catch(() => {})
   }, REFRESH_MS)
   timer.unref()
   let released = false

@@ -16,7 +16,7 @@
 // Every injected failure is an IoError with errno-like data; `faults` counts
 // them by kind.
 
-import type { ByteRange, ObjectInfo, ObjectStore } from "../backend.js"
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from "../backend.js"
 import { IoError } from "../errors.js"
 
 export type FaultKind = "eio" | "enospc" | "torn" | "delay" | "reset" | "503"
@@ -79,8 +79,8 @@ export class FaultyObjectStore implements ObjectStore {
     return Object.values(this.faults).reduce((a, b) => a + b, 0)
   }
 
-  put(key: string, data: Uint8Array): Promise<void> {
-    return this.run("put", key, () => this.inner.put(key, data))
+  put(key: string, data: Uint8Array, opts?: PutOptions): Promise<void> {
+    return this.run("put", key, () => this.inner.put(key, data, opts))
   }
 
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {

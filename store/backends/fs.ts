@@ -1,7 +1,8 @@
 // Filesystem backend: one file per object under a root directory.
 //
 // put writes "<key>~tmp-<random>", fsyncs it, renames it over the key and
-// fsyncs the directory, so a crash leaves the old object or the new one.
+// fsyncs the directory, so a crash leaves the old object or the new one (a
+// volatile put skips both fsyncs: see PutOptions).
 // putIfAbsent writes the temp file the same way and link()s it to the key,
 // which fails atomically with EEXIST when another writer won. Temp files a
 // crash leaves behind are never listed and are swept by sweepTemp().
@@ -11,7 +12,7 @@
 import { randomBytes } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import { checkKey, checkPrefix, type ByteRange, type ObjectInfo, type ObjectStore } from "../backend.js"
+import { checkKey, checkPrefix, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "../backend.js"
 import { IoError, NotFoundError } from "../errors.js"
 
 // "~" is outside the key alphabet, so no real key looks like a temp file
@@ -36,16 +37,17 @@ export class FsObjectStore implements ObjectStore {
     return path.join(this.root, ...key.split("/"))
   }
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  async put(key: string, data: Uint8Array, opts?: PutOptions): Promise<void> {
     const dest = this.file(key)
-    const temp = await this.writeTemp(dest, data)
+    const durable = !opts?.volatile
+    const temp = await this.writeTemp(dest, data, durable)
     try {
       await fsp.rename(temp, dest)
     } catch (err) {
       await fsp.rm(temp, { force: true })
       throw ioError(err, "write", key)
     }
-    await syncDir(path.dirname(dest))
+    if (durable) await syncDir(path.dirname(dest))
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -171,7 +173,7 @@ export class FsObjectStore implements ObjectStore {
 
   async close(): Promise<void> {}
 
-  private async writeTemp(dest: string, data: Uint8Array): Promise<string> {
+  private async writeTemp(dest: string, data: Uint8Array, durable = true): Promise<string> {
     const dir = path.dirname(dest)
     if (!this.madeDirs.has(dir)) {
       await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE }).catch((err) => {
@@ -188,7 +190,7 @@ export class FsObjectStore implements ObjectStore {
         const { bytesWritten } = await handle.write(data, done, data.length - done)
         done += bytesWritten
       }
-      await handle.sync()
+      if (durable) await handle.sync()
       await handle.close()
       handle = undefined
       return temp

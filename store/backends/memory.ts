@@ -1,14 +1,15 @@
 // In-memory backend for tests: a Map from key to bytes. It copies on the way
 // in and out so that callers can never alias stored bytes.
 
-import { checkKey, type ByteRange, type ObjectInfo, type ObjectStore } from "../backend.js"
+import { checkKey, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "../backend.js"
 import { NotFoundError } from "../errors.js"
 
 export class MemoryObjectStore implements ObjectStore {
   readonly location = "memory:"
   private readonly objects = new Map<string, { data: Uint8Array; mtimeMs: number }>()
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  /** Nothing here outlives the process: volatile or not, the same. */
+  async put(key: string, data: Uint8Array, _opts?: PutOptions): Promise<void> {
     checkKey(key)
     this.objects.set(key, { data: Uint8Array.from(data), mtimeMs: Date.now() })
   }

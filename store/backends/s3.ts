@@ -42,7 +42,7 @@ import {
   UploadPartCommand,
   type S3ClientConfig,
 } from "@aws-sdk/client-s3"
-import { checkKey, type ByteRange, type ObjectInfo, type ObjectStore } from "../backend.js"
+import { checkKey, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "../backend.js"
 import { BadInputError, IoError, NotFoundError, type CairnError } from "../errors.js"
 
 const MiB = 1024 * 1024
@@ -154,7 +154,8 @@ export class S3ObjectStore implements ObjectStore {
     return this.prefix === "" ? key : `${this.prefix}/${key}`
   }
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  /** An acknowledged PUT is durable: a volatile one is no cheaper. */
+  async put(key: string, data: Uint8Array, _opts?: PutOptions): Promise<void> {
     const Key = this.name(key)
     if (data.length > this.multipartThreshold) return this.putMultipart(key, Key, data)
     await this.request("write", key, () =>

@@ -7,7 +7,7 @@ import { createSnapshot } from "../../engine/snapshot.js"
 import type { SnapshotRecord } from "../../engine/types.js"
 import { verifyRepository } from "../../engine/verify.js"
 import { resolvePath } from "../../engine/walk.js"
-import type { ByteRange, ObjectStore } from "../../store/backend.js"
+import type { ByteRange, ObjectStore, PutOptions } from "../../store/backend.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { IoError, isCairnError } from "../../store/errors.js"
@@ -219,8 +219,8 @@ class FlakyReads implements ObjectStore {
   failing = false
   readonly location = "flaky:"
   constructor(private readonly inner: ObjectStore) {}
-  put(key: string, data: Uint8Array) {
-    return this.inner.put(key, data)
+  put(key: string, data: Uint8Array, opts?: PutOptions) {
+    return this.inner.put(key, data, opts)
   }
   putIfAbsent(key: string, data: Uint8Array) {
     return this.inner.putIfAbsent(key, data)

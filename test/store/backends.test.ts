@@ -5,7 +5,7 @@
 import { promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import type { ObjectStore } from "../../store/backend.js"
 import { FaultyObjectStore, prng } from "../../store/backends/faulty.js"
 import { FsObjectStore } from "../../store/backends/fs.js"
@@ -88,6 +88,26 @@ describe("FsObjectStore", () => {
     } finally {
       process.umask(oldMask)
     }
+  })
+
+  it("a put fsyncs the file and its directory; a volatile one (a lock's) neither", async () => {
+    await withStore(async (store, dir) => {
+      // FileHandle is not exported: its prototype, from a handle
+      const probe = await fsp.open(dir, "r")
+      const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> }
+      await probe.close()
+      const sync = vi.spyOn(proto, "sync")
+      try {
+        await store.put("locks/lock_0123456789abcdef", bytes("{}"), { volatile: true })
+        expect(sync).not.toHaveBeenCalled()
+        await store.put("snapshots/snap_0123456789abcdef", bytes("{}"))
+        expect(sync).toHaveBeenCalledTimes(2)
+      } finally {
+        sync.mockRestore()
+      }
+      expect(await fsp.readFile(path.join(dir, "locks", "lock_0123456789abcdef"), "utf8")).toBe("{}")
+      expect((await walk(dir)).filter((f) => f.includes("~tmp-"))).toEqual([])
+    })
   })
 
   it("does not list a temp file a crashed writer left, and sweepTemp removes it", async () => {

@@ -150,6 +150,19 @@ export function objectStoreContract(name: string, make: MakeStore, options: Cont
         expect((await store.stat("index/x"))?.size).toBe(b.length)
       })
 
+      it("a volatile put (a lock's) is as atomic: readers see the whole old or the whole new object", async () => {
+        const a = seededBytes(120_000, 20)
+        const b = seededBytes(90_000, 21)
+        await store.put("locks/lock_volatile", a, { volatile: true })
+        const reads: Promise<Uint8Array>[] = []
+        const write = store.put("locks/lock_volatile", b, { volatile: true })
+        for (let i = 0; i < 8; i++) reads.push(store.get("locks/lock_volatile"))
+        await write
+        for (const got of await Promise.all(reads)) expect(sameBytes(got, a) || sameBytes(got, b), "a torn read").toBe(true)
+        expectBytes(await store.get("locks/lock_volatile"), b)
+        expect((await store.list("locks/")).map((o) => o.key)).toEqual(["locks/lock_volatile"])
+      })
+
       it("racing puts of one key leave exactly one of the values", async () => {
         const values = Array.from({ length: 6 }, (_, i) => seededBytes(20_000 + i, 10 + i))
         await Promise.all(values.map((v) => store.put("snapshots/race", v)))

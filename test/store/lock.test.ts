@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process"
 import os from "node:os"
 import { describe, expect, it } from "vitest"
+import type { PutOptions } from "../../store/backend.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { LockedError } from "../../store/errors.js"
 import { acquireLock, pidSpace, type LockInfo } from "../../store/lock.js"
@@ -63,6 +64,22 @@ describe("repository locks", () => {
     await plant(backend, "lock_other", lockInfo({ pid: deadPid(), pidSpace: "another-boot/pid:[1]" }))
     await expect(acquireLock(backend, { exclusive: true, what: "gc", waitMs: 50 })).rejects.toBeInstanceOf(LockedError)
     expect((await backend.list("locks/")).map((o) => o.key)).toEqual(["locks/lock_other"])
+  })
+
+  it("a lock is written volatile (it need not outlive a crash of its host); one a crash left empty is no obstacle", async () => {
+    const puts: Array<[string, PutOptions | undefined]> = []
+    const backend = new (class extends MemoryObjectStore {
+      override put(key: string, data: Uint8Array, opts?: PutOptions) {
+        puts.push([key, opts])
+        return super.put(key, data, opts)
+      }
+    })()
+    await backend.put("locks/lock_torn", new Uint8Array(0))
+    puts.length = 0
+    const lock = await acquireLock(backend, { exclusive: true, what: "gc", waitMs: 50 })
+    expect(puts).toEqual([[lock.key, { volatile: true }]])
+    await lock.release()
+    expect((await backend.list("locks/")).map((o) => o.key)).toEqual(["locks/lock_torn"])
   })
 
   it("a lock not refreshed for five minutes is stale wherever it came from", async () => {
