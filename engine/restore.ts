@@ -53,7 +53,7 @@ import type { BlobLocation } from "../store/local-index.js"
 import type { Store } from "../store/store.js"
 import { fileWriterPool, isZeroChunk, type BlobOutcome, type FileWriterPool, type WholeFile, type WriteBlob, type WriteFile } from "./file-writer.js"
 import { MaterializationCache, MIN_SIZE, placeEntry, type ExpectedContent } from "./matcache.js"
-import { saveStatCache, type StatCache } from "./statcache.js"
+import { nowNs, saveStatCache, tooRecent, type StatCache } from "./statcache.js"
 import type { FileEntry, TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord } from "./types.js"
 import { placePart, type PlacedEntry, type SnapshotPart } from "./walk.js"
@@ -252,6 +252,8 @@ class Restorer {
   /** this process's uid and gid (undefined where there are none) */
   private readonly self: { uid: number | undefined; gid: number | undefined }
   private readonly decodeSlots = new Semaphore(4)
+  /** when this restore began: files whose mtime is later than a tick before it are not seeded (tooRecent) */
+  private readonly began = nowNs()
   private readonly openSlots = new Semaphore(64)
 
   constructor(
@@ -565,6 +567,8 @@ class Restorer {
       children.set(parent, (children.get(parent) ?? 0) + 1)
       if (Number(st.mode & 0o7777n) !== e.mode || Number(st.uid) !== e.uid || Number(st.gid) !== e.gid) inexact.add(parent)
       const kind = e.type === "file" ? (e.link !== undefined ? "link" : "file") : e.type
+      // its ctime is this restore's own: only a change that keeps the mtime within its tick could go unseen
+      if (kind === "file" && tooRecent({ mtimeNs: st.mtimeNs }, this.began)) continue
       const chunks = e.type === "file" && e.link === undefined ? (e.chunks ?? []).map((id) => ({ id, length: -1 })) : []
       cache.entries.set(p.rel, { kind, size: e.type === "file" ? Number(st.size) : 0, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, chunks, treeMtime: e.mtime })
     }

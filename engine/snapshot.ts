@@ -27,7 +27,7 @@ import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, type FileStat } from "./chunk-reader.js"
 import { Ingestor, KnownChunkMissing } from "./ingest.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
-import { dirCacheKey, emptyStatCache, loadStatCache, StatCacheWriter, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
+import { dirCacheKey, emptyStatCache, loadStatCache, nowNs, StatCacheWriter, tooRecent, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -97,6 +97,8 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
   }
 
   return store.withLock(false, "snapshot", async () => {
+    // files changed since a tick before this are not cached (tooRecent)
+    const began = nowNs()
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
     // read while the scan runs (it yields now and then); loadStatCache and cacheTrusted never reject
     const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
@@ -149,7 +151,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     await store.createRecord("snapshots", snapshot.id, snapshot)
     if (run.changedCache()) {
       const meta = { patterns, indexFiles: [...(await store.indexFileNames())], storedBytes: stats.storedBytes }
-      await writeStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, scan.files + scan.dirs + scan.symlinks + 1), meta).catch(() => {})
+      await writeStatCache(store.cacheDir, cacheKey, run.nextCache(scan.root, scan.files + scan.dirs + scan.symlinks + 1, began), meta).catch(() => {})
     }
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })
@@ -571,8 +573,10 @@ class SnapshotRun {
    * The cache for the next snapshot: every entry as scanned now, with what it
    * was stored as. An entry that is as the loaded cache has it (unchanged,
    * its blobs' lengths vouched for by trusted index files) is copied from it.
+   * A file changed too shortly before `began` (tooRecent) is left out: the
+   * next snapshot reads it again.
    */
-  nextCache(root: ScanNode, capacity: number): StatCacheWriter {
+  nextCache(root: ScanNode, capacity: number, began: bigint): StatCacheWriter {
     this.accountDeferred()
     const w = new StatCacheWriter(capacity)
     const blob = (id: BlobId): CachedBlob => ({ id, length: this.ingest.lengthOf(id) })
@@ -597,7 +601,7 @@ class SnapshotRun {
         w.add(rel, { ...base, kind: "link" })
       } else {
         const chunks = this.chunksFor(rel)
-        if (chunks && !this.unstable.has(rel)) w.add(rel, { ...base, kind: "file", chunks: chunks.map(blob) })
+        if (chunks && !this.unstable.has(rel) && !tooRecent(node, began)) w.add(rel, { ...base, kind: "file", chunks: chunks.map(blob) })
       }
     }
     add(root)

@@ -129,6 +129,34 @@ function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
   return path.join(cacheDir, "statcache", `${key}.${ext}`)
 }
 
+/**
+ * Whether a file's stat is too recent to vouch for its content: racy git's
+ * problem. File-system timestamps advance by ticks (a few ms on Linux, 1 or
+ * 2 s on some file systems), so a file changed again within the tick of its
+ * last change keeps its mtime and ctime, and the snapshot that read it in
+ * between would take the bytes it read for the file's. A file is cached only
+ * when its times lie safely before `sinceNs`, when the snapshot (or restore)
+ * began: any change after that has a later time. The next snapshot reads a
+ * file left out again. Times in whole seconds suggest a file system of second
+ * granularity, which gets a wider margin. Without ctimeNs (a restore's
+ * files, whose ctime is the restore's own), the mtime alone.
+ */
+export function tooRecent(st: { mtimeNs: bigint; ctimeNs?: bigint }, sinceNs: bigint): boolean {
+  const seconds = st.mtimeNs % NS_PER_S === 0n && (st.ctimeNs === undefined || st.ctimeNs % NS_PER_S === 0n)
+  const limit = sinceNs - (seconds ? COARSE_TICK_NS : FINE_TICK_NS)
+  return st.mtimeNs >= limit || (st.ctimeNs !== undefined && st.ctimeNs >= limit)
+}
+const NS_PER_S = 1_000_000_000n
+/** a timestamp tick on Linux (HZ 100-1000), with room to spare */
+const FINE_TICK_NS = 20_000_000n
+/** FAT's 2 s mtime granularity */
+const COARSE_TICK_NS = 2n * NS_PER_S
+
+/** Now, in ns since the epoch, as tooRecent takes it. */
+export function nowNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n
+}
+
 export function dirCacheKey(absDir: string): string {
   return `dir-${createHash("sha256").update(absDir).digest("hex").slice(0, 32)}`
 }

@@ -78,3 +78,12 @@ export function countingPackReads(backend: ObjectStore): { backend: ObjectStore;
   }) as ObjectStore
   return { backend: counting, packReads }
 }
+
+/**
+ * Waits out the file system's timestamp tick (engine/statcache.ts, tooRecent):
+ * files written before it count as unchanged to the next snapshot's cache, as
+ * files written longer ago than a tick before a snapshot do.
+ */
+export function pastTick(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 30))
+}

@@ -10,11 +10,11 @@ import { collectGarbage } from "../../engine/gc.js"
 import { restoreSnapshot } from "../../engine/restore.js"
 import { createSnapshot, type SnapshotOptions } from "../../engine/snapshot.js"
 import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
-import { dirCacheKey } from "../../engine/statcache.js"
+import { dirCacheKey, tooRecent } from "../../engine/statcache.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { Store } from "../../store/store.js"
 import { buildTree, describeTree, type DirSpec } from "../fixtures.js"
-import { seededBytes, tempDir } from "../helpers.js"
+import { pastTick, seededBytes, tempDir } from "../helpers.js"
 import { dirSpec, mutate } from "./mutations.js"
 
 async function newStore(): Promise<Store> {
@@ -68,6 +68,7 @@ describe("incremental snapshots", () => {
     const spec: DirSpec = {}
     for (let d = 0; d < 20; d++) spec[`d${d}`] = { dir: { "f.txt": { file: `file ${d}` }, sub: { dir: { "g.bin": { file: seededBytes(`g${d}`, 40_000) } } } } }
     await buildTree(src, spec)
+    await pastTick()
     const first = await createSnapshot(store, src)
     let lookups = 0
     const locateMany = store.locateMany.bind(store)
@@ -95,6 +96,7 @@ describe("incremental snapshots", () => {
     for (let d = 0; d < 40; d++) spec[`d${d}`] = { dir: Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`f${i}.txt`, { file: `file ${d}/${i}` }])) }
     spec["z-big.bin"] = { file: seededBytes("z", 400_000) }
     await buildTree(src, spec)
+    await pastTick()
     const first = await createSnapshot(store, src)
     let small = 0
     for (let d = 0; d < 40; d++) for (let i = 0; i < 30; i++) small += `file ${d}/${i}`.length
@@ -111,11 +113,41 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("a file changed within a timestamp tick of a snapshot is not cached: the next snapshot reads it again", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "old.txt": { file: "settled long ago" }, "fresh.txt": { file: "just written" } })
+    // a clock tick is a few ms: a file whose mtime lies after the snapshot's start stands for one changed within it
+    const ahead = new Date(Date.now() + 60_000)
+    await fsp.utimes(path.join(src, "fresh.txt"), ahead, ahead)
+    await pastTick()
+    const first = await createSnapshot(store, src)
+    const second = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(second).toMatchObject({ readBytes: "just written".length, reusedFiles: 1 })
+    expect(second.snapshot.tree).toBe(first.snapshot.tree)
+    await store.close()
+  })
+
+  it("tooRecent: a tick of 20 ms before the start, 2 s for times in whole seconds; a restore's files by mtime alone", () => {
+    const since = 1_800_000_000_000_000_000n
+    const ms = 1_000_000n
+    expect(tooRecent({ mtimeNs: since - 21n * ms, ctimeNs: since - 21n * ms }, since)).toBe(false)
+    expect(tooRecent({ mtimeNs: since - 21n * ms, ctimeNs: since - 19n * ms }, since)).toBe(true)
+    expect(tooRecent({ mtimeNs: since - 19n * ms, ctimeNs: since - 60_000n * ms }, since)).toBe(true)
+    expect(tooRecent({ mtimeNs: since + 5n * ms, ctimeNs: since - 60_000n * ms }, since)).toBe(true)
+    // whole seconds: a file system that keeps no more
+    expect(tooRecent({ mtimeNs: since - 1_000n * ms, ctimeNs: since - 1_000n * ms }, since)).toBe(true)
+    expect(tooRecent({ mtimeNs: since - 3_000n * ms, ctimeNs: since - 3_000n * ms }, since)).toBe(false)
+    expect(tooRecent({ mtimeNs: since - 21n * ms }, since)).toBe(false)
+    expect(tooRecent({ mtimeNs: since - 19n * ms }, since)).toBe(true)
+  })
+
   it("a large file's unchanged chunks are not looked up while the cache can vouch for them", async () => {
     const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 256 * 1024, chunker: { minSize: 8192, avgSize: 32768, maxSize: 131072 } } })
     const src = await tempDir()
     const data = seededBytes("held", 3_000_000)
     await buildTree(src, { "big.bin": { file: data }, "small.txt": { file: "small" } })
+    await pastTick()
     const first = await createSnapshot(store, src)
     const c = store.config.chunker
     const chunks = chunkLengths(data, c, gearTable(Buffer.from(c.seed, "hex"))).length
@@ -190,6 +222,7 @@ describe("incremental snapshots", () => {
     const store = await newStore()
     const src = await tempDir()
     await buildTree(src, { "a.bin": { file: seededBytes("a", 100_000) }, d: { dir: { "b.txt": { file: "b" }, "c.txt": { file: "b" } } } })
+    await pastTick()
     const first = await createSnapshot(store, src)
     // the cache says the total is 1: a snapshot that trusts it says so too
     const file = path.join(store.cacheDir, "statcache", `${dirCacheKey(path.resolve(src))}.bin`)
@@ -218,6 +251,7 @@ describe("incremental snapshots", () => {
     const cacheDir = await tempDir()
     const src = await tempDir()
     await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.bin": { file: seededBytes("b", 100_000) } } } })
+    await pastTick()
     const first = await Store.init({ backend, cacheDir })
     const a = await createSnapshot(first, src)
     await first.close()
@@ -304,6 +338,7 @@ describe("incremental snapshots", () => {
       "hard-1": { file: "shared" },
       other: { dir: { "hard-2": { hardlink: "hard-1" } } },
     })
+    await pastTick()
     const original = await createSnapshot(store, src)
     const box = path.join(await tempDir(), "box")
     await restoreSnapshot(store, original.snapshot, box, { statCacheKey: "box-1" })

@@ -15,7 +15,7 @@ import { createSnapshot } from "../../engine/snapshot.js"
 import { importTar } from "../../engine/tar.js"
 import { IoError, isCairnError } from "../../store/errors.js"
 import { buildTree, describeTree } from "../fixtures.js"
-import { seededBytes, tempDir, textBytes } from "../helpers.js"
+import { pastTick, seededBytes, tempDir, textBytes } from "../helpers.js"
 
 async function setup() {
   const store = await Store.init({ backend: new MemoryObjectStore(), cacheDir: await tempDir(), config: { packSize: 256 * 1024 } })
@@ -145,6 +145,7 @@ describe("snapshot and restore", () => {
     const spec: Record<string, { file: string }> = {}
     for (let i = 0; i < 300; i++) spec[`f${i}.txt`] = { file: `content ${i}` }
     await buildTree(src, spec)
+    await pastTick()
     const first = await createSnapshot(store, src)
     const second = await createSnapshot(store, src, { parent: first.snapshot })
     expect(second.readBytes).toBe(0)
