@@ -8,7 +8,9 @@
 // (ctime catches edits that restore the mtime, and chmod/chown), and reuses a
 // directory's whole tree object when the directory and everything below it
 // are unchanged and the exclude patterns are the same: an unchanged subtree
-// costs its lstat calls and nothing else.
+// costs its lstat calls and nothing else. A file changed within a timestamp
+// tick before the snapshot began is left out (tooRecent): its times could
+// stay the same through a second change.
 //
 // The cache also carries each blob's stored length and the names of the
 // repository's index files when it was saved (among them, files listing every
