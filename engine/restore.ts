@@ -470,10 +470,10 @@ class Restorer {
     await this.eachLive(async (d) => {
       d.filesTotal = files.length
       d.bytesTotal = bytesTotal
-      for (const dir of dirs) await this.makeDir(d, dir.rel)
+      if (d.stage === undefined) for (const dir of dirs) await this.makeDir(d, dir.rel)
     })
+    ;[this.locs] = await Promise.all([locating, this.makeStagedDirs(dirs)])
     if (this.live().length === 0) return
-    this.locs = await locating
     const fanout = this.live()
     await this.restoreFiles(
       fanout.flatMap((d) => files.map((f) => ({ dest: d, rel: f.rel, entry: f.entry, remaining: f.entry.chunks?.length ?? 0 }))),
@@ -686,6 +686,28 @@ class Restorer {
       return
     }
     fs.mkdirSync(this.abs(d, rel), { mode: 0o700 })
+  }
+
+  /**
+   * Makes the directories of the staged destinations on the thread pool,
+   * depth by depth, four at a time, while the chunks are located: a mkdir
+   * costs ~60 us of file-system work here, ~0.1 s for a workspace's 1,600
+   * directories, which on this thread held up all that comes after. A
+   * destination whose directory cannot be made takes no further part.
+   */
+  private async makeStagedDirs(dirs: PlacedEntry[]): Promise<void> {
+    const depths: string[][] = []
+    for (const dir of dirs) (depths[dir.rel.split("/").length - 1] ??= []).push(dir.rel)
+    for (const level of depths) {
+      const staged = this.live().filter((d) => d.stage !== undefined)
+      await mapLimit(
+        staged.flatMap((d) => (level ?? []).map((rel) => [d, rel] as const)),
+        4,
+        async ([d, rel]) => {
+          if (d.error === undefined) await fsp.mkdir(this.abs(d, rel), { mode: 0o700 }).catch((err: unknown) => void (d.error ??= err))
+        },
+      )
+    }
   }
 
   /** Where every chunk of these files is (a chunk missing from the index is absent). */

@@ -337,6 +337,21 @@ describe("hostile trees", () => {
     })
   }
 
+  it("a directory the file system cannot make fails the restore with its error, and leaves no stage behind", async () => {
+    const store = await newStore()
+    const inner = (await store.putBlob(BLOB_TREE, Buffer.from(JSON.stringify({ v: 1, entries: [{ name: "f", type: "file", ...meta, size: 0, chunks: [] }] })))).id
+    // a name longer than a directory entry can be (NAME_MAX, 255 bytes): the trees allow it, mkdir does not
+    const snapshot = await snapshotOfTree(store, [{ name: "x".repeat(300), type: "dir", ...meta, mode: 0o755, size: 0, tree: inner }])
+    const root = await tempDir()
+    const err = await restoreSnapshot(store, snapshot, path.join(root, "new")).catch((e) => e)
+    expect(String(err?.message)).toMatch(/ENAMETOOLONG/)
+    const outcomes = await restoreSnapshotMany(store, snapshot, [{ dest: path.join(root, "fan-a") }, { dest: path.join(root, "fan-b") }])
+    for (const o of outcomes) expect(o.status === "rejected" && String((o.reason as Error).message)).toMatch(/ENAMETOOLONG/)
+    expect((await fsp.readdir(root)).sort()).toEqual(["fan-a", "fan-b", "new"])
+    for (const d of ["new", "fan-a", "fan-b"]) expect(await fsp.readdir(path.join(root, d))).toEqual([])
+    await store.close()
+  })
+
   it("rejects a path deeper than 1024 levels made of shared subtrees (two levels breadth first)", async () => {
     const store = await newStore()
     const dirMeta = { mode: 0o755, mtime: "0", uid: 0, gid: 0, size: 0 }
