@@ -472,7 +472,14 @@ class Restorer {
       d.bytesTotal = bytesTotal
       if (d.stage === undefined) for (const dir of dirs) await this.makeDir(d, dir.rel)
     })
-    ;[this.locs] = await Promise.all([locating, this.makeStagedDirs(dirs)])
+    // the staged directories are made while the chunks are located, and settle even if that fails: nothing may
+    // still write in a stage once it is moved out of
+    const making = this.makeStagedDirs(dirs)
+    try {
+      this.locs = await locating
+    } finally {
+      await making
+    }
     if (this.live().length === 0) return
     const fanout = this.live()
     await this.restoreFiles(
