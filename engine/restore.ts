@@ -331,24 +331,18 @@ class Restorer {
       throwIfAborted(this.opts.signal)
       const [first, expect] = group[0]!
       const src = this.cache!.file(this.cacheKey(first.entry))
-      const files = group.map(([job]): WholeFile & { at: string } => {
-        const final = this.abs(job.dest, job.rel)
-        const e = job.entry
-        const at = this.writeAt(job.dest, final)
-        return { at, ...(at !== final ? { temp: at } : {}), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
-      })
+      const files = group.map(([job]) => this.wholeFile(job, this.abs(job.dest, job.rel)))
       let placed: boolean[]
       try {
         if (this.opts.overwrite) for (const [job] of group) await this.clearWay(job.dest, job.rel, false)
         if (this.writers) {
-          const [head, ...copies] = files.map(({ at, ...f }) => f) as [WholeFile, ...WholeFile[]]
-          const { mode, mtime, owner } = head
-          placed = await this.writers.place({ src, ...(head.temp ? { temp: head.temp } : {}), final: head.final, link, expect, ...(link ? {} : { meta: { mode, mtime, ...(owner ? { owner } : {}) }, copies }) })
+          const [{ mode, mtime, owner, ...head }, ...copies] = files as [WholeFile, ...WholeFile[]]
+          placed = await this.writers.place({ src, ...head, link, expect, ...(link ? {} : { meta: { mode, mtime, ...(owner ? { owner } : {}) }, copies }) })
         } else {
           placed = this.placeInline(src, link, expect, group.map(([job]) => job), files)
         }
       } catch {
-        for (const f of files) await fsp.rm(f.at, { force: true })
+        for (const f of files) await fsp.rm(writtenAt(f), { force: true })
         placed = files.map(() => false)
       }
       for (const [i, [job]] of group.entries()) {
@@ -366,21 +360,22 @@ class Restorer {
   }
 
   /** fromCache without writer threads: the entry copied and checked into the first file's temp (or in the stage), the others copied from it. */
-  private placeInline(src: string, link: boolean, expect: ExpectedContent, jobs: FileJob[], files: Array<WholeFile & { at: string }>): boolean[] {
-    const [head, ...copies] = files as [WholeFile & { at: string }, ...Array<WholeFile & { at: string }>]
-    if (!placeEntry(src, head.at, link, expect)) return files.map(() => false)
-    const finish = (f: WholeFile & { at: string }, job: FileJob, from?: string): boolean => {
+  private placeInline(src: string, link: boolean, expect: ExpectedContent, jobs: FileJob[], files: WholeFile[]): boolean[] {
+    const [head, ...copies] = files as [WholeFile, ...WholeFile[]]
+    if (!placeEntry(src, writtenAt(head), link, expect)) return files.map(() => false)
+    const finish = (f: WholeFile, job: FileJob, from?: string): boolean => {
+      const at = writtenAt(f)
       try {
-        if (from !== undefined) fs.copyFileSync(from, f.at, fs.constants.COPYFILE_EXCL)
-        if (!link) this.setMeta(f.at, job.entry, false)
-        if (f.at !== f.final) fs.renameSync(f.at, f.final)
+        if (from !== undefined) fs.copyFileSync(from, at, fs.constants.COPYFILE_EXCL)
+        if (!link) this.setMeta(at, job.entry, false)
+        if (f.temp !== undefined) fs.renameSync(f.temp, f.final)
         return true
       } catch {
-        fs.rmSync(f.at, { force: true })
+        fs.rmSync(at, { force: true })
         return false
       }
     }
-    const copied = copies.map((f, i) => finish(f, jobs[i + 1]!, head.at))
+    const copied = copies.map((f, i) => finish(f, jobs[i + 1]!, writtenAt(head)))
     return [finish(head, jobs[0]!), ...copied]
   }
 
@@ -638,6 +633,13 @@ class Restorer {
     return d.stage !== undefined ? final : tempName(final)
   }
 
+  /** A whole file as the writers take it: written at writeAt's place, with the entry's metadata. */
+  private wholeFile(job: FileJob, final: string): WholeFile {
+    const at = this.writeAt(job.dest, final)
+    const e = job.entry
+    return { ...(at !== final ? { temp: at } : {}), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+  }
+
   /**
    * Moves a staged destination's entries into it and removes the stage; from
    * then on its paths are the destination's own. Directories are still
@@ -890,10 +892,9 @@ class Restorer {
       rawLength: r.loc.rawLength,
       files: r.targets.map((t): WriteFile => {
         if (t.job.entry.chunks!.length > 1) return { part: t.job.temp!, offset: t.offset }
-        const final = this.abs(t.job.dest, t.job.rel)
-        t.job.temp = this.writeAt(t.job.dest, final)
-        const e = t.job.entry
-        return { ...(t.job.temp !== final ? { temp: t.job.temp } : {}), final, mode: e.mode, mtime: utimesSeconds(BigInt(e.mtime)), ...(this.needsChown(e) ? { owner: { uid: e.uid, gid: e.gid } } : {}) }
+        const file = this.wholeFile(t.job, this.abs(t.job.dest, t.job.rel))
+        t.job.temp = writtenAt(file)
+        return file
       }),
     }))
     let outcomes: (BlobOutcome | undefined)[]
@@ -1126,6 +1127,11 @@ const TEMP_NAME_BYTES = TEMP_PREFIX.length + 13 + ".tmp".length
 const STAGE_NAME_BYTES = TEMP_PREFIX.length + 13 + ".stage".length
 /** The longest path the kernel takes, without its terminating NUL (PATH_MAX: 4096 on Linux, 1024 on macOS). */
 const PATH_MAX_BYTES = (process.platform === "darwin" ? 1024 : 4096) - 1
+
+/** Where a WholeFile is written: its temp name, or (in a stage) its final one. */
+function writtenAt(f: WholeFile): string {
+  return f.temp ?? f.final
+}
 
 function tempName(final: string): string {
   return `${final.slice(0, final.lastIndexOf("/") + 1)}${TEMP_PREFIX}${(tempCount++).toString(36)}.tmp`
