@@ -5,6 +5,7 @@
 // reference is faster). The reference is cairn; when cairn was not measured
 // the first measured tool stands in, and the chart's title says so.
 
+import { floorMs, type Floor, type FloorSteps } from "./floor.js"
 import { summarize, verificationLabel } from "./harness.js"
 import type { ScenarioResult } from "./scenarios.js"
 
@@ -36,6 +37,8 @@ export interface Report {
   tools: Array<{ name: string; ok: boolean; version: string; note?: string }>
   corpora: CorpusInfo[]
   results: ScenarioResult[]
+  /** per corpus: the least CPU time the format asks (floor.ts); absent in reports before it */
+  floors?: Floor[]
   micro: MicroResult[]
   notes: string[]
 }
@@ -100,6 +103,7 @@ export function renderMarkdown(report: Report): string {
       out.push("")
     }
   }
+  if (report.floors?.length) out.push(...renderFloors(report))
   const failed = report.results.filter((r) => r.verification && !r.verification.ok)
   if (failed.length) {
     out.push("## Verification details", "")
@@ -117,6 +121,49 @@ export function renderMarkdown(report: Report): string {
     out.push("")
   }
   return out.join("\n")
+}
+
+/**
+ * The time targets of issues #3 and #4 that a floor bears on: at most `times`
+ * the median of `tool` in the same scenario.
+ */
+export const TARGETS: Record<"first" | "restore", ReadonlyArray<{ tool: string; times: number }>> = {
+  first: [{ tool: "borg", times: 0.8 }],
+  restore: [
+    { tool: "cp", times: 1.2 },
+    { tool: "restic", times: 0.4 },
+  ],
+}
+
+/** Each corpus's floors beside cairn's time and the targets: how far above its floor each is. */
+export function renderFloors(report: Report): string[] {
+  const out = [
+    "## Floors",
+    "",
+    "The least CPU time the format asks of this machine (bench/floor.ts): each step a snapshot or a restore cannot skip, done alone on one thread with cairn's own primitives, summed and spread over the cores. No schedule of that work ends sooner; a target below its floor cannot be met with this format here.",
+    "",
+    "| corpus | operation | steps, s of one thread | floor s | cairn s (x floor) | targets s (x floor) |",
+    "|---|---|---|---:|---:|---|",
+  ]
+  const over = (ms: number, floor: number): string => (Number.isFinite(ms) ? `${secs(ms)} (${(ms / floor).toFixed(2)}x)` : "–")
+  for (const f of report.floors ?? []) {
+    const rows: Array<[keyof typeof TARGETS, string, FloorSteps]> = [
+      ["first", "first snapshot", f.snapshot],
+      ["restore", "restore", f.restore],
+    ]
+    for (const [scenario, what, steps] of rows) {
+      const floor = floorMs(steps, f.cores)
+      const med = (tool: string): number => median(report.results.find((r) => r.corpus === f.corpus && r.tool === tool && r.scenario === scenario))
+      const targets = TARGETS[scenario]
+        .map((t) => ({ ...t, ms: t.times * med(t.tool) }))
+        .filter((t) => Number.isFinite(t.ms))
+        .map((t) => `${t.times}x ${t.tool}: ${over(t.ms, floor)}${t.ms < floor ? ", below the floor" : ""}`)
+      const stepList = Object.entries(steps).map(([k, v]) => `${k} ${secs(v)}`).join(" + ")
+      out.push(`| ${f.corpus} | ${what} | ${stepList} | ${secs(floor)} | ${over(med("cairn"), floor)} | ${targets.join("; ") || "–"} |`)
+    }
+  }
+  out.push("")
+  return out
 }
 
 const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")

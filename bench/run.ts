@@ -1,17 +1,18 @@
 // Entry point of `npm run bench`: generates (or reuses) the corpora, runs the
-// scenarios for every available tool, the micro-benchmarks, and writes
-// report.md, report.json and chart.svg.
+// scenarios for every available tool, each corpus's floors (floor.ts), the
+// micro-benchmarks, and writes report.md, report.json and chart.svg.
 //
 //   npm run bench -- [--quick] [--only cairn,restic,...] [--scenario first,restore,...]
 //                    [--corpus workspace,small-files,large] [--reps N] [--no-micro]
-//                    [--micro-only] [--out bench/out]
+//                    [--no-floor] [--micro-only] [--out bench/out]
 
 import { statfsSync } from "node:fs"
 import { cpus, loadavg, totalmem } from "node:os"
 import { mkdir, rm, writeFile } from "node:fs/promises"
 import { join, resolve } from "node:path"
 import { PROJECT_ROOT, largeCorpus, smallFilesCorpus, workspaceCorpus, type Corpus } from "./corpora.js"
-import { emptyTrash, settleDeletes, trashRoom, useTrash } from "./harness.js"
+import { describeFloor, measureFloor, type Floor } from "./floor.js"
+import { emptyTrash, removeTree, settleDeletes, trashRoom, useTrash } from "./harness.js"
 import { runMicro } from "./micro.js"
 import { renderChart, renderMarkdown, type Report } from "./report.js"
 import { Collector, SCENARIOS, runBasicRep, runHistory, type ScenarioOptions, type ScenarioResult } from "./scenarios.js"
@@ -25,15 +26,16 @@ interface Args {
   reps?: number
   history?: number
   micro: boolean
+  floor: boolean
   microOnly: boolean
   out: string
 }
 
 const USAGE = `usage: npm run bench -- [--quick] [--only ${ALL_TOOLS.join(",")}] [--scenario ${SCENARIOS.join(",")}]
-                      [--corpus workspace,small-files,large] [--reps N] [--history N] [--no-micro] [--micro-only] [--out DIR]`
+                      [--corpus workspace,small-files,large] [--reps N] [--history N] [--no-micro] [--no-floor] [--micro-only] [--out DIR]`
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, micro: true, microOnly: false, out: join(PROJECT_ROOT, "bench", "out") }
+  const a: Args = { quick: false, micro: true, floor: true, microOnly: false, out: join(PROJECT_ROOT, "bench", "out") }
   const list = (v: string | undefined, flag: string): Set<string> => {
     if (!v) throw new Error(`${flag} needs a value\n${USAGE}`)
     return new Set(v.split(",").map((s) => s.trim()).filter(Boolean))
@@ -66,6 +68,9 @@ function parseArgs(argv: string[]): Args {
         break
       case "--no-micro":
         a.micro = false
+        break
+      case "--no-floor":
+        a.floor = false
         break
       case "--micro-only":
         a.microOnly = true
@@ -192,6 +197,7 @@ async function main(): Promise<void> {
 
   // Scenarios
   const results: ScenarioResult[] = []
+  const floors: Floor[] = []
   const baseOpts: ScenarioOptions = {
     verifyFanout: p.verifyFanout,
     historyLength: args.history ?? p.historyLength,
@@ -213,6 +219,14 @@ async function main(): Promise<void> {
       })
       const only = args.scenarios ?? (p.scenarios[kind] ? new Set(p.scenarios[kind]) : undefined)
       const opts = { ...baseOpts, ...(only ? { only } : {}) }
+      if (args.floor) {
+        // first, while no deletion has freed inodes that the written files would meet (see harness.ts)
+        const writeTo = join(workDir, `floor-${corpus.name}`)
+        const floor = measureFloor(corpus.dir, { corpus: corpus.name, writeTo })
+        await removeTree(writeTo)
+        for (const line of describeFloor(floor)) log(`floor ${line.trim()}`)
+        floors.push(floor)
+      }
       const collectors = new Map(chosen.map((a) => [a.tool.name, new Collector(a.tool, corpus)]))
       // repetition r of every tool before repetition r+1 of any: this VM's speed drifts by 20-30% within an
       // hour, and run one tool after another, a slow stretch fell on whichever tool it met
@@ -269,6 +283,7 @@ async function main(): Promise<void> {
     tools: availability.map((a) => ({ name: a.tool.name, ok: a.ok, version: a.version, ...(a.note ? { note: a.note } : {}) })),
     corpora: corpora.map((c) => ({ name: c.name, files: c.size.files, dirs: c.size.dirs, symlinks: c.size.symlinks, bytes: c.size.bytes, generatedMs: c.generatedMs, cached: c.cached })),
     results,
+    floors,
     micro,
     notes,
   }

@@ -94,7 +94,7 @@ export function sampleEntropy(data: Uint8Array): number {
  * bits/byte on 4 KiB is what random bytes give, text and code sit near 5,
  * binaries near 6).
  */
-function worthCompressing(data: Uint8Array): boolean {
+export function worthCompressing(data: Uint8Array): boolean {
   return data.length >= MIN_COMPRESS && (data.length <= SMALL_BLOB || sampleEntropy(data) <= ENTROPY_LIMIT)
 }
 

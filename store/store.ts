@@ -82,7 +82,7 @@ interface PendingBlob {
 
 export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024
 /** FastCDC sizes of a new repository: why 128 KiB, see FORMAT.md ("Why 128 KiB average"). */
-const DEFAULT_CHUNKER = { minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 512 * 1024 }
+export const DEFAULT_CHUNKER = { minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 512 * 1024 }
 
 /** Names what is wrong with a parsed record, or returns undefined when it is well formed. */
 export type RecordCheck = (value: unknown, name: string) => string | undefined

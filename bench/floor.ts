@@ -1,0 +1,197 @@
+// Floors: the least CPU time cairn's format asks of this machine for a
+// corpus, however well the pipeline around it is built.
+//
+// Each step that a snapshot or a restore cannot skip is done alone, on one
+// thread, with the very primitives cairn uses, and timed:
+//   snapshot: read every file (open, read, close); cut it with FastCDC (the
+//     WebAssembly loop, the repository's default sizes); hash every chunk
+//     (sha256); compress every distinct chunk the store would compress
+//     (brotli quality 1, the entropy test first, as store/codec.ts does).
+//   restore: decode every distinct compressed chunk; hash every distinct
+//     chunk again (a restore checks each one it writes); write every file
+//     into a new directory (create, write, set mtime, close).
+// Each step's sum over the corpus, divided by the cores, bounds the wall
+// time from below: the same work scheduled perfectly on every core could not
+// end sooner. Left out, so that the bound stays one: the scan, trees, the
+// index, packs and their writes, the stat cache, starting node and its
+// threads. A target under a floor cannot be met with this format on this
+// machine; a time far above one is overhead, and shows how much.
+//
+//   npx tsc -p tsconfig.json && node dist/bench/floor.js DIR [--cores N]
+
+import { closeSync, futimesSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync } from "node:fs"
+import { cpus, tmpdir } from "node:os"
+import { join } from "node:path"
+import { pathToFileURL } from "node:url"
+import zlib from "node:zlib"
+import { chunkLengths, gearTable, type ChunkerParams } from "../engine/fastcdc.js"
+import { blobDecoder, blobEncoder, COMPRESSED_AT_MOST } from "../store/codec-pool.js"
+import { CODEC_BROTLI, worthCompressing } from "../store/codec.js"
+import { hashBytes, type BlobId } from "../store/ids.js"
+import { DEFAULT_CHUNKER } from "../store/store.js"
+
+/** Milliseconds of one thread per step. */
+export interface FloorSteps {
+  [step: string]: number
+}
+
+export interface Floor {
+  corpus: string
+  /** regular files read (a hardlinked one once) */
+  files: number
+  bytes: number
+  chunks: number
+  distinct: number
+  /** distinct chunks stored compressed */
+  compressed: number
+  /** bytes of the distinct chunks as stored (compressed or not) */
+  storedBytes: number
+  cores: number
+  snapshot: { read: number; chunk: number; hash: number; compress: number }
+  restore: { decode: number; verify: number; write: number }
+}
+
+/** A floor in milliseconds of wall time: the steps' sum spread over the cores. */
+export function floorMs(steps: FloorSteps, cores: number): number {
+  return Object.values(steps).reduce((a, b) => a + b, 0) / cores
+}
+
+export interface FloorOptions {
+  corpus?: string
+  /** cores to spread the work over (default: this machine's) */
+  cores?: number
+  /** an empty or missing directory the restore step writes the files into */
+  writeTo: string
+  chunker?: ChunkerParams
+}
+
+const SEED = Buffer.alloc(32, 7)
+
+/** Measures the floors of a snapshot and a restore of the tree at `dir` (see the header). */
+export function measureFloor(dir: string, opts: FloorOptions): Floor {
+  const params = opts.chunker ?? DEFAULT_CHUNKER
+  const gear = gearTable(SEED)
+  const encode = blobEncoder(zlib)
+  const decode = blobDecoder(zlib)
+  const f: Floor = {
+    corpus: opts.corpus ?? dir,
+    files: 0,
+    bytes: 0,
+    chunks: 0,
+    distinct: 0,
+    compressed: 0,
+    storedBytes: 0,
+    cores: opts.cores ?? cpus().length,
+    snapshot: { read: 0, chunk: 0, hash: 0, compress: 0 },
+    restore: { decode: 0, verify: 0, write: 0 },
+  }
+  // one buffer for every file, as cairn's readers keep theirs: a fresh one per file would time page faults, not reads
+  let buffer = Buffer.allocUnsafeSlow(1 << 20)
+  const readWhole = (file: string, size: number): Buffer => {
+    if (buffer.length < size + 1) buffer = Buffer.allocUnsafeSlow(size + 1)
+    const fd = openSync(file, "r")
+    try {
+      let n = 0
+      for (let got = -1; got !== 0 && n < buffer.length; n += got) got = readSync(fd, buffer, n, buffer.length - n, n)
+      return buffer.subarray(0, n)
+    } finally {
+      closeSync(fd)
+    }
+  }
+  const seen = new Set<BlobId>()
+  const inodes = new Set<string>()
+  let t = performance.now()
+  /** ms since the last lap */
+  const lap = (): number => {
+    const now = performance.now()
+    const ms = now - t
+    t = now
+    return ms
+  }
+  const visit = (src: string, dest: string): void => {
+    lap()
+    mkdirSync(dest)
+    f.restore.write += lap()
+    for (const name of readdirSync(src).sort()) {
+      const from = join(src, name)
+      const st = lstatSync(from)
+      if (st.isDirectory()) {
+        visit(from, join(dest, name))
+        continue
+      }
+      if (!st.isFile()) continue
+      const inode = `${st.dev}:${st.ino}`
+      if (st.nlink > 1 && inodes.has(inode)) continue
+      inodes.add(inode)
+      lap()
+      const data = readWhole(from, st.size)
+      f.snapshot.read += lap()
+      const lengths = chunkLengths(data, params, gear)
+      f.snapshot.chunk += lap()
+      let at = 0
+      for (const length of lengths) {
+        const chunk = data.subarray(at, (at += length))
+        lap()
+        const id = hashBytes(chunk)
+        f.snapshot.hash += lap()
+        if (seen.has(id)) continue
+        seen.add(id)
+        const stored = worthCompressing(chunk) ? encode(CODEC_BROTLI, chunk) : chunk
+        const compressed = stored.length < chunk.length * COMPRESSED_AT_MOST
+        f.snapshot.compress += lap()
+        const raw = compressed ? decode(CODEC_BROTLI, stored, chunk.length) : stored
+        f.restore.decode += lap()
+        const again = hashBytes(raw)
+        f.restore.verify += lap()
+        if (again !== id) throw new Error(`floor: ${from}: a chunk did not decode to its own bytes`)
+        f.distinct++
+        f.storedBytes += stored.length
+        if (compressed) f.compressed++
+      }
+      lap()
+      const fd = openSync(join(dest, name), "wx", st.mode & 0o7777)
+      try {
+        for (let off = 0; off < data.length; ) off += writeSync(fd, data, off)
+        futimesSync(fd, st.atimeMs / 1000, st.mtimeMs / 1000)
+      } finally {
+        closeSync(fd)
+      }
+      f.restore.write += lap()
+      f.files++
+      f.bytes += data.length
+      f.chunks += lengths.length
+    }
+  }
+  visit(dir, opts.writeTo)
+  return f
+}
+
+const s = (ms: number): string => (ms / 1000).toFixed(2)
+
+/** One line per operation: its steps and its floor. */
+export function describeFloor(f: Floor): string[] {
+  const line = (what: string, steps: FloorSteps): string =>
+    `${what}: ${Object.entries(steps).map(([k, v]) => `${k} ${s(v)}`).join(" + ")} = ${s(floorMs(steps, 1))} s of one thread; floor ${s(floorMs(steps, f.cores))} s on ${f.cores} cores`
+  return [
+    `${f.corpus}: ${f.files} files, ${(f.bytes / 2 ** 20).toFixed(1)} MiB, ${f.chunks} chunks (${f.distinct} distinct, ${f.compressed} compressed, ${(f.storedBytes / 2 ** 20).toFixed(1)} MiB stored)`,
+    line("  snapshot", f.snapshot),
+    line("  restore", f.restore),
+  ]
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  const [dir, ...rest] = process.argv.slice(2)
+  const coresAt = rest.indexOf("--cores")
+  if (!dir) {
+    console.error("usage: node dist/bench/floor.js DIR [--cores N]  (the restore step writes a copy of DIR into a temporary directory, deleted at the end)")
+    process.exit(2)
+  }
+  const scratch = mkdtempSync(join(tmpdir(), "cairn-floor-"))
+  try {
+    const f = measureFloor(dir, { writeTo: join(scratch, "tree"), ...(coresAt >= 0 ? { cores: Number(rest[coresAt + 1]) } : {}) })
+    for (const l of describeFloor(f)) console.log(l)
+    console.log(JSON.stringify(f))
+  } finally {
+    rmSync(scratch, { recursive: true, force: true })
+  }
+}
