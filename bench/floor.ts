@@ -19,12 +19,13 @@
 //
 //   npx tsc -p tsconfig.json && node dist/bench/floor.js DIR [--cores N]
 
-import { closeSync, futimesSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync } from "node:fs"
+import { closeSync, futimesSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeSync, type Stats } from "node:fs"
 import { cpus, tmpdir } from "node:os"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
 import zlib from "node:zlib"
-import { chunkLengths, gearTable, type ChunkerParams } from "../engine/fastcdc.js"
+import { gearTable, resolve, wasmCutter, type ChunkerParams } from "../engine/fastcdc.js"
+import { CUT_WASM_BASE64 } from "../engine/fastcdc-wasm.js"
 import { blobDecoder, blobEncoder, COMPRESSED_AT_MOST } from "../store/codec-pool.js"
 import { CODEC_BROTLI, worthCompressing } from "../store/codec.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
@@ -66,11 +67,15 @@ export interface FloorOptions {
 }
 
 const SEED = Buffer.alloc(32, 7)
+/** Bytes read into the cutter's memory at a time: a chunk reader's span. */
+const WINDOW = 4 << 20
 
 /** Measures the floors of a snapshot and a restore of the tree at `dir` (see the header). */
 export function measureFloor(dir: string, opts: FloorOptions): Floor {
   const params = opts.chunker ?? DEFAULT_CHUNKER
-  const gear = gearTable(SEED)
+  const cut = resolve(params, gearTable(SEED))
+  const cutter = wasmCutter(CUT_WASM_BASE64)
+  if (!cutter) throw new Error("floor: this runtime has no WebAssembly, which cairn's chunk readers cut with")
   const encode = blobEncoder(zlib)
   const decode = blobDecoder(zlib)
   const f: Floor = {
@@ -85,19 +90,6 @@ export function measureFloor(dir: string, opts: FloorOptions): Floor {
     snapshot: { read: 0, chunk: 0, hash: 0, compress: 0 },
     restore: { decode: 0, verify: 0, write: 0 },
   }
-  // one buffer for every file, as cairn's readers keep theirs: a fresh one per file would time page faults, not reads
-  let buffer = Buffer.allocUnsafeSlow(1 << 20)
-  const readWhole = (file: string, size: number): Buffer => {
-    if (buffer.length < size + 1) buffer = Buffer.allocUnsafeSlow(size + 1)
-    const fd = openSync(file, "r")
-    try {
-      let n = 0
-      for (let got = -1; got !== 0 && n < buffer.length; n += got) got = readSync(fd, buffer, n, buffer.length - n, n)
-      return buffer.subarray(0, n)
-    } finally {
-      closeSync(fd)
-    }
-  }
   const seen = new Set<BlobId>()
   const inodes = new Set<string>()
   let t = performance.now()
@@ -108,6 +100,73 @@ export function measureFloor(dir: string, opts: FloorOptions): Floor {
     t = now
     return ms
   }
+  /** Hashes a chunk; a new one is compressed, decoded and checked as a snapshot and a restore would. */
+  const store = (chunk: Uint8Array, where: string): void => {
+    lap()
+    const id = hashBytes(chunk)
+    f.snapshot.hash += lap()
+    f.chunks++
+    if (seen.has(id)) return
+    seen.add(id)
+    const stored = worthCompressing(chunk) ? encode(CODEC_BROTLI, chunk) : chunk
+    const compressed = stored.length < chunk.length * COMPRESSED_AT_MOST
+    f.snapshot.compress += lap()
+    const raw = compressed ? decode(CODEC_BROTLI, stored, chunk.length) : stored
+    f.restore.decode += lap()
+    const again = hashBytes(raw)
+    f.restore.verify += lap()
+    if (again !== id) throw new Error(`floor: ${where}: a chunk did not decode to its own bytes`)
+    f.distinct++
+    f.storedBytes += stored.length
+    if (compressed) f.compressed++
+  }
+  /**
+   * Reads a file window by window straight into the cutter's memory, as
+   * cairn's chunk readers read spans (no copy, no new memory per file), cuts
+   * it, stores its chunks and writes it out; the bytes after a window's last
+   * cut move to the window's front.
+   */
+  const copyFile = (from: string, to: string, st: Stats): void => {
+    lap()
+    const src = openSync(from, "r")
+    f.snapshot.read += lap()
+    const dest = openSync(to, "wx", st.mode & 0o7777)
+    f.restore.write += lap()
+    try {
+      let have = 0
+      for (let eof = false; !eof || have > 0; ) {
+        const mem = cutter.view(WINDOW)
+        lap()
+        while (!eof && have < WINDOW) {
+          const n = readSync(src, mem, have, WINDOW - have, null)
+          if (n === 0) eof = true
+          have += n
+          f.bytes += n
+        }
+        f.snapshot.read += lap()
+        const cuts: number[] = []
+        for (let at = 0; at < have && (eof || have - at >= params.maxSize); ) cuts.push((at += cutter.cut(at, have, cut)))
+        f.snapshot.chunk += lap()
+        let done = 0
+        for (const end of cuts) store(mem.subarray(done, (done = end)), from)
+        lap()
+        for (let off = 0; off < done; ) off += writeSync(dest, mem, off, done - off)
+        f.restore.write += lap()
+        mem.copyWithin(0, done, have)
+        have -= done
+      }
+      lap()
+      futimesSync(dest, st.atimeMs / 1000, st.mtimeMs / 1000)
+      f.restore.write += lap()
+    } finally {
+      lap()
+      closeSync(src)
+      f.snapshot.read += lap()
+      closeSync(dest)
+      f.restore.write += lap()
+    }
+    f.files++
+  }
   const visit = (src: string, dest: string): void => {
     lap()
     mkdirSync(dest)
@@ -115,51 +174,11 @@ export function measureFloor(dir: string, opts: FloorOptions): Floor {
     for (const name of readdirSync(src).sort()) {
       const from = join(src, name)
       const st = lstatSync(from)
-      if (st.isDirectory()) {
-        visit(from, join(dest, name))
-        continue
+      if (st.isDirectory()) visit(from, join(dest, name))
+      else if (st.isFile() && !(st.nlink > 1 && inodes.has(`${st.dev}:${st.ino}`))) {
+        inodes.add(`${st.dev}:${st.ino}`)
+        copyFile(from, join(dest, name), st)
       }
-      if (!st.isFile()) continue
-      const inode = `${st.dev}:${st.ino}`
-      if (st.nlink > 1 && inodes.has(inode)) continue
-      inodes.add(inode)
-      lap()
-      const data = readWhole(from, st.size)
-      f.snapshot.read += lap()
-      const lengths = chunkLengths(data, params, gear)
-      f.snapshot.chunk += lap()
-      let at = 0
-      for (const length of lengths) {
-        const chunk = data.subarray(at, (at += length))
-        lap()
-        const id = hashBytes(chunk)
-        f.snapshot.hash += lap()
-        if (seen.has(id)) continue
-        seen.add(id)
-        const stored = worthCompressing(chunk) ? encode(CODEC_BROTLI, chunk) : chunk
-        const compressed = stored.length < chunk.length * COMPRESSED_AT_MOST
-        f.snapshot.compress += lap()
-        const raw = compressed ? decode(CODEC_BROTLI, stored, chunk.length) : stored
-        f.restore.decode += lap()
-        const again = hashBytes(raw)
-        f.restore.verify += lap()
-        if (again !== id) throw new Error(`floor: ${from}: a chunk did not decode to its own bytes`)
-        f.distinct++
-        f.storedBytes += stored.length
-        if (compressed) f.compressed++
-      }
-      lap()
-      const fd = openSync(join(dest, name), "wx", st.mode & 0o7777)
-      try {
-        for (let off = 0; off < data.length; ) off += writeSync(fd, data, off)
-        futimesSync(fd, st.atimeMs / 1000, st.mtimeMs / 1000)
-      } finally {
-        closeSync(fd)
-      }
-      f.restore.write += lap()
-      f.files++
-      f.bytes += data.length
-      f.chunks += lengths.length
     }
   }
   visit(dir, opts.writeTo)
