@@ -23,6 +23,12 @@
 // window (or the end of the file) is in the buffer, and returns where it
 // stopped: the next request starts there. Each reply carries the file's
 // fstat, so the caller notices a file replaced or rewritten between requests.
+//
+// Small files go to the readers too, many to a message (readSmallFiles):
+// each is read whole, cut and hashed there, and all their bytes come back
+// in one buffer, so that the main thread, which spent its system calls and
+// a hash on each of a workspace's thousands of small files, only stores
+// their chunks.
 
 import fs, { constants as fsConstants } from "node:fs"
 import os from "node:os"
@@ -50,6 +56,16 @@ const SPAN = 4 << 20
  */
 const spare = new SpareBuffers(2)
 
+/**
+ * A small-file batch's reply buffer: large enough for what storeSmallBatches
+ * (snapshot.ts) asks at a time (a MiB of files, and a byte past each), and
+ * kept for the next batch, as span buffers are (SMALL_SPARE of them: the
+ * batches in flight, and one more). A larger batch gets a buffer of its own.
+ */
+const SMALL_REPLY = (1 << 20) + 4096
+const SMALL_SPARE = 3
+const smallSpare = new SpareBuffers(SMALL_SPARE, (b) => b.byteLength >= SMALL_REPLY)
+
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const fs = require("node:fs")
@@ -75,7 +91,48 @@ function replyBuffer(job, size, want) {
   // a whole request's size, so that it can serve any later one; a small file's tail gets its own size
   return size > want / 2 ? new Uint8Array(new ArrayBuffer(want), 0, size) : new Uint8Array(size)
 }
+// small files, whole: each read (one byte past its size, to notice growth), cut and hashed in the cutter's
+// memory, then copied into the reply after the ones before it; a file that cannot be read is reported by code
+function readSmall(job) {
+  const r = job.r
+  const total = job.files.reduce((t, f) => t + f.size + 1, 0)
+  const out = job.give && job.give.byteLength >= total ? new Uint8Array(job.give, 0, total) : new Uint8Array(new ArrayBuffer(Math.max(total, job.keep)), 0, total)
+  let at = 0
+  const files = job.files.map((f) => {
+    let fd
+    try {
+      fd = fs.openSync(f.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
+      const want = f.size + 1
+      const buf = wasm ? wasm.view(want) : new Uint8Array(want)
+      let n = 0
+      for (;;) {
+        const k = fs.readSync(fd, buf, n, want - n, null)
+        if (k === 0) break
+        n += k
+        if (n === want) break
+      }
+      const st = fs.fstatSync(fd, { bigint: true })
+      const lengths = []
+      const ids = []
+      for (let pos = 0; pos < n; ) {
+        const len = wasm ? wasm.cut(pos, n, r) : jsCut(buf, pos, n, r)
+        ids.push(createHash("sha256").update(buf.subarray(pos, pos + len)).digest("hex"))
+        lengths.push(len)
+        pos += len
+      }
+      out.set(buf.subarray(0, n), at)
+      at += n
+      return { lengths, ids, stat: { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() } }
+    } catch (err) {
+      return { error: String((err && err.message) || err), code: err && err.code }
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd)
+    }
+  })
+  parentPort.postMessage({ id: job.id, buffer: out.buffer, files }, [out.buffer])
+}
 parentPort.on("message", (job) => {
+  if (job.op === "small") return readSmall(job)
   const given = job.give
   let fd
   try {
@@ -299,6 +356,60 @@ export async function* chunkFile(
       },
     }
     if (done) return
+  }
+}
+
+/** A small file as a reader read it whole, or why it could not. */
+export type SmallRead =
+  | {
+      /** the file's bytes as read (at most one past the size asked for: more means it grew) */
+      bytes: Uint8Array
+      lengths: number[]
+      ids: BlobId[]
+      /** the file's fstat after the read */
+      stat: FileStat
+    }
+  | { error: string; code?: string }
+
+interface SmallReply {
+  buffer: ArrayBuffer
+  files: Array<{ lengths: number[]; ids: BlobId[]; stat: Reply["stat"] } | { error: string; code?: string }>
+}
+
+/** The files of a small-file batch, in the order asked, and the release of the buffer under their bytes. */
+export interface SmallBatch {
+  files: SmallRead[]
+  /** Gives the buffer under the files' bytes back for a later batch: call it once no view of them is used (their chunks are stored). */
+  release(): void
+}
+
+/**
+ * Reads small files whole on a reader thread, each cut into chunks and
+ * hashed there (as chunkLengths and hashBytes would on this thread), all
+ * in one message: what the calling thread would spend per file on its
+ * system calls and hashing moves to a reader. Reads one byte past each
+ * size, so that a file that grew shows it; a file that cannot be read
+ * comes back as its error (with its code: ENOENT, ELOOP if it became a
+ * symlink, ...).
+ */
+export async function readSmallFiles(files: ReadonlyArray<{ path: string; size: number }>, params: ChunkerParams, gear: Uint32Array): Promise<SmallBatch> {
+  const give = smallSpare.take()
+  const reply = await pool().run<SmallReply & Record<string, unknown>>({ op: "small", files, r: resolve(params, gear), give, keep: SMALL_REPLY }, give ? [give] : [])
+  const all = new Uint8Array(reply.buffer)
+  let at = 0
+  let released = false
+  return {
+    files: reply.files.map((f) => {
+      if ("error" in f) return f
+      const size = f.lengths.reduce((t, n) => t + n, 0)
+      const s = f.stat
+      const bytes = all.subarray(at, (at += size))
+      return { bytes, lengths: f.lengths, ids: f.ids, stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile } }
+    }),
+    release: () => {
+      if (!released) smallSpare.give(reply.buffer)
+      released = true
+    },
   }
 }
 

@@ -189,18 +189,17 @@ export class Ingestor {
 
   /** Stores one whole in-memory file (small files take this path). */
   async ingestBuffer(data: Uint8Array): Promise<BlobId[]> {
-    const chunks: BlobId[] = []
-    const puts: Promise<void>[] = []
+    const lengths = data.length === 0 ? [] : chunkLengths(data, this.params, this.gear)
     let at = 0
-    for (const len of data.length === 0 ? [] : chunkLengths(data, this.params, this.gear)) {
-      const piece = data.subarray(at, at + len)
-      at += len
-      const id = hashBytes(piece)
-      chunks.push(id)
-      puts.push(this.putChunk(BLOB_DATA, id, piece))
-    }
-    await Promise.all(puts)
-    return chunks
+    const ids = lengths.map((len) => hashBytes(data.subarray(at, (at += len))))
+    return this.ingestChunks(data, lengths, ids)
+  }
+
+  /** Stores one whole in-memory file already cut (`lengths`) and hashed (`ids`), as a chunk reader gives a small file. */
+  async ingestChunks(data: Uint8Array, lengths: readonly number[], ids: readonly BlobId[]): Promise<BlobId[]> {
+    let at = 0
+    await Promise.all(ids.map((id, k) => this.putChunk(BLOB_DATA, id, data.subarray(at, (at += lengths[k]!)))))
+    return [...ids]
   }
 
   /** Accounts for a blob the repository is known to hold (reused from a previous snapshot without reading). */

@@ -4,7 +4,7 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { chunkFile } from "../../engine/chunk-reader.js"
+import { chunkFile, readSmallFiles } from "../../engine/chunk-reader.js"
 import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
@@ -133,5 +133,68 @@ describe("chunkFile", () => {
     await expect(readAll(path.join(dir, "missing"))).rejects.toMatchObject({ code: "ENOENT" })
     await fsp.symlink(file, path.join(dir, "link"))
     await expect(readAll(path.join(dir, "link"))).rejects.toMatchObject({ code: "ELOOP" }) // never follows a symlink
+  })
+})
+
+describe("readSmallFiles", () => {
+  it("gives each file's bytes, boundaries and ids as one pass of the chunker over it, and each failure's code", async () => {
+    const dir = await tempDir()
+    const sizes = [0, 1, PARAMS.minSize - 1, PARAMS.minSize + 1, 3 * PARAMS.maxSize + 17, 100_000]
+    const datas = sizes.map((n, i) => (i % 2 ? textBytes(`s${i}`, n) : seededBytes(`s${i}`, n)))
+    const files = await Promise.all(
+      datas.map(async (data, i) => {
+        const file = path.join(dir, `f${i}`)
+        await fsp.writeFile(file, data)
+        return { path: file, size: data.length }
+      }),
+    )
+    await fsp.symlink(files[1]!.path, path.join(dir, "link"))
+    // a file that grew after it was seen: one byte past the size asked for shows it
+    const grown = { path: files[5]!.path, size: 50_000 }
+    const batch = await readSmallFiles([...files, { path: path.join(dir, "gone"), size: 5 }, { path: path.join(dir, "link"), size: 1 }, grown], PARAMS, GEAR)
+    const reads = batch.files
+    expect(reads).toHaveLength(files.length + 3)
+    datas.forEach((data, i) => {
+      const r = reads[i]!
+      if ("error" in r) throw new Error(`f${i}: ${r.error}`)
+      expect(Buffer.from(r.bytes).equals(data)).toBe(true)
+      const lengths = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
+      expect(r.lengths).toEqual(lengths)
+      let at = 0
+      expect(r.ids).toEqual(lengths.map((n) => hashBytes(data.subarray(at, (at += n)))))
+      expect(r.stat.size).toBe(BigInt(data.length))
+      expect(r.stat.isFile).toBe(true)
+    })
+    expect(reads[files.length]).toMatchObject({ code: "ENOENT" })
+    expect(reads[files.length + 1]).toMatchObject({ code: "ELOOP" })
+    const g = reads[files.length + 2]!
+    if ("error" in g) throw new Error(g.error)
+    expect(g.bytes.length).toBe(50_001)
+    expect(Buffer.from(g.bytes).equals(datas[5]!.subarray(0, 50_001))).toBe(true)
+    expect(g.stat.size).toBe(100_000n)
+  })
+})
+
+describe("readSmallFiles buffers", () => {
+  it("a batch's buffer given back carries the next batch, whose bytes are exact; one not given back stays the caller's", async () => {
+    const dir = await tempDir()
+    const one = path.join(dir, "one")
+    const two = path.join(dir, "two")
+    await fsp.writeFile(one, textBytes("one", 40_000))
+    await fsp.writeFile(two, seededBytes("two", 30_000))
+    const first = await readSmallFiles([{ path: one, size: 40_000 }], PARAMS, GEAR)
+    const kept = first.files[0]!
+    if ("error" in kept) throw new Error(kept.error)
+    const second = await readSmallFiles([{ path: two, size: 30_000 }], PARAMS, GEAR)
+    // not given back: the first batch's bytes are still there
+    expect(Buffer.from(kept.bytes).equals(textBytes("one", 40_000))).toBe(true)
+    first.release()
+    const third = await readSmallFiles([{ path: one, size: 40_000 }], PARAMS, GEAR)
+    second.release()
+    // given back: the buffer went to the reader with the third batch, and its old views are gone
+    expect(kept.bytes.byteLength).toBe(0)
+    const got = third.files[0]!
+    if ("error" in got) throw new Error(got.error)
+    expect(Buffer.from(got.bytes).equals(textBytes("one", 40_000))).toBe(true)
   })
 })
