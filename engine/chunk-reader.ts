@@ -91,6 +91,10 @@ function replyBuffer(job, size, want) {
   // a whole request's size, so that it can serve any later one; a small file's tail gets its own size
   return size > want / 2 ? new Uint8Array(new ArrayBuffer(want), 0, size) : new Uint8Array(size)
 }
+// a bigint fstat as the message carries it
+function statOf(st) {
+  return { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
+}
 // small files, whole: each read (one byte past its size, to notice growth), cut and hashed in the cutter's
 // memory, then copied into the reply after the ones before it; a file that cannot be read is reported by code
 function readSmall(job) {
@@ -122,7 +126,7 @@ function readSmall(job) {
       }
       out.set(buf.subarray(0, n), at)
       at += n
-      return { lengths, ids, stat: { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() } }
+      return { lengths, ids, stat: statOf(st) }
     } catch (err) {
       return { error: String((err && err.message) || err), code: err && err.code }
     } finally {
@@ -158,7 +162,7 @@ parentPort.on("message", (job) => {
       lengths.push(len)
       pos += len
     }
-    const stat = { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
+    const stat = statOf(st)
     // chunks the caller knows (their ids' first 32 bits are in job.known) leave without their bytes
     const elided = []
     if (job.known) for (let k = 0; k < lengths.length; k++) if (sortedHas(job.known, parseInt(ids[k].slice(0, 8), 16))) elided.push(k)
@@ -342,13 +346,12 @@ export async function* chunkFile(
       current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos)
       ahead = request(current.from + span)
     }
-    const s = reply.stat
     let released = false
     yield {
       lengths: batch.lengths,
       ids: batch.ids,
       bytes: batch.bytes,
-      stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile },
+      stat: fileStat(reply.stat),
       release: () => {
         if (released) return
         released = true
@@ -402,15 +405,19 @@ export async function readSmallFiles(files: ReadonlyArray<{ path: string; size: 
     files: reply.files.map((f) => {
       if ("error" in f) return f
       const size = f.lengths.reduce((t, n) => t + n, 0)
-      const s = f.stat
       const bytes = all.subarray(at, (at += size))
-      return { bytes, lengths: f.lengths, ids: f.ids, stat: { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile } }
+      return { bytes, lengths: f.lengths, ids: f.ids, stat: fileStat(f.stat) }
     }),
     release: () => {
       if (!released) smallSpare.give(reply.buffer)
       released = true
     },
   }
+}
+
+/** A reader's fstat as its message carries it, as a FileStat. */
+function fileStat(s: Reply["stat"]): FileStat {
+  return { size: BigInt(s.size), mtimeNs: BigInt(s.mtimeNs), ctimeNs: BigInt(s.ctimeNs), ino: BigInt(s.ino), mode: s.mode, isFile: s.isFile }
 }
 
 /** The first 32 bits of each id, sorted, in shared memory: every request of a file passes it without a copy. */
