@@ -61,7 +61,7 @@ export interface FloorOptions {
   corpus?: string
   /** cores to spread the work over (default: this machine's) */
   cores?: number
-  /** an empty or missing directory the restore step writes the files into */
+  /** a directory that does not exist yet: the restore step makes it and writes the files into it (an existing one is refused, EEXIST) */
   writeTo: string
   chunker?: ChunkerParams
 }
