@@ -4,6 +4,7 @@
 // reading every file on the main thread.
 import { promises as fsp } from "node:fs"
 import path from "node:path"
+import fc from "fast-check"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import * as reader from "../../engine/chunk-reader.js"
 import { restoreSnapshot } from "../../engine/restore.js"
@@ -83,6 +84,39 @@ describe("small files read in batches", () => {
     // (d2's mtime changed with the deletion, after the scan had seen it)
     expect(await describeTree(dest, { mtimes: false })).toEqual(await describeTree(src, { mtimes: false }))
     await store.close()
+  })
+
+  it("property: for any tree of small files, the batches store what the main thread would (same root tree), and the restore is the tree", async () => {
+    // sizes around the chunker's minimum and the batches' limits (a MiB, 128 files), empty files, duplicates
+    const size = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 300 }), fc.integer({ min: 32_000, max: 33_600 }), fc.integer({ min: 60_000, max: 262_144 }))
+    const file = fc.record({ size, kind: fc.constantFrom("text", "random", "dup") })
+    await fc.assert(
+      fc.asyncProperty(fc.array(file, { minLength: 256, maxLength: 300 }), fc.integer({ min: 1, max: 6 }), async (files, dirs) => {
+        const src = await tempDir()
+        const spec: DirSpec = {}
+        files.forEach((f, i) => {
+          const dir = `d${i % dirs}`
+          const body = f.kind === "dup" ? textBytes("dup", f.size) : f.kind === "text" ? textBytes(`t${i}`, f.size) : seededBytes(`r${i}`, f.size)
+          const sub = (spec[dir] ??= { dir: {} }) as { dir: DirSpec }
+          sub.dir[`f${i}`] = { file: body }
+        })
+        await buildTree(src, spec)
+        readSmall.mockImplementation(actual.readSmallFiles)
+        const store = await setup()
+        const calls = readSmall.mock.calls.length
+        const { snapshot, warnings } = await createSnapshot(store, src)
+        expect(warnings).toEqual([])
+        expect(readSmall.mock.calls.length).toBeGreaterThan(calls)
+        readSmall.mockImplementation(async (asked) => ({ files: asked.map(() => ({ error: "no", code: "EIO" })), release: () => {} }))
+        const again = await createSnapshot(store, src, { full: true })
+        expect(again.snapshot.tree).toBe(snapshot.tree)
+        const dest = path.join(await tempDir(), "out")
+        expect((await restoreSnapshot(store, snapshot, dest)).failed).toEqual([])
+        expect(await describeTree(dest)).toEqual(await describeTree(src))
+        await store.close()
+      }),
+      { numRuns: 4 },
+    )
   })
 
   it("a few small files are read on the main thread, without a reader", async () => {
