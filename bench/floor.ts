@@ -5,8 +5,9 @@
 // thread, with the very primitives cairn uses, and timed:
 //   snapshot: read every file (open, read, close); cut it with FastCDC (the
 //     WebAssembly loop, the repository's default sizes); hash every chunk
-//     (sha256); compress every distinct chunk the store would compress
-//     (brotli quality 1, the entropy test first, as store/codec.ts does).
+//     (sha256); compress every distinct chunk with the store's own encoder
+//     on this thread (store/codec.ts encodeInline: the entropy test, then
+//     brotli quality 1, kept only if it saves enough).
 //   restore: decode every distinct compressed chunk; hash every distinct
 //     chunk again (a restore checks each one it writes); write every file
 //     into a new directory (create, write, set mtime, close).
@@ -26,8 +27,8 @@ import { pathToFileURL } from "node:url"
 import zlib from "node:zlib"
 import { gearTable, resolve, wasmCutter, type ChunkerParams } from "../engine/fastcdc.js"
 import { CUT_WASM_BASE64 } from "../engine/fastcdc-wasm.js"
-import { blobDecoder, blobEncoder, COMPRESSED_AT_MOST } from "../store/codec-pool.js"
-import { CODEC_BROTLI, worthCompressing } from "../store/codec.js"
+import { blobDecoder } from "../store/codec-pool.js"
+import { CODEC_BROTLI, CODEC_NONE, encodeInline } from "../store/codec.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
 import { DEFAULT_CHUNKER } from "../store/store.js"
 
@@ -76,7 +77,6 @@ export function measureFloor(dir: string, opts: FloorOptions): Floor {
   const cut = resolve(params, gearTable(SEED))
   const cutter = wasmCutter(CUT_WASM_BASE64)
   if (!cutter) throw new Error("floor: this runtime has no WebAssembly, which cairn's chunk readers cut with")
-  const encode = blobEncoder(zlib)
   const decode = blobDecoder(zlib)
   const f: Floor = {
     corpus: opts.corpus ?? dir,
@@ -108,8 +108,8 @@ export function measureFloor(dir: string, opts: FloorOptions): Floor {
     f.chunks++
     if (seen.has(id)) return
     seen.add(id)
-    const stored = worthCompressing(chunk) ? encode(CODEC_BROTLI, chunk) : chunk
-    const compressed = stored.length < chunk.length * COMPRESSED_AT_MOST
+    const { codec, bytes: stored } = encodeInline(chunk, CODEC_BROTLI)
+    const compressed = codec !== CODEC_NONE
     f.snapshot.compress += lap()
     const raw = compressed ? decode(CODEC_BROTLI, stored, chunk.length) : stored
     f.restore.decode += lap()

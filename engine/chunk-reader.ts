@@ -56,13 +56,16 @@ const SPAN = 4 << 20
  */
 const spare = new SpareBuffers(2)
 
+/** The bytes of files a small-file batch should ask for at most: its reply then fits a kept buffer. */
+export const SMALL_BATCH_BYTES = 1 << 20
+
 /**
- * A small-file batch's reply buffer: large enough for what storeSmallBatches
- * (snapshot.ts) asks at a time (a MiB of files, and a byte past each), and
- * kept for the next batch, as span buffers are (SMALL_SPARE of them: the
- * batches in flight, and one more). A larger batch gets a buffer of its own.
+ * A small-file batch's reply buffer: large enough for SMALL_BATCH_BYTES of
+ * files and a byte past each, and kept for the next batch, as span buffers
+ * are (SMALL_SPARE of them: the batches in flight, and one more). A larger
+ * batch gets a buffer of its own.
  */
-const SMALL_REPLY = (1 << 20) + 4096
+const SMALL_REPLY = SMALL_BATCH_BYTES + 4096
 const SMALL_SPARE = 3
 const smallSpare = new SpareBuffers(SMALL_SPARE, (b) => b.byteLength >= SMALL_REPLY)
 

@@ -195,11 +195,11 @@ export class Ingestor {
     return this.ingestChunks(data, lengths, ids)
   }
 
-  /** Stores one whole in-memory file already cut (`lengths`) and hashed (`ids`), as a chunk reader gives a small file. */
-  async ingestChunks(data: Uint8Array, lengths: readonly number[], ids: readonly BlobId[]): Promise<BlobId[]> {
+  /** Stores one whole in-memory file already cut (`lengths`) and hashed (`ids`), as a chunk reader gives a small file; returns `ids`. */
+  async ingestChunks(data: Uint8Array, lengths: readonly number[], ids: BlobId[]): Promise<BlobId[]> {
     let at = 0
     await Promise.all(ids.map((id, k) => this.putChunk(BLOB_DATA, id, data.subarray(at, (at += lengths[k]!)))))
-    return [...ids]
+    return ids
   }
 
   /** Accounts for a blob the repository is known to hold (reused from a previous snapshot without reading). */

@@ -24,7 +24,7 @@ import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import { checkRecordFields } from "./records.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
-import { chunkFile, readSmallFiles, type FileStat } from "./chunk-reader.js"
+import { chunkFile, readSmallFiles, SMALL_BATCH_BYTES, type FileStat } from "./chunk-reader.js"
 import { Ingestor, KnownChunkMissing } from "./ingest.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, nowNs, StatCacheWriter, tooRecent, writeStatCache, type CachedBlob, type CachedEntry, type StatCacheView } from "./statcache.js"
@@ -75,14 +75,13 @@ const SMALL_FILE = 256 * 1024
 const SYNC_READ = 64 * 1024
 /**
  * From this many small files on, they are read by the chunk readers in
- * batches (storeSmallBatches) of at most SMALL_BATCH_BYTES and
- * SMALL_BATCH_FILES, SMALL_BATCHES at a time (one per reader; four at a time
+ * batches (storeSmallBatches) of at most SMALL_BATCH_BYTES (the readers'
+ * reply buffers' size) and SMALL_BATCH_FILES, SMALL_BATCHES at a time (one per reader; four at a time
  * were no faster, and a first snapshot of the bench's workspace peaked ~15
  * MiB higher). Fewer are read on this thread: a reader's start (~80 ms of
  * CPU, ~10 MiB) would cost more than their system calls.
  */
 const SMALL_BATCHED_FROM = 256
-const SMALL_BATCH_BYTES = 1 << 20
 const SMALL_BATCH_FILES = 128
 const SMALL_BATCHES = 2
 /** Cached blob ids looked up per index call when the cache cannot vouch for them. */

@@ -94,7 +94,7 @@ export function sampleEntropy(data: Uint8Array): number {
  * bits/byte on 4 KiB is what random bytes give, text and code sit near 5,
  * binaries near 6).
  */
-export function worthCompressing(data: Uint8Array): boolean {
+function worthCompressing(data: Uint8Array): boolean {
   return data.length >= MIN_COMPRESS && (data.length <= SMALL_BLOB || sampleEntropy(data) <= ENTROPY_LIMIT)
 }
 
@@ -126,14 +126,27 @@ function compressInline(data: Uint8Array): boolean {
 
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || !worthCompressing(data)) return { codec: CODEC_NONE, bytes: data }
-  const out = compressInline(data)
-    ? (encoder ??= blobEncoder(zlib()))(preferred, data)
-    : data.length <= SMALL_BLOB
-      ? await codecPool().encodeSmall(preferred, data)
-      : await codecPool().encode(preferred, data)
-  // the encoder gives back what would not save enough (the input, or a copy of it from a worker)
-  if (out.length >= data.length * COMPRESSED_AT_MOST) return { codec: CODEC_NONE, bytes: data }
-  return { codec: preferred, bytes: out }
+  if (compressInline(data)) return kept(data, preferred, encodeHere(preferred, data))
+  return kept(data, preferred, data.length <= SMALL_BLOB ? await codecPool().encodeSmall(preferred, data) : await codecPool().encode(preferred, data))
+}
+
+/**
+ * encode on the calling thread, whatever the budget: the same choice of
+ * codec and the same bytes (for measuring what compression costs, as
+ * bench/floor.ts does).
+ */
+export function encodeInline(data: Uint8Array, preferred: Codec): Encoded {
+  if (preferred === CODEC_NONE || !worthCompressing(data)) return { codec: CODEC_NONE, bytes: data }
+  return kept(data, preferred, encodeHere(preferred, data))
+}
+
+function encodeHere(preferred: Codec, data: Uint8Array): Uint8Array {
+  return (encoder ??= blobEncoder(zlib()))(preferred, data)
+}
+
+/** What a blob is stored as, given the encoder's output: that, unless it saves too little (the encoder then gives back the input, or a copy of it from a worker). */
+function kept(data: Uint8Array, preferred: Codec, out: Uint8Array): Encoded {
+  return out.length >= data.length * COMPRESSED_AT_MOST ? { codec: CODEC_NONE, bytes: data } : { codec: preferred, bytes: out }
 }
 
 /**
