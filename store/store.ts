@@ -513,7 +513,7 @@ export class Store {
     const packId = hashBytes(bytes)
     await this.backend.put(packKey(packId), bytes)
     for (const e of pack.entries) {
-      this.unindexed.set(e.id, { pack: packId, ...e })
+      this.unindexed.set(e.id, { pack: packId, kind: e.kind, codec: e.codec, offset: e.offset, length: e.length, rawLength: e.rawLength })
       this.pending.delete(e.id)
     }
     this.written.push({ pack: packId, entries: pack.entries })
