@@ -197,6 +197,11 @@ export class Ingestor {
 
   /** Stores one whole in-memory file already cut (`lengths`) and hashed (`ids`), as a chunk reader gives a small file; returns `ids`. */
   async ingestChunks(data: Uint8Array, lengths: readonly number[], ids: BlobId[]): Promise<BlobId[]> {
+    // most small files are one chunk: no list of one promise to wait for
+    if (ids.length === 1) {
+      await this.putChunk(BLOB_DATA, ids[0]!, data.subarray(0, lengths[0]))
+      return ids
+    }
     let at = 0
     await Promise.all(ids.map((id, k) => this.putChunk(BLOB_DATA, id, data.subarray(at, (at += lengths[k]!)))))
     return ids

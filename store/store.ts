@@ -443,7 +443,9 @@ export class Store {
   }
 
   private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
-    const release = await (data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots).acquire()
+    const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
+    // a free slot without a pause: a first snapshot of many small files takes one per blob
+    const release = slots.tryAcquire() ?? (await slots.acquire())
     let encoded
     try {
       encoded = await encode(data, this.codec)
