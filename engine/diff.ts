@@ -60,10 +60,11 @@ interface Item {
 }
 
 function fromEntry(e: TreeEntry): Item {
-  const base = { name: e.name, type: e.type, mode: e.mode, mtime: e.mtime }
-  if (e.type === "file") return { ...base, size: e.size, chunks: e.chunks, link: e.link }
-  if (e.type === "symlink") return { ...base, size: 0, target: e.target }
-  return { ...base, size: e.size, tree: e.tree }
+  // one literal per kind, no spread of a shared base: a spread gives every item a hidden class of its own
+  const { name, type, mode, mtime } = e
+  if (e.type === "file") return { name, type, mode, mtime, size: e.size, chunks: e.chunks, link: e.link }
+  if (e.type === "symlink") return { name, type, mode, mtime, size: 0, target: e.target }
+  return { name, type, mode, mtime, size: e.size, tree: e.tree }
 }
 
 /**

@@ -579,7 +579,9 @@ class Restorer {
     const withTree = (rel: string, e: TreeEntry, size: number, st: fs.BigIntStats) => {
       if (e.type !== "dir" || inexact.has(rel)) return
       const entry = cache.entries.get(rel) ?? { kind: "dir" as const, size: 0, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, chunks: [] }
-      cache.entries.set(rel, { ...entry, tree: { id: e.tree, length: -1, size, entries: children.get(rel) ?? 0 } })
+      const tree = { id: e.tree, length: -1, size, entries: children.get(rel) ?? 0 }
+      // a literal, not { ...entry, tree }: such a spread gives every object it makes a hidden class of its own
+      cache.entries.set(rel, { kind: entry.kind, size: entry.size, mtimeNs: entry.mtimeNs, ctimeNs: entry.ctimeNs, ino: entry.ino, chunks: entry.chunks, treeMtime: entry.treeMtime, tree })
     }
     for (const p of placed) if (p.entry.type === "dir") withTree(p.rel, p.entry, p.entry.size, stats.get(p.rel)!)
     if (top.type === "dir") {

@@ -735,22 +735,23 @@ class TarImport {
     const entries: TreeEntry[] = []
     let size = 0
     children.forEach(([name, c], i) => {
-      const base = { name, mode: c.mode, mtime: c.mtime, uid: c.uid, gid: c.gid }
+      // one literal per kind, no spread of a shared base (as snapshot.ts's buildTree: a spread gives every entry a hidden class of its own)
+      const { mode, mtime, uid, gid } = c
       if (c.kind === "dir") {
         const sub = subtrees[i]!
-        entries.push({ ...base, type: "dir", size: sub.size, tree: sub.id })
+        entries.push({ name, mode, mtime, uid, gid, type: "dir", size: sub.size, tree: sub.id })
         size += sub.size
         this.dirs++
       } else if (c.kind === "symlink") {
-        entries.push({ ...base, type: "symlink", target: c.target })
+        entries.push({ name, mode, mtime, uid, gid, type: "symlink", target: c.target })
         this.symlinks++
       } else {
         const holder = c.group.members[0]!
         if (holder === c) {
-          entries.push({ ...base, type: "file", size: c.group.size, chunks: c.group.chunks })
+          entries.push({ name, mode, mtime, uid, gid, type: "file", size: c.group.size, chunks: c.group.chunks })
           size += c.group.size
         } else {
-          entries.push({ ...base, type: "file", size: c.group.size, link: holder.path })
+          entries.push({ name, mode, mtime, uid, gid, type: "file", size: c.group.size, link: holder.path })
         }
         this.files++
       }

@@ -1,8 +1,10 @@
 // Shared test helpers: temp directories, seeded bytes, counted backend reads.
+import { execFileSync } from "node:child_process"
 import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import os from "node:os"
 import path from "node:path"
+import { pathToFileURL } from "node:url"
 import type { ObjectStore } from "../store/backend.js"
 
 const made: string[] = []
@@ -86,4 +88,18 @@ export function countingPackReads(backend: ObjectStore): { backend: ObjectStore;
  */
 export function pastTick(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 30))
+}
+
+/**
+ * Runs `body` (an ES module's statements, which may await) in a node with V8's
+ * natives syntax, after `const build = (m) => import(<dist/m>)` (the compiled
+ * build: npm test builds it first), and returns what it prints. For tests of
+ * object shapes: `%HaveSameMap(a, b)` says whether two objects share a hidden
+ * class (objects made by spreading another and adding properties each had one
+ * of their own).
+ */
+export function runWithNatives(body: string): string {
+  const dist = pathToFileURL(path.resolve(import.meta.dirname, "../dist")).href
+  const script = `const build = (m) => import(${JSON.stringify(dist)} + "/" + m)\n${body}`
+  return execFileSync(process.execPath, ["--allow-natives-syntax", "--input-type=module", "-e", script], { encoding: "utf8" }).trim()
 }
