@@ -57,15 +57,26 @@ const FILE_LOADED = new Uint8Array([1])
 
 const LOC_BYTES = 32 + 2 + 12
 
-function encodeLoc(loc: BlobLocation): Uint8Array {
-  const b = Buffer.alloc(LOC_BYTES)
-  Buffer.from(loc.pack, "hex").copy(b, 0)
-  b[32] = loc.kind
-  b[33] = loc.codec
-  b.writeUInt32LE(loc.offset, 34)
-  b.writeUInt32LE(loc.length, 38)
-  b.writeUInt32LE(loc.rawLength, 42)
-  return b
+/**
+ * The values of many locations: views into one buffer, each pack's id decoded
+ * once. A buffer of its own for each (and the id decoded for each) cost a
+ * first snapshot's ~17,000 entries ~100 ms of collection and allocation.
+ */
+function encodeLocs(locs: readonly BlobLocation[]): Uint8Array[] {
+  const all = Buffer.allocUnsafe(locs.length * LOC_BYTES)
+  const packs = new Map<string, Buffer>()
+  return locs.map((loc, i) => {
+    let pack = packs.get(loc.pack)
+    if (pack === undefined) packs.set(loc.pack, (pack = Buffer.from(loc.pack, "hex")))
+    const at = i * LOC_BYTES
+    pack.copy(all, at)
+    all[at + 32] = loc.kind
+    all[at + 33] = loc.codec
+    all.writeUInt32LE(loc.offset, at + 34)
+    all.writeUInt32LE(loc.length, at + 38)
+    all.writeUInt32LE(loc.rawLength, at + 42)
+    return all.subarray(at, at + LOC_BYTES)
+  })
 }
 
 function decodeLoc(v: Uint8Array): BlobLocation {
@@ -165,7 +176,8 @@ export class LevelIndex implements BlobIndex {
 
   async add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void> {
     if (entries.length > 0) this.holdsNone = false
-    const ops: BatchOp[] = entries.map(([id, loc]) => ({ type: "put", key: `b${id}`, value: encodeLoc(loc) }))
+    const values = encodeLocs(entries.map(([, loc]) => loc))
+    const ops: BatchOp[] = entries.map(([id], i) => ({ type: "put", key: `b${id}`, value: values[i]! }))
     if (indexFile) {
       ops.unshift({ type: "put", key: `l${indexFile}`, value: FILE_LOADED })
       ops.push({ type: "del", key: `l${indexFile}` }, { type: "put", key: `f${indexFile}`, value: FILE_LOADED })

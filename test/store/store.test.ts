@@ -2,7 +2,7 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { Level } from "level"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
@@ -67,6 +67,44 @@ describe("Store", () => {
     expect(await again.hasMany(ids)).toEqual(ids.map(() => true))
     expect(Buffer.from(await again.getBlob(ids[7]!)).equals(textBytes("x7", 20_000))).toBe(true)
     await again.close()
+  })
+
+  it("a flush's blobs are found while the local index takes them in, and a reopened cache holds them", async () => {
+    const { backend, cacheDir, store } = await memStore()
+    const ids: BlobId[] = []
+    for (let i = 0; i < 40; i++) ids.push((await store.putBlob(BLOB_DATA, textBytes(`y${i}`, 20_000))).id)
+    await store.flush() // returns once the index file is written; the local index is updated after
+    expect(await store.hasMany(ids)).toEqual(ids.map(() => true))
+    await store.close() // waits for the update
+    const add = vi.spyOn(LevelIndex.prototype, "add")
+    try {
+      const again = await Store.open({ backend, cacheDir })
+      expect(await again.hasMany(ids)).toEqual(ids.map(() => true))
+      expect(add).not.toHaveBeenCalled() // the cache holds them: nothing loaded from the file again
+      await again.close()
+    } finally {
+      add.mockRestore()
+    }
+  })
+
+  it("a local index that fails to take a flush's blobs loses nothing: they are found, and loaded again at the next open", async () => {
+    const { backend, cacheDir, store } = await memStore()
+    const add = vi.spyOn(LevelIndex.prototype, "add").mockRejectedValueOnce(new Error("disk full"))
+    try {
+      const ids: BlobId[] = []
+      for (let i = 0; i < 20; i++) ids.push((await store.putBlob(BLOB_DATA, textBytes(`z${i}`, 20_000))).id)
+      await store.flush() // the index file is durable: the flush succeeds
+      expect(await store.hasMany(ids)).toEqual(ids.map(() => true))
+      expect(add).toHaveBeenCalledTimes(1)
+      await store.close()
+      const again = await Store.open({ backend, cacheDir })
+      expect(await again.hasMany(ids)).toEqual(ids.map(() => true))
+      expect(add).toHaveBeenCalledTimes(2) // the file was not marked loaded: loaded from it now
+      expect(add.mock.calls[1]![1]).toBe([...(await again.indexFileNames())][0])
+      await again.close()
+    } finally {
+      add.mockRestore()
+    }
   })
 
   it("rebuild-index from packs equals the incremental index", async () => {
