@@ -448,7 +448,10 @@ export class Store {
     this.assertOpen()
     const already = this.adding(id)
     if (already) return already
-    return this.inFlight(id, this.encodeAndAppend(kind, id, data))
+    // in flight until it settles (encodeAndAppend leaves `inflight` itself: no promise more per blob)
+    const work = this.encodeAndAppend(kind, id, data)
+    this.inflight.set(id, work)
+    return work
   }
 
   /** The adding of a blob, as the one in flight for its id until it settles (see adding and locateMany). */
@@ -458,18 +461,24 @@ export class Store {
     return tracked
   }
 
+  /** storeBlob's work; it leaves `inflight` when it settles (after its first pause: storeBlob has entered it by then). */
   private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
-    const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
-    // a free slot without a pause: a first snapshot of many small files takes one per blob
-    const release = slots.tryAcquire() ?? (await slots.acquire())
-    let encoded
     try {
-      encoded = await encode(data, this.codec)
+      const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
+      // a free slot without a pause: a first snapshot of many small files takes one per blob
+      const release = slots.tryAcquire() ?? (await slots.acquire())
+      let encoded
+      try {
+        encoded = await encode(data, this.codec)
+      } finally {
+        release()
+      }
+      // raw bytes may be a view into a caller's buffer: append copies them
+      const blob = { id, kind, codec: encoded.codec, rawLength: data.length }
+      return this.appendNow(blob, encoded.bytes) ?? (await this.append(blob, encoded.bytes))
     } finally {
-      release()
+      this.inflight.delete(id)
     }
-    // raw bytes may be a view into a caller's buffer: append copies them
-    return this.append({ id, kind, codec: encoded.codec, rawLength: data.length }, encoded.bytes)
   }
 
   /**
@@ -481,15 +490,26 @@ export class Store {
    */
   private async append(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): Promise<PutResult> {
     for (;;) {
+      // from the check on without a pause: blobs that waited together fill the pack in turn, not all at once
+      const added = this.appendNow(blob, stored)
+      if (added) return added
       if (this.writeError) throw this.writeError
-      if (this.open.size < this.config.packSize) break
       await this.sealPack()
     }
-    // from the check on without a pause: blobs that waited together fill the pack in turn, not all at once
+  }
+
+  /**
+   * append without a pause, when the open pack has room (a blob's usual
+   * case: no promise for it); undefined when it must wait. The blob that
+   * fills the pack starts its sealing and does not wait for it: the blobs
+   * after it do.
+   */
+  private appendNow(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): PutResult | undefined {
+    if (this.writeError || this.open.size >= this.config.packSize) return undefined
     // only the entry's own fields: a caller may pass a location from another pack
     const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
     this.pending.set(blob.id, added)
-    if (this.open.size >= this.config.packSize) await this.sealPack()
+    if (this.open.size >= this.config.packSize) this.sealPack().catch((err: unknown) => (this.writeError ??= err))
     return { id: blob.id, added: true, storedLength: added.entry.length }
   }
 
