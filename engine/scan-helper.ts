@@ -9,7 +9,7 @@
 // VM) and the walk makes them one after another on the main thread: on a
 // tree of 100,000 small files that was ~0.9 s of a ~1.4 s snapshot with
 // nothing changed. A helper makes part of them at the same time, on the
-// other core. Its start costs ~40 ms and ~10 MiB, which a tree of ten or
+// other core. Its start costs ~40 ms and 12-15 MiB, which a tree of ten or
 // twenty thousand entries does not repay: the walk asks for help only past
 // HELP_FROM entries (scan.ts).
 
