@@ -72,6 +72,24 @@ describe("scan with helper threads", () => {
     expect(alone.symlinks).toBe(40)
   })
 
+  it("leaves out the directories it is told to skip (by device and inode) whichever thread listed them", async () => {
+    const root = path.join(await tempDir(), "t")
+    const dirs: DirSpec = {}
+    for (let i = 0; i < 30; i++) dirs[`d${i}`] = { dir: { f: { file: `f${i}` }, repo: { dir: { pack: { file: "p" } } } } }
+    await buildTree(root, dirs)
+    const ids = new Set<string>()
+    for (const i of [3, 17, 29]) {
+      const st = await fsp.lstat(path.join(root, `d${i}`, "repo"), { bigint: true })
+      ids.add(`${st.dev}:${st.ino}`)
+    }
+    const skipDirs = { ids, reason: "skipped: it is the repository" }
+    const alone = await scanTree(root, { helpFrom: Infinity, skipDirs })
+    const helped = await scanTree(root, { helpFrom: 0, skipDirs })
+    expect(listDirs).toHaveBeenCalled()
+    expect(helped).toEqual(alone)
+    expect(alone.warnings).toEqual(["d17/repo", "d29/repo", "d3/repo"].map((p) => ({ path: p, reason: "skipped: it is the repository" })))
+  })
+
   it("lists the directories itself when a helper fails", async () => {
     const root = path.join(await tempDir(), "t")
     const dirs: DirSpec = {}
