@@ -94,6 +94,30 @@ function replyBuffer(job, size, want) {
   // a whole request's size, so that it can serve any later one; a small file's tail gets its own size
   return size > want / 2 ? new Uint8Array(new ArrayBuffer(want), 0, size) : new Uint8Array(size)
 }
+// reads until want bytes are in buf or the file ends (from its current position, or from offset from); returns how many
+function readFull(fd, buf, want, from) {
+  let n = 0
+  for (;;) {
+    const k = fs.readSync(fd, buf, n, want - n, from === undefined ? null : from + n)
+    if (k === 0) return n
+    n += k
+    if (n === want) return n
+  }
+}
+// cuts buf's first n bytes into chunks and hashes each, from 0 while a chunk starts before limit, and
+// (unless whole: the bytes run to the file's end) while a cut can see maxSize bytes ahead
+function cutAndHash(buf, n, r, limit, whole) {
+  const lengths = []
+  const ids = []
+  let pos = 0
+  while (pos < n && pos < limit && (whole || n - pos >= r.max)) {
+    const len = wasm ? wasm.cut(pos, n, r) : jsCut(buf, pos, n, r)
+    ids.push(createHash("sha256").update(buf.subarray(pos, pos + len)).digest("hex"))
+    lengths.push(len)
+    pos += len
+  }
+  return { lengths, ids, pos }
+}
 // a bigint fstat as the message carries it
 function statOf(st) {
   return { size: String(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), ino: String(st.ino), mode: Number(st.mode), isFile: st.isFile() }
@@ -111,22 +135,9 @@ function readSmall(job) {
       fd = fs.openSync(f.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
       const want = f.size + 1
       const buf = wasm ? wasm.view(want) : new Uint8Array(want)
-      let n = 0
-      for (;;) {
-        const k = fs.readSync(fd, buf, n, want - n, null)
-        if (k === 0) break
-        n += k
-        if (n === want) break
-      }
+      const n = readFull(fd, buf, want)
       const st = fs.fstatSync(fd, { bigint: true })
-      const lengths = []
-      const ids = []
-      for (let pos = 0; pos < n; ) {
-        const len = wasm ? wasm.cut(pos, n, r) : jsCut(buf, pos, n, r)
-        ids.push(createHash("sha256").update(buf.subarray(pos, pos + len)).digest("hex"))
-        lengths.push(len)
-        pos += len
-      }
+      const { lengths, ids } = cutAndHash(buf, n, r, n, true)
       out.set(buf.subarray(0, n), at)
       at += n
       return { lengths, ids, stat: statOf(st) }
@@ -147,24 +158,10 @@ parentPort.on("message", (job) => {
     const r = job.r
     const want = job.span + r.max
     const buf = wasm ? wasm.view(want) : replyBuffer(job, want, want)
-    let n = 0
-    for (;;) {
-      const k = fs.readSync(fd, buf, n, want - n, job.from + n)
-      if (k === 0) break
-      n += k
-      if (n === want) break
-    }
+    const n = readFull(fd, buf, want, job.from)
     const st = fs.fstatSync(fd, { bigint: true })
     const end = n < want
-    const lengths = []
-    const ids = []
-    let pos = 0
-    while (pos < n && pos < job.span && (end || n - pos >= r.max)) {
-      const len = wasm ? wasm.cut(pos, n, r) : jsCut(buf, pos, n, r)
-      ids.push(createHash("sha256").update(buf.subarray(pos, pos + len)).digest("hex"))
-      lengths.push(len)
-      pos += len
-    }
+    const { lengths, ids, pos } = cutAndHash(buf, n, r, job.span, end)
     const stat = statOf(st)
     // chunks the caller knows (their ids' first 32 bits are in job.known) leave without their bytes
     const elided = []
