@@ -33,28 +33,39 @@
 import fs, { constants as fsConstants } from "node:fs"
 import os from "node:os"
 import { SpareBuffers } from "../store/spare-buffers.js"
-import { WorkerPool } from "../store/worker-pool.js"
+import { SMALL_HEAP, WorkerPool } from "../store/worker-pool.js"
 import { hashBytes, type BlobId } from "../store/ids.js"
 import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
 
 /**
- * Bytes of chunk starts per request: a few dozen chunks per message. Smaller
- * spans cost the main thread more (four times the messages at 1 MiB, each
- * waking a reader, and more joins), and save no memory once reply buffers
- * are reused: a first snapshot of the bench's workspace peaked at 252-261
- * MiB with 1, 2 or 4 MiB spans.
+ * Bytes of chunk starts per request: a dozen or more chunks per message.
+ * Smaller spans cost the main thread more (twice the messages at 1 MiB than
+ * at 2, each waking a reader, and more joins); larger ones hold more memory
+ * (a file being read holds up to four reply buffers of SPAN + maxSize, and
+ * each reader a WebAssembly memory as large). A first snapshot of the
+ * bench's workspace, medians of 5 alternating runs: 3.57 s and 225 MiB at
+ * 4 MiB, 3.61 s and 218 MiB at 2, 3.81 s and 215 MiB at 1.
  */
-const SPAN = 4 << 20
+export const SPAN = 2 << 20
 
 /**
  * Reply buffers given back for reuse: a consumer done with a batch gives its
- * buffer back (ChunkBatch.release), and the next request takes one to a
- * reader, which copies its reply into it. Without this, every span left a
- * dead buffer for the collector. Readers keep none: the buffers in use are
- * those in flight, those whose chunks are being stored, and these few
- * (kept for the process: 9 MiB at most).
+ * buffer back (ChunkBatch.release), and every request takes one to a reader
+ * (a new one when none is spare), which copies its reply into it. Readers
+ * keep none and make none: the buffers are those in flight, those whose
+ * chunks are being stored, and the spare ones, so a process makes as many
+ * as it ever had in use at once, and keeps them (snapshot.ts reads at most
+ * one file of several spans at a time, with the span being joined, the one
+ * ahead and up to two being stored, and one file of one span beside it: 6
+ * buffers of 2.5 MiB).
+ *
+ * Why: a buffer that a reader made, or that was given back when enough were
+ * spare, died on the main thread, whose collector frees such memory only in
+ * a full collection, which V8 runs for it once ~64 MiB has piled up. With two
+ * kept, a first snapshot of the bench's workspace made 13 of 129 anew, and
+ * peaked with several of them dead.
  */
-const spare = new SpareBuffers(2)
+const spare = new SpareBuffers(6)
 
 /** The bytes of files a small-file batch should ask for at most: its reply then fits a kept buffer. */
 export const SMALL_BATCH_BYTES = 1 << 20
@@ -86,7 +97,7 @@ function sortedHas(a, x) {
   }
   return lo < a.length && a[lo] === x
 }
-// the reply's buffer: the one the request brought (a reply buffer given back; taken once), else a new one
+// the reply's buffer: the one the request brought (taken once; chunkFile always brings one), else a new one
 function replyBuffer(job, size, want) {
   const given = job.give
   job.give = undefined
@@ -151,7 +162,6 @@ function readSmall(job) {
 }
 parentPort.on("message", (job) => {
   if (job.op === "small") return readSmall(job)
-  const given = job.give
   let fd
   try {
     fd = fs.openSync(job.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
@@ -188,7 +198,7 @@ parentPort.on("message", (job) => {
         out.set(buf.subarray(0, n))
       } else out = buf
     }
-    parentPort.postMessage({ id: job.id, buffer: out.buffer, reused: given !== undefined && out.buffer === given, read: n, head, elided, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
+    parentPort.postMessage({ id: job.id, buffer: out.buffer, read: n, head, elided, eof: end, lengths, ids, used: pos, done: end && pos >= n, stat }, [out.buffer])
   } catch (err) {
     parentPort.postMessage({ id: job.id, error: String((err && err.message) || err), code: err && err.code })
   } finally {
@@ -211,8 +221,10 @@ export interface ReaderCounts {
   requests: number
   /** windows read on the calling thread to join a span whose reply left bytes out */
   windows: number
-  /** replies that came in a buffer given back (ChunkBatch.release) */
+  /** requests that took a buffer given back (ChunkBatch.release) for their reply */
   reused: number
+  /** requests for whose reply a buffer was made (none was spare) */
+  made: number
 }
 
 export interface ChunkBatch {
@@ -241,8 +253,6 @@ interface Reply {
   elided: number[]
   /** the read reached the end of the file */
   eof: boolean
-  /** buffer is the one the request gave */
-  reused: boolean
   lengths: number[]
   ids: BlobId[]
   used: number
@@ -254,7 +264,7 @@ let shared: WorkerPool | undefined
 
 function pool(): WorkerPool {
   // two readers even on two cores: a changed large file is otherwise read by one core while the other waits
-  shared ??= new WorkerPool(WORKER_SOURCE, Math.min(2, os.availableParallelism()), { maxYoungGenerationSizeMb: 4 })
+  shared ??= new WorkerPool(WORKER_SOURCE, Math.min(2, os.availableParallelism()), SMALL_HEAP)
   return shared
 }
 
@@ -312,11 +322,15 @@ export async function* chunkFile(
   const known = opts.known && knownPrefixes(opts.known)
   const request = (from: number): Pending => {
     if (opts.counts) opts.counts.requests++
-    const give = spare.take() // any: the reader uses it if large enough, and a too small one goes to the collector
-    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, give }, give ? [give] : [])
+    const kept = spare.take(span + params.maxSize)
+    if (opts.counts) opts.counts[kept ? "reused" : "made"]++
+    const give = kept ?? new ArrayBuffer(span + params.maxSize)
+    const reply = pool().run<Reply & Record<string, unknown>>({ path, from, span, r, known, give }, [give])
     reply.catch(() => {}) // awaited below; a consumer that stops early must not leave it unhandled
     return { from, reply }
   }
+  // a request whose reply goes unused (a guess that missed, or a span past the end): its buffer is spare once it comes
+  const unused = (p: Pending | undefined) => void p?.reply.then((r) => spare.give(r.buffer), () => {})
   // one buffer for the windows a join reads (reused: what it cuts from one is copied out)
   let scratch: Uint8Array | undefined
   let pos = 0
@@ -324,7 +338,6 @@ export async function* chunkFile(
   let ahead = opts.sizeHint !== undefined && opts.sizeHint <= span ? undefined : request(span)
   for (;;) {
     const reply = await current.reply
-    if (opts.counts && reply.reused) opts.counts.reused++
     let batch = join(reply, current.from, pos, params, gear, replyWindow(reply, current.from))
     // the reply left out bytes the join cuts: read them here (from the same file, by its stat), in a window
     // that grows until the join cannot be short of bytes (RESYNC_LIMIT chunks and maxSize ahead)
@@ -335,15 +348,21 @@ export async function* chunkFile(
       if (size > RESYNC_LIMIT * params.maxSize) break
     }
     if (batch === undefined || batch === "short") {
+      // nothing of this reply is kept: its buffer is spare
+      spare.give(reply.buffer)
+      unused(ahead)
       current = request(pos)
       ahead = request(pos + span)
       continue
     }
     const done = reply.done
     pos = batch.end
-    if (!done) {
+    if (done) unused(ahead)
+    else {
       // the span ahead is of use if it starts at or before the true position, within its reach
-      current = ahead && ahead.from <= pos && pos - ahead.from < span ? ahead : request(pos)
+      const usable = ahead && ahead.from <= pos && pos - ahead.from < span
+      if (!usable) unused(ahead)
+      current = usable ? ahead! : request(pos)
       ahead = request(current.from + span)
     }
     let released = false
@@ -355,7 +374,7 @@ export async function* chunkFile(
       release: () => {
         if (released) return
         released = true
-        if (reply.buffer.byteLength >= span) spare.give(reply.buffer)
+        spare.give(reply.buffer)
       },
     }
     if (done) return
@@ -396,7 +415,9 @@ export interface SmallBatch {
  * symlink, ...).
  */
 export async function readSmallFiles(files: ReadonlyArray<{ path: string; size: number }>, params: ChunkerParams, gear: Uint32Array): Promise<SmallBatch> {
-  const give = smallSpare.take()
+  // a kept buffer (or one to keep) when the files fit one, else one the reader makes for this batch alone
+  const fits = files.reduce((t, f) => t + f.size + 1, 0) <= SMALL_REPLY
+  const give = fits ? (smallSpare.take() ?? new ArrayBuffer(SMALL_REPLY)) : undefined
   const reply = await pool().run<SmallReply & Record<string, unknown>>({ op: "small", files, r: resolve(params, gear), give, keep: SMALL_REPLY }, give ? [give] : [])
   const all = new Uint8Array(reply.buffer)
   let at = 0

@@ -14,7 +14,7 @@
 // HELP_FROM entries (scan.ts).
 
 import os from "node:os"
-import { WorkerPool } from "../store/worker-pool.js"
+import { SMALL_HEAP, WorkerPool } from "../store/worker-pool.js"
 
 /** An entry's lstat as the walk uses it. */
 export interface EntryStat {
@@ -116,7 +116,7 @@ export function helpers(): number {
 
 /** Lists directories (absolute paths) on a helper thread; rejects only if the helper failed (the walk then lists them itself). */
 export async function listDirs(dirs: readonly string[]): Promise<Listing[]> {
-  shared ??= new WorkerPool(SOURCE, helpers(), { maxYoungGenerationSizeMb: 4 })
+  shared ??= new WorkerPool(SOURCE, helpers(), SMALL_HEAP)
   return (await shared.run<{ dirs: Listing[] }>({ dirs })).dirs
 }
 

@@ -15,7 +15,7 @@
 import os from "node:os"
 import type zlib from "node:zlib"
 import { SpareBuffers } from "./spare-buffers.js"
-import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
+import { GARBAGE_SOURCE, SMALL_HEAP, WorkerPool } from "./worker-pool.js"
 
 /**
  * A blob is stored compressed only when that takes at most this share of
@@ -24,8 +24,17 @@ import { GARBAGE_SOURCE, WorkerPool } from "./worker-pool.js"
  */
 export const COMPRESSED_AT_MOST = 0.98
 
-/** Compresses one blob; returns the input itself when compressing would not save enough (COMPRESSED_AT_MOST). */
-export type BlobEncode = (codec: number, input: Uint8Array) => Uint8Array
+/**
+ * Compresses one blob; returns the input itself when compressing would not
+ * save enough (COMPRESSED_AT_MOST). The output is a view of `into` when that
+ * has room for COMPRESSED_AT_MOST of the input, else new memory.
+ */
+export type BlobEncode = (codec: number, input: Uint8Array, into?: Uint8Array) => Uint8Array
+
+/** The output room blobEncoder needs for an input of `length` bytes: an output that does not fit saves too little. */
+export function encodeRoom(length: number): number {
+  return Math.floor(length * COMPRESSED_AT_MOST)
+}
 
 /**
  * A blob encoder for one thread: brotli (codec 2) at quality 1 with a window
@@ -54,17 +63,22 @@ export function blobEncoder(z: typeof zlib): BlobEncode {
     const h = zlibHandle(codec === 2 ? z.createBrotliCompress({ params: brotliParams(0) }) : z.createDeflateRaw({ level: 1 }), codec === 2 ? c.BROTLI_OPERATION_FINISH : c.Z_FINISH)
     return h !== null && codec === 2 && typeof h.handle.init !== "function" ? null : h
   })
-  let out = new Uint8Array(0)
+  let scratch = new Uint8Array(0)
   const noCallback = () => {}
-  return (codec, input) => {
+  return (codec, input, into) => {
     const h = handleFor(codec)
     if (h === null) {
       const made = codec === 2 ? z.brotliCompressSync(input, { params: brotliParams(input.length) }) : z.deflateRawSync(input, { level: 1 })
-      return made.length < input.length * COMPRESSED_AT_MOST ? made : input
+      if (made.length >= input.length * COMPRESSED_AT_MOST) return input
+      if (!into || into.length < encodeRoom(input.length)) return made
+      into.set(made)
+      return into.subarray(0, made.length)
     }
-    const room = Math.floor(input.length * COMPRESSED_AT_MOST)
+    const room = encodeRoom(input.length)
     if (room === 0) return input
-    if (out.length < room) out = new Uint8Array(Math.max(room, 64 * 1024))
+    const direct = into !== undefined && into.length >= room
+    if (!direct && scratch.length < room) scratch = new Uint8Array(Math.max(room, 64 * 1024))
+    const out = direct ? into : scratch
     if (codec === 2) {
       initParams[c.BROTLI_PARAM_SIZE_HINT] = input.length
       h.handle.init!(initParams, h.state, noCallback)
@@ -75,7 +89,7 @@ export function blobEncoder(z: typeof zlib): BlobEncode {
     if (codec !== 2) h.handle.reset()
     // no room left: the output did not fit (or only just), so it saves too little
     if (left === 0) return input
-    return out.slice(0, room - left)
+    return direct ? out.subarray(0, room - left) : out.slice(0, room - left)
   }
 }
 
@@ -192,7 +206,7 @@ export function blobDecoder(z: typeof zlib): BlobDecode {
 }
 
 /** The source of blobEncoder and blobDecoder with what they call, for a worker's source (which has `require`). */
-export const CODER_SOURCE = [`const COMPRESSED_AT_MOST = ${COMPRESSED_AT_MOST}`, ...[decodeOptions, zlibHandle, zlibHandles, blobDecoder, blobEncoder].map(String)].join("\n")
+export const CODER_SOURCE = [`const COMPRESSED_AT_MOST = ${COMPRESSED_AT_MOST}`, ...[encodeRoom, decodeOptions, zlibHandle, zlibHandles, blobDecoder, blobEncoder].map(String)].join("\n")
 
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads")
@@ -202,32 +216,36 @@ ${CODER_SOURCE}
 const decodeBlob = blobDecoder(zlib)
 const compress = blobEncoder(zlib)
 parentPort.on("message", (job) => {
-  handled(job.buffer.byteLength)
   try {
     if (job.op === "encodeMany") {
-      // one reply for a batch of small blobs, packed into one buffer: [len u32, bytes]...
+      // a batch of small blobs: their outputs one after another in the buffer it brought for them (room
+      // enough: an output is never longer than its input); both buffers go back, for later batches
       const input = new Uint8Array(job.buffer)
-      const outs = job.lengths.map((len, i) => compress(job.codec, input.subarray(job.offsets[i], job.offsets[i] + len)))
-      const total = outs.reduce((n, o) => n + o.length, 0)
-      const packed = new Uint8Array(total)
+      const packed = new Uint8Array(job.out)
       const lengths = []
       let at = 0
-      for (const o of outs) {
+      for (let i = 0; i < job.lengths.length; i++) {
+        const o = compress(job.codec, input.subarray(job.offsets[i], job.offsets[i] + job.lengths[i]))
         packed.set(o, at)
         at += o.length
         lengths.push(o.length)
       }
-      // the batch's own buffer goes back too, for the next batch
-      parentPort.postMessage({ id: job.id, buffer: packed.buffer, lengths, input: job.buffer }, [packed.buffer, job.buffer])
+      parentPort.postMessage({ id: job.id, lengths, input: job.buffer, out: job.out }, [job.buffer, job.out])
       return
     }
-    const input = new Uint8Array(job.buffer)
-    let out
     if (job.op === "encode") {
-      out = compress(job.codec, input)
-    } else {
-      out = decodeBlob(job.codec, input, job.rawLength)
+      // the input leads its buffer; the output goes into the job's out buffer, which has room for any output
+      // kept (or it is the input: not worth compressing, length -1); both buffers go back, for later blobs
+      const input = new Uint8Array(job.buffer, 0, job.length)
+      const out = compress(job.codec, input, new Uint8Array(job.out))
+      if (out !== input && out.buffer !== job.out) throw new Error("the compressor's output missed its buffer")
+      parentPort.postMessage({ id: job.id, length: out === input ? -1 : out.length, input: job.buffer, out: job.out }, [job.buffer, job.out])
+      return
     }
+    // a decode's input and output are garbage here once it is sent (an encode's buffers go back)
+    handled(job.buffer.byteLength + job.rawLength)
+    const input = new Uint8Array(job.buffer)
+    const out = decodeBlob(job.codec, input, job.rawLength)
     const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)
     parentPort.postMessage({ id: job.id, buffer: copy }, [copy])
   } catch (err) {
@@ -241,27 +259,72 @@ const BATCH_BYTES = 256 * 1024
 /** A batch's buffer: room for BATCH_BYTES and the blob that takes it past them (small blobs are at most 16 KiB, codec.ts's SMALL_BLOB); a larger batch gets its own. */
 const BATCH_BUFFER = BATCH_BYTES + 64 * 1024
 
+/**
+ * A large blob's buffers (its input, then its output) are kept for reuse at
+ * this size: the default largest chunk (store.ts's DEFAULT_CHUNKER). A
+ * larger blob gets buffers of its own.
+ */
+const BLOB_BUFFER = 512 * 1024
+
+/**
+ * Bytes a worker wrote into a buffer of the pool's, lent to the caller:
+ * `release` gives the buffer back for later blobs, once the caller has
+ * copied the bytes (or no longer needs them). A caller that never calls it
+ * leaves the buffer to the collector.
+ */
+export interface Lent {
+  bytes: Uint8Array
+  release(): void
+}
+
 interface Batch {
   parts: Uint8Array[]
   bytes: number
-  waiters: Array<{ resolve: (out: Uint8Array) => void; reject: (err: unknown) => void }>
+  waiters: Array<{ resolve: (out: Lent) => void; reject: (err: unknown) => void }>
 }
 
 export class CodecPool {
   private readonly pool: WorkerPool
   private readonly batches = new Map<number, Batch>()
-  /** Batch buffers the worker gave back: a new one each batch would be new memory for every 256 KiB of small blobs. */
-  private readonly spareBatches = new SpareBuffers(4, (b) => b.byteLength === BATCH_BUFFER)
-  /** batches of small blobs sent, and buffers made for them (the rest were given back ones) */
-  readonly batchCounts = { sent: 0, buffersMade: 0 }
+  /**
+   * Buffers the workers gave back, for inputs and outputs alike: batches' (a
+   * new one each batch would be new memory for every 256 KiB of small blobs)
+   * and large blobs' (store.ts encodes 8 at a time, each with two).
+   *
+   * Why keep them: an output a worker made anew arrived here as memory the
+   * main thread's collector frees only in a full collection, which V8 runs
+   * for such memory once ~64 MiB of it has piled up; a first snapshot of the
+   * bench's workspace moved ~106 MB of outputs (2,500 messages), and peaked
+   * with tens of MiB of them dead.
+   */
+  private readonly spareBatches = new SpareBuffers(8, (b) => b.byteLength === BATCH_BUFFER)
+  private readonly spareBlobs = new SpareBuffers(20, (b) => b.byteLength === BLOB_BUFFER)
+  /** batches of small blobs sent, and buffers made for encoding (every other one was given back) */
+  readonly counts = { batches: 0, buffersMade: 0 }
 
   constructor(readonly size = Math.min(4, Math.max(1, os.availableParallelism() - 1))) {
-    // a small young generation: the workers allocate little besides the buffers they hand back
-    this.pool = new WorkerPool(WORKER_SOURCE, size, { maxYoungGenerationSizeMb: 4 })
+    this.pool = new WorkerPool(WORKER_SOURCE, size, SMALL_HEAP)
   }
 
-  encode(codec: number, data: Uint8Array): Promise<Uint8Array> {
-    return this.run({ op: "encode", codec }, data)
+  /** Compresses a large blob in a worker; undefined when that would not save enough (COMPRESSED_AT_MOST). */
+  async encode(codec: number, data: Uint8Array): Promise<Lent | undefined> {
+    const input = this.blobBuffer(data.length)
+    new Uint8Array(input, 0, data.length).set(data)
+    const out = this.blobBuffer(encodeRoom(data.length))
+    const reply = await this.pool.run<{ length: number; input: ArrayBuffer; out: ArrayBuffer }>({ op: "encode", codec, buffer: input, length: data.length, out }, [input, out])
+    this.spareBlobs.give(reply.input)
+    if (reply.length < 0) {
+      this.spareBlobs.give(reply.out)
+      return undefined
+    }
+    return lent(new Uint8Array(reply.out, 0, reply.length), () => this.spareBlobs.give(reply.out))
+  }
+
+  private blobBuffer(bytes: number): ArrayBuffer {
+    const reused = bytes <= BLOB_BUFFER ? this.spareBlobs.take() : undefined
+    if (reused) return reused
+    this.counts.buffersMade++
+    return new ArrayBuffer(Math.max(bytes, BLOB_BUFFER))
   }
 
   /**
@@ -270,7 +333,7 @@ export class CodecPool {
    * few microseconds per blob instead of a round trip (or the compression
    * itself, which is what a small blob cost when it was compressed inline).
    */
-  encodeSmall(codec: number, data: Uint8Array): Promise<Uint8Array> {
+  encodeSmall(codec: number, data: Uint8Array): Promise<Lent> {
     let batch = this.batches.get(codec)
     if (!batch) {
       batch = { parts: [], bytes: 0, waiters: [] }
@@ -279,7 +342,7 @@ export class CodecPool {
     }
     batch.parts.push(data)
     batch.bytes += data.length
-    const reply = new Promise<Uint8Array>((resolve, reject) => batch!.waiters.push({ resolve, reject }))
+    const reply = new Promise<Lent>((resolve, reject) => batch!.waiters.push({ resolve, reject }))
     if (batch.bytes >= BATCH_BYTES) this.sendBatch(codec)
     return reply
   }
@@ -288,10 +351,8 @@ export class CodecPool {
     const batch = this.batches.get(codec)
     if (!batch) return
     this.batches.delete(codec)
-    this.batchCounts.sent++
-    const reused = batch.bytes <= BATCH_BUFFER ? this.spareBatches.take() : undefined
-    if (!reused) this.batchCounts.buffersMade++
-    const packed = new Uint8Array(reused ?? new ArrayBuffer(Math.max(batch.bytes, BATCH_BUFFER)))
+    this.counts.batches++
+    const packed = new Uint8Array(this.batchBuffer(batch.bytes))
     const offsets: number[] = []
     const lengths: number[] = []
     let at = 0
@@ -301,13 +362,19 @@ export class CodecPool {
       lengths.push(part.length)
       at += part.length
     }
-    this.pool.run<{ buffer: ArrayBuffer; lengths: number[]; input: ArrayBuffer }>({ op: "encodeMany", codec, buffer: packed.buffer, offsets, lengths }, [packed.buffer]).then(
+    // the outputs' buffer: as large as the inputs' (no output is longer than its input)
+    const out = this.batchBuffer(batch.bytes)
+    this.pool.run<{ lengths: number[]; input: ArrayBuffer; out: ArrayBuffer }>({ op: "encodeMany", codec, buffer: packed.buffer, offsets, lengths, out }, [packed.buffer, out]).then(
       (reply) => {
         this.spareBatches.give(reply.input)
-        const all = Buffer.from(reply.buffer)
+        // the outputs' buffer goes back once every blob of the batch is released
+        let unreleased = reply.lengths.length
+        const releaseOne = () => {
+          if (--unreleased === 0) this.spareBatches.give(reply.out)
+        }
         let from = 0
         reply.lengths.forEach((len, i) => {
-          batch.waiters[i]!.resolve(all.subarray(from, from + len))
+          batch.waiters[i]!.resolve(lent(new Uint8Array(reply.out, from, len), releaseOne))
           from += len
         })
       },
@@ -315,6 +382,13 @@ export class CodecPool {
         for (const w of batch.waiters) w.reject(err)
       },
     )
+  }
+
+  private batchBuffer(bytes: number): ArrayBuffer {
+    const reused = bytes <= BATCH_BUFFER ? this.spareBatches.take() : undefined
+    if (reused) return reused
+    this.counts.buffersMade++
+    return new ArrayBuffer(Math.max(bytes, BATCH_BUFFER))
   }
 
   /** Workers running (they start with the first job). */
@@ -330,7 +404,7 @@ export class CodecPool {
     return this.pool.close()
   }
 
-  private async run(job: Record<string, unknown>, data: Uint8Array): Promise<Uint8Array> {
+  private async run(job: { op: "decode"; codec: number; rawLength: number }, data: Uint8Array): Promise<Uint8Array> {
     // transfer a private copy: the caller's bytes may be a view into a larger buffer
     const buffer = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer
     const reply = await this.pool.run<{ buffer: ArrayBuffer }>({ ...job, buffer }, [buffer])
@@ -344,4 +418,17 @@ let shared: CodecPool | undefined
 export function codecPool(): CodecPool {
   shared ??= new CodecPool()
   return shared
+}
+
+/** bytes lent with a release that gives them back once */
+function lent(bytes: Uint8Array, giveBack: () => void): Lent {
+  let released = false
+  return {
+    bytes,
+    release: () => {
+      if (released) return
+      released = true
+      giveBack()
+    },
+  }
 }

@@ -101,6 +101,8 @@ function worthCompressing(data: Uint8Array): boolean {
 export interface Encoded {
   codec: Codec
   bytes: Uint8Array
+  /** Gives the memory under `bytes` back for reuse, once they are copied (into a pack) or no longer needed; absent when there is none to give back. */
+  release?: () => void
 }
 
 /**
@@ -127,7 +129,12 @@ function compressInline(data: Uint8Array): boolean {
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || !worthCompressing(data)) return { codec: CODEC_NONE, bytes: data }
   if (compressInline(data)) return kept(data, preferred, encodeHere(preferred, data))
-  return kept(data, preferred, data.length <= SMALL_BLOB ? await codecPool().encodeSmall(preferred, data) : await codecPool().encode(preferred, data))
+  const out = data.length <= SMALL_BLOB ? await codecPool().encodeSmall(preferred, data) : await codecPool().encode(preferred, data)
+  if (out === undefined) return { codec: CODEC_NONE, bytes: data }
+  const encoded = kept(data, preferred, out.bytes)
+  if (encoded.bytes === data) out.release()
+  else encoded.release = out.release
+  return encoded
 }
 
 /**
@@ -144,7 +151,7 @@ function encodeHere(preferred: Codec, data: Uint8Array): Uint8Array {
   return (encoder ??= blobEncoder(zlib()))(preferred, data)
 }
 
-/** What a blob is stored as, given the encoder's output: that, unless it saves too little (the encoder then gives back the input, or a copy of it from a worker). */
+/** What a blob is stored as, given the encoder's output: that, unless it saves too little (the encoder then gives back the input, or, in a batch of small blobs, a copy of it). */
 function kept(data: Uint8Array, preferred: Codec, out: Uint8Array): Encoded {
   return out.length >= data.length * COMPRESSED_AT_MOST ? { codec: CODEC_NONE, bytes: data } : { codec: preferred, bytes: out }
 }

@@ -473,9 +473,13 @@ export class Store {
       } finally {
         release()
       }
-      // raw bytes may be a view into a caller's buffer: append copies them
+      // raw bytes may be a view into a caller's buffer: append copies them, and a compressor's buffer is given back
       const blob = { id, kind, codec: encoded.codec, rawLength: data.length }
-      return this.appendNow(blob, encoded.bytes) ?? (await this.append(blob, encoded.bytes))
+      try {
+        return this.appendNow(blob, encoded.bytes) ?? (await this.append(blob, encoded.bytes))
+      } finally {
+        encoded.release?.()
+      }
     } finally {
       this.inflight.delete(id)
     }

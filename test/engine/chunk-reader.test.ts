@@ -59,7 +59,7 @@ describe("chunkFile", () => {
     const file = path.join(dir, "f.bin")
     let elidedSome = 0
     let plainRequests = 0
-    const counts = { requests: 0, windows: 0, reused: 0 }
+    const counts = { requests: 0, windows: 0, reused: 0, made: 0 }
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 0, max: 2_500_000 }),
@@ -78,7 +78,7 @@ describe("chunkFile", () => {
           if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
           await fsp.writeFile(file, data)
           const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
-          const plain = { requests: 0, windows: 0, reused: 0 }
+          const plain = { requests: 0, windows: 0, reused: 0, made: 0 }
           await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain })
           // reply buffers given back are reused, also for replies that leave chunks out
           const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts }, edit % 2 === 0)
@@ -112,12 +112,18 @@ describe("chunkFile", () => {
     const data = Buffer.concat([textBytes("reuse", 3_000_000), seededBytes("reuse", 3_000_000)])
     await fsp.writeFile(file, data)
     await readAll(file, PARAMS, { span: 500_000 }) // takes up the buffers earlier tests gave back
-    const kept = { requests: 0, windows: 0, reused: 0 }
+    const kept = { requests: 0, windows: 0, reused: 0, made: 0 }
     const plain = await readAll(file, PARAMS, { span: 500_000, counts: kept })
-    const given = { requests: 0, windows: 0, reused: 0 }
+    const given = { requests: 0, windows: 0, reused: 0, made: 0 }
     const reused = await readAll(file, PARAMS, { span: 500_000, counts: given }, true)
-    expect(kept.reused).toBe(0)
+    // a batch never given back is not reused: only a reply no batch holds is (the previous read's request past the file's end)
+    expect(kept.reused).toBeLessThanOrEqual(1)
+    expect(kept.made + kept.reused).toBe(kept.requests)
     expect(given.reused).toBeGreaterThan(given.requests / 2)
+    // buffers are made for the replies in use at once (the span being joined, the one ahead), not one per request
+    expect(given.requests).toBeGreaterThan(10)
+    expect(given.made).toBeLessThanOrEqual(3)
+    expect(given.made + given.reused).toBe(given.requests)
     expect(reused.ids).toEqual(plain.ids)
     expect(reused.data?.equals(data)).toBe(true)
   })

@@ -6,7 +6,7 @@ import zlib from "node:zlib"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { CODEC_BROTLI, CODEC_DEFLATE, CODEC_NONE, decode, encode } from "../../store/codec.js"
-import { blobDecoder, blobEncoder, CodecPool, codecPool, decodeOptions } from "../../store/codec-pool.js"
+import { blobDecoder, blobEncoder, CodecPool, codecPool, decodeOptions, encodeRoom } from "../../store/codec-pool.js"
 import { seededBytes } from "../helpers.js"
 
 /** Bytes that compress: a repeated seeded pattern, cut to length. */
@@ -91,16 +91,51 @@ describe("encode", () => {
     expect(Buffer.from(stored.bytes).equals(random)).toBe(true)
   })
 
-  it("reuses the buffers of small-blob batches the worker gives back", async () => {
+  it("reuses the buffers of small-blob batches: the inputs' when the worker gives them back, the outputs' once every blob of a batch is released", async () => {
     const pool = new CodecPool(1)
     try {
       for (let tick = 0; tick < 12; tick++) {
         const blobs = Array.from({ length: 8 }, (_, i) => compressible(`batch-${tick}-${i}`, 12_000))
         const outs = await Promise.all(blobs.map((b) => pool.encodeSmall(CODEC_BROTLI, b)))
-        outs.forEach((o, i) => expect(zlib.brotliDecompressSync(o).equals(blobs[i]!)).toBe(true))
+        outs.forEach((o, i) => expect(zlib.brotliDecompressSync(o.bytes).equals(blobs[i]!)).toBe(true))
+        outs.forEach((o) => o.release())
       }
-      expect(pool.batchCounts.sent).toBe(12)
-      expect(pool.batchCounts.buffersMade).toBe(1)
+      expect(pool.counts.batches).toBe(12)
+      expect(pool.counts.buffersMade).toBe(2) // one for the inputs, one for the outputs
+      // a batch whose blobs are not all released keeps its outputs' buffer: the next batch needs another
+      const held = await Promise.all([1, 2].map((i) => pool.encodeSmall(CODEC_BROTLI, compressible(`held-${i}`, 12_000))))
+      held[0]!.release()
+      await pool.encodeSmall(CODEC_BROTLI, compressible("after", 12_000))
+      expect(pool.counts.buffersMade).toBe(3)
+    } finally {
+      await pool.close()
+    }
+  })
+
+  it("compresses a large blob into a buffer it lends the caller, and reuses it and the input's once released", async () => {
+    const pool = new CodecPool(1)
+    try {
+      for (let i = 0; i < 10; i++) {
+        const blob = compressible(`large-${i}`, 300_000 + i * 1000)
+        const out = await pool.encode(CODEC_BROTLI, blob)
+        expect(out).toBeDefined()
+        expect(zlib.brotliDecompressSync(out!.bytes).equals(blob)).toBe(true)
+        out!.release()
+        out!.release() // twice is once
+      }
+      // incompressible: nothing lent, both buffers back at once
+      expect(await pool.encode(CODEC_BROTLI, seededBytes("large-random", 300_000))).toBeUndefined()
+      expect(pool.counts.buffersMade).toBe(2)
+      // not released: the next blob gets a new output buffer; a blob larger than the kept size gets its own buffers
+      const kept = await pool.encode(CODEC_DEFLATE, compressible("kept", 200_000))
+      const next = await pool.encode(CODEC_DEFLATE, compressible("next", 200_000))
+      expect(zlib.inflateRawSync(kept!.bytes).equals(compressible("kept", 200_000))).toBe(true)
+      expect(zlib.inflateRawSync(next!.bytes).equals(compressible("next", 200_000))).toBe(true)
+      expect(pool.counts.buffersMade).toBe(3)
+      const huge = compressible("huge", 2_000_000)
+      const big = await pool.encode(CODEC_BROTLI, huge)
+      expect(zlib.brotliDecompressSync(big!.bytes).equals(huge)).toBe(true)
+      expect(pool.counts.buffersMade).toBe(5)
     } finally {
       await pool.close()
     }
@@ -119,17 +154,21 @@ describe("blobEncoder", () => {
     for (const z of [zlib, zlibWithoutHandles]) {
       const encode = blobEncoder(z)
       const decode = blobDecoder(zlib)
+      const given = new Uint8Array(150_000)
       fc.assert(
-        fc.property(fc.integer({ min: 1, max: 200_000 }), fc.boolean(), fc.constantFrom(CODEC_BROTLI, CODEC_DEFLATE), fc.string(), (length, random, codec, seed) => {
+        fc.property(fc.integer({ min: 1, max: 200_000 }), fc.boolean(), fc.constantFrom(CODEC_BROTLI, CODEC_DEFLATE), fc.string(), fc.boolean(), (length, random, codec, seed, useInto) => {
           const raw = random ? seededBytes(seed, length) : compressible(seed, length)
-          const out = encode(codec, raw)
+          const into = useInto ? given : undefined
+          const out = encode(codec, raw, into)
           const expected = oneShot(codec, raw)
           if (expected.length < Math.floor(raw.length * 0.98)) {
             expect(Buffer.from(out).equals(expected)).toBe(true)
             expect(Buffer.from(decode(codec, out, length)).equals(raw)).toBe(true)
+            // a view of the given buffer when it has room for encodeRoom(length) bytes, else memory of its own
+            expect(out.buffer === given.buffer).toBe(useInto && given.length >= encodeRoom(length))
           } else expect(out).toBe(raw)
         }),
-        { numRuns: 40 },
+        { numRuns: 60 },
       )
     }
   })

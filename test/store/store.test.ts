@@ -10,6 +10,7 @@ import { hashBytes, type BlobId } from "../../store/ids.js"
 import { LevelIndex } from "../../store/local-index.js"
 import { BLOB_DATA, BLOB_TREE, packKey, parsePack } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
+import { CodecPool, type Lent } from "../../store/codec-pool.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
 async function memStore(packSize = 64 * 1024) {
@@ -67,6 +68,40 @@ describe("Store", () => {
     expect(await again.hasMany(ids)).toEqual(ids.map(() => true))
     expect(Buffer.from(await again.getBlob(ids[7]!)).equals(textBytes("x7", 20_000))).toBe(true)
     await again.close()
+  })
+
+  it("gives every buffer the compressor lends back once the blob is in its pack, even when packs wait for their writes", async () => {
+    const lent: Array<{ released: boolean }> = []
+    const track = (out: Lent | undefined) => {
+      if (!out) return out
+      const mark = { released: false }
+      lent.push(mark)
+      const release = out.release
+      return { bytes: out.bytes, release: () => ((mark.released = true), release()) }
+    }
+    const encode = CodecPool.prototype.encode
+    const encodeSmall = CodecPool.prototype.encodeSmall
+    const large = vi.spyOn(CodecPool.prototype, "encode").mockImplementation(async function (this: CodecPool, codec, data) {
+      return track(await encode.call(this, codec, data))
+    })
+    const small = vi.spyOn(CodecPool.prototype, "encodeSmall").mockImplementation(async function (this: CodecPool, codec, data) {
+      return track(await encodeSmall.call(this, codec, data))!
+    })
+    try {
+      // past the bytes a process compresses inline (codec.ts), in packs smaller than a blob or two
+      const { store } = await memStore(256 * 1024)
+      const blobs = Array.from({ length: 48 }, (_, i) => textBytes(`lent-${i}`, i % 2 ? 12_000 : 300_000))
+      const puts = await Promise.all(blobs.map((b) => store.putBlob(BLOB_DATA, b)))
+      expect(puts.every((p) => p.added)).toBe(true)
+      await store.flush()
+      expect(lent.length).toBeGreaterThan(10)
+      expect(lent.filter((m) => !m.released)).toEqual([])
+      for (const [i, b] of blobs.entries()) expect(Buffer.from(await store.getBlob(puts[i]!.id)).equals(b)).toBe(true)
+      await store.close()
+    } finally {
+      large.mockRestore()
+      small.mockRestore()
+    }
   })
 
   it("a flush's blobs are found while the local index takes them in, and a reopened cache holds them", async () => {
