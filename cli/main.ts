@@ -1,4 +1,4 @@
-#!/usr/bin/env -S MALLOC_MMAP_THRESHOLD_=4194304 MALLOC_TRIM_THRESHOLD_=67108864 node --max-semi-space-size=2
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=4194304 MALLOC_TRIM_THRESHOLD_=67108864 node --max-semi-space-size=2
 // The cairn command line: parse, call the library, print, map errors to exit
 // codes. It holds no logic the library lacks.
 //
@@ -12,7 +12,7 @@
 // 1.46-1.54 (147 MiB, not 175). `node dist/cli/main.js` runs the same code
 // with node's defaults.
 //
-// It also sets two of glibc's malloc settings (MALLOC_ENV), so that memory
+// It also sets three of glibc's malloc settings (MALLOC_ENV). Two so that memory
 // freed is kept for the next allocation rather than given back to the
 // kernel at once: by default an allocation over 128 KiB is a fresh mapping,
 // unmapped when freed, and a worker's arena is trimmed as soon as its top
@@ -22,10 +22,16 @@
 // 100 times a page touched again. A first snapshot of the bench's workspace
 // took 68,000-79,000 page faults and 2.1 s of system time; with these,
 // 57,500-58,000 and 1.9-2.3 s, 0.3-0.5 s less CPU in all, and it peaked at
-// 222 MiB (229-236). Either setting alone is worse than neither (125,000
+// 222 MiB (229-236). Either of the two alone is worse than neither (125,000
 // and 138,000 faults: setting one turns off glibc's dynamic thresholds). On
 // a machine where a fault is cheap they cost nothing but the up to 64 MiB a
-// process may keep.
+// process may keep. The third, MALLOC_ARENA_MAX=2, has the threads share
+// two arenas instead of one each (up to 8 per core: the main thread, the
+// chunk readers, the compressor, libuv's and V8's threads), each with its
+// own free memory kept: a first snapshot of the bench's workspace peaked at
+// 189 MiB instead of 201 (medians of 5 alternating runs, same time), a
+// restore at 137 instead of 153; one arena saved as much, with more
+// contention for its lock.
 
 import { promises as fsp, realpathSync } from "node:fs"
 import os from "node:os"
@@ -37,7 +43,7 @@ import { COMMANDS, type Context } from "./commands.js"
 import { ProgressBar } from "./format.js"
 
 /** glibc's malloc settings the `#!` line gives the process; see above. */
-export const MALLOC_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "4194304", MALLOC_TRIM_THRESHOLD_: "67108864" }
+export const MALLOC_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: "2", MALLOC_MMAP_THRESHOLD_: "4194304", MALLOC_TRIM_THRESHOLD_: "67108864" }
 // glibc read them when the process started; the commands cairn runs (box exec) do not inherit them
 for (const [name, value] of Object.entries(MALLOC_ENV)) if (process.env[name] === value) delete process.env[name]
 

@@ -24,7 +24,7 @@ import { randomId, type BlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import { checkRecordFields } from "./records.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
-import { chunkFile, readSmallFiles, SMALL_BATCH_BYTES, type FileStat } from "./chunk-reader.js"
+import { chunkFile, readSmallFiles, SMALL_BATCH_BYTES, SPAN, type FileStat } from "./chunk-reader.js"
 import { Ingestor, KnownChunkMissing } from "./ingest.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, nowNs, StatCacheWriter, tooRecent, writeStatCache, type CachedBlob, type CachedEntry, type CachedTree, type StatCacheView } from "./statcache.js"
@@ -270,8 +270,10 @@ class SnapshotRun {
   private filesTotal = 0
   private bytesTotal = 0
   private scanDone = false
-  /** large files, read LARGE_SLOTS at a time */
+  /** large files, read LARGE_SLOTS at a time (readLarge) */
   private readonly largeSlots = new Semaphore(LARGE_SLOTS)
+  /** files of more than one reader span, read one at a time (readLarge) */
+  private readonly multiSpan = new Semaphore(1)
   /** large files whose reading started during the scan */
   private readonly early = new Map<string, Promise<void>>()
 
@@ -298,9 +300,24 @@ class SnapshotRun {
   /** Starts reading a large file the scan just found, unless the cache says it is unchanged. */
   readEarly(node: ScanNode): void {
     if (this.isUnchanged(node) || this.early.has(node.rel)) return
-    const reading = this.largeSlots.run(() => this.storeFile(node))
+    const reading = this.readLarge(node)
     reading.catch(() => {}) // awaited in storeFiles, or settled by settleEarly
     this.early.set(node.rel, reading)
+  }
+
+  /**
+   * Reads a large file: LARGE_SLOTS at a time, and of those at most one
+   * that takes more than one reader span (chunk-reader.ts). Such a file
+   * keeps both readers busy on its own (its next span is read while one is
+   * cut), and holds up to four span buffers (two being read, two whose
+   * chunks are being stored): two of them at once held twice the memory in
+   * the same time (a first snapshot of the bench's workspace peaked ~20 MiB
+   * higher). Files of one span each still go two at a time, which keeps both
+   * readers busy with them.
+   */
+  private readLarge(node: ScanNode): Promise<void> {
+    if (node.size <= SPAN) return this.largeSlots.run(() => this.storeFile(node))
+    return this.multiSpan.run(() => this.largeSlots.run(() => this.storeFile(node)))
   }
 
   /** Waits for the reads readEarly started (when the scan failed: their errors are not the one to report). */
@@ -389,7 +406,7 @@ class SnapshotRun {
     // every read settles before an error propagates: nothing may still write after the lock is released
     const lanes = await Promise.allSettled([
       small.length >= SMALL_BATCHED_FROM ? this.storeSmallBatches(small) : mapLimit(small, SMALL_SLOTS, (n) => this.storeFile(n)),
-      ...large.map((n) => this.early.get(n.rel) ?? this.largeSlots.run(() => this.storeFile(n))),
+      ...large.map((n) => this.early.get(n.rel) ?? this.readLarge(n)),
       this.settleEarly(), // every early read is in `large` as well; named again so that none can outlive the lock
     ])
     for (const lane of lanes) if (lane.status === "rejected") throw lane.reason

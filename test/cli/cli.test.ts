@@ -53,7 +53,7 @@ beforeAll(async () => {
 describe("cairn CLI", () => {
   it("the executable runs itself, with the node flags and malloc settings of its #! line, not passed on", async () => {
     const preload = path.join(await tempDir(), "flags.mjs")
-    const show = "(when) => process.stderr.write(when + ' ' + JSON.stringify([process.env.MALLOC_MMAP_THRESHOLD_, process.env.MALLOC_TRIM_THRESHOLD_]) + '\\n')"
+    const show = "(when) => process.stderr.write(when + ' ' + JSON.stringify([process.env.MALLOC_ARENA_MAX, process.env.MALLOC_MMAP_THRESHOLD_, process.env.MALLOC_TRIM_THRESHOLD_]) + '\\n')"
     await fsp.writeFile(
       preload,
       `const show = ${show}\nshow('start')\nprocess.on('exit', () => { show('exit'); process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n') })\n`,
@@ -63,8 +63,8 @@ describe("cairn CLI", () => {
     )
     expect(stdout).toMatch(/^cairn \d+\.\d+\.\d+ /)
     expect(stderr).toContain('execArgv ["--max-semi-space-size=2"]')
-    expect(stderr).toContain('start ["4194304","67108864"]') // what glibc read when the process started
-    expect(stderr).toContain("exit [null,null]") // and what a command it runs would not see
+    expect(stderr).toContain('start ["2","4194304","67108864"]') // what glibc read when the process started
+    expect(stderr).toContain("exit [null,null,null]") // and what a command it runs would not see
   })
 
   it("an unchanged snapshot loads neither node:child_process, node:zlib nor node:worker_threads (start-up time)", async () => {
