@@ -308,12 +308,11 @@ class SnapshotRun {
   /**
    * Reads a large file: LARGE_SLOTS at a time, and of those at most one
    * that takes more than one reader span (chunk-reader.ts). Such a file
-   * keeps both readers busy on its own (its next span is read while one is
-   * cut), and holds up to four span buffers (two being read, two whose
+   * keeps the readers busy on its own (its next span is asked for while one
+   * is cut), and holds up to four span buffers (two being read, two whose
    * chunks are being stored): two of them at once held twice the memory in
    * the same time (a first snapshot of the bench's workspace peaked ~20 MiB
-   * higher). Files of one span each still go two at a time, which keeps both
-   * readers busy with them.
+   * higher). Files of one span each still go two at a time.
    */
   private readLarge(node: ScanNode): Promise<void> {
     if (node.size <= SPAN) return this.largeSlots.run(() => this.storeFile(node))

@@ -4,7 +4,7 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { chunkFile, readSmallFiles } from "../../engine/chunk-reader.js"
+import { chunkFile, readerCount, readSmallFiles } from "../../engine/chunk-reader.js"
 import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
@@ -29,6 +29,12 @@ async function readAll(file: string, params = PARAMS, opts: Parameters<typeof ch
   const whole = bytes.every((b) => b !== undefined)
   return { lengths, ids, bytes, data: whole ? Buffer.concat(bytes as Uint8Array[]) : undefined }
 }
+
+describe("readerCount", () => {
+  it("leaves a core to the main thread and one to the compressor: one reader up to two cores, two from three", () => {
+    expect([1, 2, 3, 4, 16].map((cores) => readerCount(cores))).toEqual([1, 1, 2, 2, 2])
+  })
+})
 
 describe("chunkFile", () => {
   it("gives the boundaries and ids of one pass over the whole file, across request boundaries and guessed span starts", async () => {
