@@ -65,6 +65,13 @@ export interface ObjectStore {
   delete(key: string): Promise<void>
   close(): Promise<void>
   /**
+   * Starts an object written in parts (a pack as it fills), put under its
+   * key once complete: backends that can append to a file, where holding
+   * the whole object in memory first is a needless cost. Absent: the caller
+   * puts the object whole.
+   */
+  createWriter?(): Promise<ObjectWriter>
+  /**
    * Removes leftovers of writers that crashed mid-put (temp files) older than
    * maxAgeMs; returns how many. Backends whose puts are atomic without temp
    * objects (S3, memory) do not implement it.
@@ -87,6 +94,22 @@ export interface ObjectStore {
    * system: a snapshot of a tree that contains it leaves it out.
    */
   readonly localRoot?: string
+}
+
+/**
+ * An object being written in parts (ObjectStore.createWriter). Writes happen
+ * in the order they are called; until commit nothing is visible under any
+ * key, and a crash leaves a temp object that sweepTemp removes.
+ */
+export interface ObjectWriter {
+  /** Appends bytes; they are the caller's again once the promise settles. */
+  write(bytes: Uint8Array): Promise<void>
+  /** Reads `length` bytes at `offset` of what writes that settled put (a buffer the caller owns). */
+  read(offset: number, length: number): Promise<Uint8Array>
+  /** Makes what was written durable under `key`, as put does; read still works after. */
+  commit(key: string): Promise<void>
+  /** Lets go of the object: drops it unless committed. Nothing may be called after. */
+  close(): Promise<void>
 }
 
 import { BadInputError } from "./errors.js"

@@ -2,10 +2,13 @@
 //
 // Write path (the commit protocol, see FORMAT.md):
 //   1. storeBlob compresses a blob (thread pool) and appends it to the open
-//      pack in memory. Until its pack is durable a blob lives in `pending`,
-//      where reads and dedup checks of this process find it.
+//      pack: in memory, or, where the backend can write an object in parts
+//      (a local directory), into a temp file as the pack fills (open-pack.ts).
+//      Until its pack is durable a blob lives in `pending`, where reads and
+//      dedup checks of this process find it.
 //   2. A pack that reaches the target size is sealed and put (temp + fsync +
-//      rename); only then do its blobs move to `unindexed`.
+//      rename, the temp file named for its hash only then); only then do its
+//      blobs move to `unindexed`.
 //   3. flush() seals the last pack, waits for every pack, writes one index
 //      file listing them (atomically, named by its hash) and resolves; only
 //      then are they added to the local index cache, while the caller goes
@@ -35,7 +38,7 @@ import { decodeIndexFile, encodeIndexFile, type PackListing } from "./index-file
 import { hashBytes, randomId, type BlobId } from "./ids.js"
 import { LevelIndex, MemoryIndex, type BlobIndex, type BlobLocation } from "./local-index.js"
 import { acquireLock, type Lock, type LockInfo } from "./lock.js"
-import { PackBuffers, type OpenPack } from "./open-pack.js"
+import { PackBuffers, type FillingPack } from "./open-pack.js"
 import { BLOB_TREE, packKey, parsePack, type PackEntry } from "./pack.js"
 import { Semaphore, mapLimit } from "./concurrency.js"
 
@@ -79,7 +82,8 @@ export interface PutResult {
 
 interface PendingBlob {
   entry: PackEntry
-  bytes: Uint8Array
+  /** the pack it is in, which reads it back until the pack is written */
+  pack: FillingPack
 }
 
 export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024
@@ -95,7 +99,7 @@ export class Store {
   private unindexed = new Map<BlobId, BlobLocation>()
   private written: PackListing[] = []
   private readonly packBuffers: PackBuffers
-  private open: OpenPack
+  private open: FillingPack
   private packWrites = new Set<Promise<void>>()
   /** The open pack's sealing, while it waits for the previous pack's write (sealPack). */
   private sealing?: Promise<void>
@@ -121,7 +125,8 @@ export class Store {
     private readonly onLockWait?: (holder: LockInfo) => void,
   ) {
     this.codec = codecFromName(config.codec)
-    this.packBuffers = new PackBuffers(config.packSize)
+    // packs are written as they fill where the backend can (a local directory), else held whole until sealed
+    this.packBuffers = new PackBuffers(config.packSize, backend.createWriter ? () => backend.createWriter!() : undefined)
     this.open = this.packBuffers.open()
   }
 
@@ -511,10 +516,10 @@ export class Store {
   private appendNow(blob: { id: BlobId; kind: number; codec: number; rawLength: number }, stored: Uint8Array): PutResult | undefined {
     if (this.writeError || this.open.size >= this.config.packSize) return undefined
     // only the entry's own fields: a caller may pass a location from another pack
-    const added = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
-    this.pending.set(blob.id, added)
+    const { entry } = this.open.append({ id: blob.id, kind: blob.kind, codec: blob.codec, rawLength: blob.rawLength }, stored)
+    this.pending.set(blob.id, { entry, pack: this.open })
     if (this.open.size >= this.config.packSize) this.sealPack().catch((err: unknown) => (this.writeError ??= err))
-    return { id: blob.id, added: true, storedLength: added.entry.length }
+    return { id: blob.id, added: true, storedLength: entry.length }
   }
 
   /**
@@ -550,10 +555,8 @@ export class Store {
     void write.finally(() => this.packWrites.delete(write))
   }
 
-  private async writePack(pack: OpenPack): Promise<void> {
-    const bytes = pack.seal()
-    const packId = hashBytes(bytes)
-    await this.backend.put(packKey(packId), bytes)
+  private async writePack(pack: FillingPack): Promise<void> {
+    const packId = await pack.write((key, bytes) => this.backend.put(key, bytes))
     for (const e of pack.entries) {
       this.unindexed.set(e.id, { pack: packId, kind: e.kind, codec: e.codec, offset: e.offset, length: e.length, rawLength: e.rawLength })
       this.pending.delete(e.id)
@@ -606,8 +609,8 @@ export class Store {
 
   async getBlob(id: BlobId): Promise<Uint8Array> {
     const pending = this.pending.get(id)
-    // a copy: pending bytes live in a pack buffer that is reused once the pack is written
-    if (pending) return this.decodeChecked(id, pending.entry.codec, Uint8Array.prototype.slice.call(pending.bytes), pending.entry.rawLength, "(pending)")
+    // a copy (read gives one): pending bytes live in a pack buffer that is reused once the pack is written
+    if (pending) return this.decodeChecked(id, pending.entry.codec, await pending.pack.read(pending.entry), pending.entry.rawLength, "(pending)")
     const [loc] = await this.locateForRead([id])
     if (loc === undefined || loc === "pending") {
       if (loc === "pending") {

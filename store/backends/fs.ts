@@ -3,6 +3,8 @@
 // put writes "<key>~tmp-<random>", fsyncs it, renames it over the key and
 // fsyncs the directory, so a crash leaves the old object or the new one (a
 // volatile put skips both fsyncs: see PutOptions).
+// createWriter's object is a temp file at the root, written as it grows;
+// its commit fsyncs it, renames it to its key and fsyncs the directory.
 // putIfAbsent writes the temp file the same way and link()s it to the key,
 // which fails atomically with EEXIST when another writer won. Temp files a
 // crash leaves behind are never listed and are swept by sweepTemp().
@@ -12,7 +14,7 @@
 import { randomBytes } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import { checkKey, checkPrefix, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "../backend.js"
+import { checkKey, checkPrefix, type ByteRange, type ObjectInfo, type ObjectStore, type ObjectWriter, type PutOptions } from "../backend.js"
 import { IoError, NotFoundError } from "../errors.js"
 
 // "~" is outside the key alphabet, so no real key looks like a temp file
@@ -48,6 +50,37 @@ export class FsObjectStore implements ObjectStore {
       throw ioError(err, "write", key)
     }
     if (durable) await syncDir(path.dirname(dest))
+  }
+
+  /**
+   * A pack written as it fills, into a temp file at the root (the key, which
+   * names the directory, is known only at commit); commit fsyncs it, renames
+   * it to the key and fsyncs the key's directory, as put does.
+   */
+  async createWriter(): Promise<ObjectWriter> {
+    const temp = path.join(this.root, `object${TEMP_MARK}${randomBytes(6).toString("hex")}`)
+    let handle: fsp.FileHandle
+    try {
+      handle = await fsp.open(temp, "wx+", FILE_MODE)
+    } catch (err) {
+      throw ioError(err, "create", path.basename(temp))
+    }
+    return new FileWriter(this, handle, temp)
+  }
+
+  /** The file of a key, its directory made (once per directory). */
+  async fileFor(key: string): Promise<string> {
+    const dest = this.file(key)
+    await this.makeDir(path.dirname(dest), key)
+    return dest
+  }
+
+  private async makeDir(dir: string, key: string): Promise<void> {
+    if (this.madeDirs.has(dir)) return
+    await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE }).catch((err) => {
+      throw ioError(err, "create directory for", key)
+    })
+    this.madeDirs.add(dir)
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -174,13 +207,7 @@ export class FsObjectStore implements ObjectStore {
   async close(): Promise<void> {}
 
   private async writeTemp(dest: string, data: Uint8Array, durable = true): Promise<string> {
-    const dir = path.dirname(dest)
-    if (!this.madeDirs.has(dir)) {
-      await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE }).catch((err) => {
-        throw ioError(err, "create directory for", path.relative(this.root, dest))
-      })
-      this.madeDirs.add(dir)
-    }
+    await this.makeDir(path.dirname(dest), path.relative(this.root, dest))
     const temp = `${dest}${TEMP_MARK}${randomBytes(6).toString("hex")}`
     let handle: fsp.FileHandle | undefined
     try {
@@ -199,6 +226,67 @@ export class FsObjectStore implements ObjectStore {
       await fsp.rm(temp, { force: true })
       throw ioError(err, "write", path.relative(this.root, dest))
     }
+  }
+}
+
+/** FsObjectStore.createWriter's object: positional writes after one another, reads at any offset written. */
+class FileWriter implements ObjectWriter {
+  private size = 0
+  private committed?: string
+
+  constructor(
+    private readonly store: FsObjectStore,
+    private readonly handle: fsp.FileHandle,
+    private readonly temp: string,
+  ) {}
+
+  private get name(): string {
+    return this.committed ?? path.basename(this.temp)
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    const at = this.size
+    this.size += bytes.length
+    try {
+      for (let done = 0; done < bytes.length; ) done += (await this.handle.write(bytes, done, bytes.length - done, at + done)).bytesWritten
+    } catch (err) {
+      throw ioError(err, "write", this.name)
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const buf = Buffer.allocUnsafe(length)
+    try {
+      for (let done = 0; done < length; ) {
+        const { bytesRead } = await this.handle.read(buf, done, length - done, offset + done)
+        if (bytesRead === 0) throw new Error(`only ${done} of ${length} bytes at ${offset}`)
+        done += bytesRead
+      }
+    } catch (err) {
+      throw ioError(err, "read", this.name)
+    }
+    return buf
+  }
+
+  async commit(key: string): Promise<void> {
+    try {
+      await this.handle.sync()
+    } catch (err) {
+      throw ioError(err, "write", key)
+    }
+    const dest = await this.store.fileFor(key)
+    try {
+      await fsp.rename(this.temp, dest)
+    } catch (err) {
+      throw ioError(err, "write", key)
+    }
+    this.committed = key
+    await syncDir(path.dirname(dest))
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close().catch(() => {})
+    if (this.committed === undefined) await fsp.rm(this.temp, { force: true })
   }
 }
 

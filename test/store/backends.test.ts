@@ -130,6 +130,43 @@ describe("FsObjectStore", () => {
     })
   })
 
+  it("writes an object in parts into a temp file nothing lists, reads it back at any point, and commits it under its key durably", async () => {
+    await withStore(async (store, dir) => {
+      const probe = await fsp.open(dir, "r") // FileHandle is not exported: its prototype, from a handle
+      const fsyncs = vi.spyOn(Object.getPrototypeOf(probe) as { sync: () => Promise<void> }, "sync")
+      await probe.close()
+      try {
+        const w = await store.createWriter()
+        await w.write(bytes("head-"))
+        await w.write(seededBytes(100_000, 7))
+        expect(await store.list("")).toEqual([])
+        expectBytes(await w.read(5, 10), seededBytes(100_000, 7).subarray(0, 10))
+        expect(fsyncs).not.toHaveBeenCalled()
+        await w.commit("data/cd/cdef")
+        expect(fsyncs).toHaveBeenCalledTimes(2) // the file, then its directory
+        expectBytes(await w.read(0, 5), bytes("head-")) // still readable after the rename
+        await w.close()
+        expectBytes(await store.get("data/cd/cdef"), Buffer.concat([bytes("head-"), seededBytes(100_000, 7)]))
+        expect((await store.list("")).map((i) => i.key)).toEqual(["data/cd/cdef"])
+      } finally {
+        fsyncs.mockRestore()
+      }
+      // closed uncommitted: its temp file is gone; a crash leaves one that sweepTemp removes once old
+      const dropped = await store.createWriter()
+      await dropped.write(bytes("never"))
+      await dropped.close()
+      const crashed = await store.createWriter()
+      await crashed.write(bytes("torn"))
+      const temps = (await walk(dir)).filter((f) => f.includes("~tmp-"))
+      expect(temps).toHaveLength(1)
+      const old = new Date(Date.now() - 3_600_000)
+      await fsp.utimes(temps[0]!, old, old)
+      expect(await store.sweepTemp(60_000)).toBe(1)
+      expect((await store.list("")).map((i) => i.key)).toEqual(["data/cd/cdef"])
+      await crashed.close()
+    })
+  })
+
   it("leaves no temp files after puts and lost putIfAbsent races", async () => {
     await withStore(async (store, dir) => {
       await Promise.all(Array.from({ length: 8 }, (_, i) => store.putIfAbsent("locks/x", bytes(`v${i}`))))

@@ -104,6 +104,70 @@ describe("Store", () => {
     }
   })
 
+  it("on a local directory, writes packs as they fill: nothing visible before a pack is sealed, its blobs readable all along", async () => {
+    const dir = await tempDir()
+    const backend = new FsObjectStore(path.join(dir, "repo"))
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 3 << 20 } })
+    const blobs = Array.from({ length: 24 }, (_, i) => (i % 3 ? seededBytes(`p${i}`, 200_000 + i) : textBytes(`p${i}`, 300_000)))
+    const ids: BlobId[] = []
+    const temps = async () => (await fsp.readdir(path.join(dir, "repo"))).filter((n) => n.includes("~tmp-"))
+    let mostTemps = 0
+    for (const b of blobs) {
+      ids.push((await store.putBlob(BLOB_DATA, b)).id)
+      // the open pack, written as it fills (once past its first stage), and the one before while it commits
+      mostTemps = Math.max(mostTemps, (await temps()).length)
+      // every blob so far reads back, from a stage, a temp file or a sealed pack
+      for (const [i, id] of ids.entries()) expect(Buffer.from(await store.getBlob(id)).equals(blobs[i]!)).toBe(true)
+    }
+    expect(mostTemps).toBeGreaterThanOrEqual(1)
+    expect(mostTemps).toBeLessThanOrEqual(2)
+    const sealed = (await backend.list("data/")).length
+    expect(sealed).toBeGreaterThan(0)
+    await store.flush()
+    expect(await temps()).toEqual([])
+    expect((await backend.list("data/")).length).toBe(sealed + 1)
+    for (const key of (await backend.list("data/")).map((i) => i.key)) {
+      const bytes = await backend.get(key)
+      expect(packKey(hashBytes(bytes))).toBe(key) // named for its bytes' hash
+      expect(parsePack(bytes, key).length).toBeGreaterThan(0)
+    }
+    await store.close()
+    const again = await Store.open({ backend, cacheDir: await tempDir() })
+    for (const [i, id] of ids.entries()) expect(Buffer.from(await again.getBlob(id)).equals(blobs[i]!)).toBe(true)
+    await again.close()
+  })
+
+  it("on a local directory, a pack whose write fails leaves no file and no blob behind, and the blobs can be stored again", async () => {
+    const dir = await tempDir()
+    const backend = new FsObjectStore(path.join(dir, "repo"))
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 3 << 20 } })
+    const create = backend.createWriter.bind(backend)
+    let failNext = true
+    const spy = vi.spyOn(backend, "createWriter").mockImplementation(async () => {
+      const w = await create()
+      if (!failNext) return w
+      failNext = false
+      let n = 0
+      return { ...w, write: (b: Uint8Array) => (n++ === 1 ? Promise.reject(new Error("disk full")) : w.write(b)), read: w.read.bind(w), commit: w.commit.bind(w), close: w.close.bind(w) }
+    })
+    try {
+      const blobs = Array.from({ length: 12 }, (_, i) => seededBytes(`q${i}`, 300_000))
+      for (const b of blobs) await store.putBlob(BLOB_DATA, b).catch(() => {})
+      await expect(store.flush()).rejects.toThrow("disk full")
+      await new Promise((r) => setTimeout(r, 50)) // the failed pack's writer closes once its writes settle
+      expect((await fsp.readdir(path.join(dir, "repo"))).filter((n) => n.includes("~tmp-"))).toEqual([])
+      const missing = (await store.hasMany(blobs.map((b) => hashBytes(b)))).filter((h) => !h).length
+      expect(missing).toBeGreaterThan(0)
+      for (const b of blobs) await store.putBlob(BLOB_DATA, b)
+      await store.flush()
+      expect(await store.hasMany(blobs.map((b) => hashBytes(b)))).toEqual(blobs.map(() => true))
+      for (const b of blobs) expect(Buffer.from(await store.getBlob(hashBytes(b))).equals(b)).toBe(true)
+    } finally {
+      spy.mockRestore()
+      await store.close()
+    }
+  })
+
   it("a flush's blobs are found while the local index takes them in, and a reopened cache holds them", async () => {
     const { backend, cacheDir, store } = await memStore()
     const ids: BlobId[] = []
