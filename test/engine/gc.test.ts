@@ -328,7 +328,8 @@ describe("gc", () => {
         const crashing = new Proxy(backend, {
           get(target, prop, receiver) {
             const v = Reflect.get(target, prop, receiver)
-            if (typeof v !== "function" || !["put", "putIfAbsent", "delete"].includes(String(prop))) return v.bind?.(target) ?? v
+            if (typeof v !== "function") return v
+            if (!["put", "putIfAbsent", "delete"].includes(String(prop))) return v.bind(target)
             return async (...args: unknown[]) => {
               const call = () => (v as (...a: unknown[]) => Promise<unknown>).apply(target, args)
               if (String(args[0]).startsWith("locks/")) return call()
