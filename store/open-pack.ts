@@ -14,8 +14,8 @@
 // copies its blobs into a 1 MiB stage and hands each full stage to the
 // writer, hashing as it goes, so that sealing only writes the header and
 // trailer and names the file. Two 9 MiB pack buffers (one filling, one
-// being written) were ~18 MiB of a first snapshot's peak; a few stages are
-// ~2 MiB.
+// being written) were ~18 MiB of a first snapshot's peak; the stages (one
+// filling, the ones being written: up to KEEP_STAGES kept) are 1 MiB each.
 
 import { createHash } from "node:crypto"
 import type { ObjectWriter } from "./backend.js"

@@ -68,7 +68,7 @@ export class FsObjectStore implements ObjectStore {
     return new FileWriter(this, handle, temp)
   }
 
-  /** The file of a key, its directory made (once per directory). */
+  /** The file of a key, its directory made (once per directory): where a FileWriter's commit renames its temp file. */
   async fileFor(key: string): Promise<string> {
     const dest = this.file(key)
     await this.makeDir(path.dirname(dest), key)
