@@ -246,13 +246,13 @@ function addChildren(
       return
     }
     if (type === "symlink") {
-      try {
-        if (targetCode !== undefined) throw Object.assign(new Error(targetCode), { code: targetCode })
-        child.target = target ?? fs.readlinkSync(`${abs}/${name}`)
-      } catch (err) {
-        result.warnings.push({ path: rel, reason: `symlink vanished during scan (${(err as NodeJS.ErrnoException).code})` })
+      // the helper read it already (target or targetCode), else read here
+      const link = target !== undefined || targetCode !== undefined ? { target, code: targetCode } : readlinkHere(`${abs}/${name}`)
+      if (link.target === undefined) {
+        result.warnings.push({ path: rel, reason: `symlink vanished during scan (${link.code})` })
         return
       }
+      child.target = link.target
     }
     children.push(child)
     if (type === "dir") result.dirs++
@@ -275,6 +275,15 @@ function lstatHere(full: string): Found {
   try {
     const st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
     return st ? { st: statOf(st) } : { code: "ENOENT" }
+  } catch (err) {
+    return { code: (err as NodeJS.ErrnoException).code ?? String(err) }
+  }
+}
+
+/** A symlink's target read on this thread, or the code of why not. */
+function readlinkHere(full: string): { target?: string; code?: string } {
+  try {
+    return { target: fs.readlinkSync(full) }
   } catch (err) {
     return { code: (err as NodeJS.ErrnoException).code ?? String(err) }
   }

@@ -321,10 +321,15 @@ export class CodecPool {
   }
 
   private blobBuffer(bytes: number): ArrayBuffer {
-    const reused = bytes <= BLOB_BUFFER ? this.spareBlobs.take() : undefined
+    return this.buffer(this.spareBlobs, BLOB_BUFFER, bytes)
+  }
+
+  /** A buffer for `bytes`: a spare one of the kept size when they fit it, else a new one (of that size at least, so that it can be kept). */
+  private buffer(spares: SpareBuffers, kept: number, bytes: number): ArrayBuffer {
+    const reused = bytes <= kept ? spares.take() : undefined
     if (reused) return reused
     this.counts.buffersMade++
-    return new ArrayBuffer(Math.max(bytes, BLOB_BUFFER))
+    return new ArrayBuffer(Math.max(bytes, kept))
   }
 
   /**
@@ -385,10 +390,7 @@ export class CodecPool {
   }
 
   private batchBuffer(bytes: number): ArrayBuffer {
-    const reused = bytes <= BATCH_BUFFER ? this.spareBatches.take() : undefined
-    if (reused) return reused
-    this.counts.buffersMade++
-    return new ArrayBuffer(Math.max(bytes, BATCH_BUFFER))
+    return this.buffer(this.spareBatches, BATCH_BUFFER, bytes)
   }
 
   /** Workers running (they start with the first job). */

@@ -88,6 +88,15 @@ export class PackBuffers {
   }
 }
 
+/**
+ * A blob's entry at its place in a pack. A literal, not a spread of entry: a
+ * spread gave every entry a hidden class of its own (~350 bytes more each,
+ * and work for every collection).
+ */
+function placed(entry: Omit<PackEntry, "offset" | "length">, offset: number, length: number): PackEntry {
+  return { id: entry.id, kind: entry.kind, codec: entry.codec, rawLength: entry.rawLength, offset, length }
+}
+
 export class OpenPack implements FillingPack {
   readonly entries: PackEntry[] = []
   private buf?: Buffer
@@ -109,8 +118,7 @@ export class OpenPack implements FillingPack {
     const at = this.end
     this.buf!.set(bytes, at)
     this.end += bytes.length
-    // a literal, not a spread of entry: a spread here gave every entry a hidden class of its own (~350 bytes more each, and work for every collection)
-    const full: PackEntry = { id: entry.id, kind: entry.kind, codec: entry.codec, rawLength: entry.rawLength, offset: at, length: bytes.length }
+    const full = placed(entry, at, bytes.length)
     this.entries.push(full)
     return { entry: full, bytes: this.buf!.subarray(at, this.end) }
   }
@@ -184,8 +192,7 @@ export class StreamedPack implements FillingPack {
     const at = this.end
     this.put(bytes)
     this.end += bytes.length
-    // a literal, not a spread (see OpenPack.append)
-    const full: PackEntry = { id: entry.id, kind: entry.kind, codec: entry.codec, rawLength: entry.rawLength, offset: at, length: bytes.length }
+    const full = placed(entry, at, bytes.length)
     this.entries.push(full)
     return { entry: full }
   }
