@@ -44,12 +44,12 @@ describe("chunkFile", () => {
     const bytesOf = (p: { kind: string; size: number }, i: number) =>
       p.kind === "text" ? textBytes(`t${i}`, p.size) : p.kind === "random" ? seededBytes(`r${i}`, p.size) : Buffer.alloc(p.size, i)
     await fc.assert(
-      fc.asyncProperty(fc.array(part, { maxLength: 5 }), fc.constantFrom(undefined, 100_000, 333_333), fc.boolean(), fc.boolean(), async (parts, span, hint, release) => {
+      fc.asyncProperty(fc.array(part, { maxLength: 5 }), fc.constantFrom(undefined, 100_000, 333_333), fc.boolean(), fc.boolean(), fc.boolean(), async (parts, span, hint, release, chain) => {
         const data = Buffer.concat(parts.map(bytesOf))
         const file = path.join(dir, "f.bin")
         await fsp.writeFile(file, data)
         // a size hint that is too small (the file grew after the scan) must not matter either
-        const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), ...(hint ? { sizeHint: Math.floor(data.length / 3) } : {}) }, release)
+        const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), ...(hint ? { sizeHint: Math.floor(data.length / 3) } : {}), chain }, release)
         const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
         expect(got.lengths).toEqual(want)
         let at = 0
@@ -65,7 +65,7 @@ describe("chunkFile", () => {
     const file = path.join(dir, "f.bin")
     let elidedSome = 0
     let plainRequests = 0
-    const counts = { requests: 0, windows: 0, reused: 0, made: 0 }
+    const counts = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 0, max: 2_500_000 }),
@@ -84,10 +84,11 @@ describe("chunkFile", () => {
           if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
           await fsp.writeFile(file, data)
           const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
-          const plain = { requests: 0, windows: 0, reused: 0, made: 0 }
-          await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain })
-          // reply buffers given back are reused, also for replies that leave chunks out
-          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts }, edit % 2 === 0)
+          const plain = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+          await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain, chain: false })
+          // reply buffers given back are reused, also for replies that leave chunks out; each span from its
+          // guessed start, so that joins cut chunks whose bytes the reply left out
+          const got = await readAll(file, PARAMS, { ...(span ? { span } : {}), known, counts, chain: false }, edit % 2 === 0)
           plainRequests += plain.requests
           const want = data.length === 0 ? [] : chunkLengths(data, PARAMS, GEAR)
           expect(got.lengths).toEqual(want)
@@ -112,15 +113,44 @@ describe("chunkFile", () => {
     expect(counts.requests).toBe(plainRequests)
   })
 
+  it("with one reader, starts each span where the one before truly ended: nothing to cut when joining, known chunks or not", async () => {
+    expect(readerCount()).toBe(1) // this machine's two cores; with two readers a span may go to one that did not cut the one before
+    const dir = await tempDir()
+    const file = path.join(dir, "f.bin")
+    const data = Buffer.concat([textBytes("chain", 3_000_000), seededBytes("chain", 3_000_000)])
+    await fsp.writeFile(file, data)
+    const span = 500_000 // the next test's: spare buffers of another size would take up its room
+    const whole = await readAll(file, PARAMS, { span })
+    data.fill(1, 1_000_000, 1_010_000)
+    await fsp.writeFile(file, data)
+    const want = chunkLengths(data, PARAMS, GEAR)
+    for (const known of [undefined, whole.ids]) {
+      const chained = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+      const guessed = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+      const got = await readAll(file, PARAMS, { span, counts: chained, ...(known ? { known } : {}) })
+      const other = await readAll(file, PARAMS, { span, counts: guessed, chain: false, ...(known ? { known } : {}) })
+      expect(got.lengths).toEqual(want)
+      expect(got.ids).toEqual(other.ids)
+      expect(chained.cut).toBe(0)
+      expect(chained.windows).toBe(0)
+      // one request per span and the one past the end (a guess that meets no boundary of the chain asks again)
+      expect(chained.requests).toBe(Math.ceil(data.length / span) + 1)
+      expect(guessed.requests).toBeGreaterThanOrEqual(chained.requests)
+      // guessed starts needed joins (a check that the counts count)
+      expect(guessed.cut).toBeGreaterThan(chained.requests / 2)
+      if (known) expect(guessed.windows).toBeGreaterThan(0)
+    }
+  })
+
   it("a batch's buffer given back carries a later reply, which is exact; one never given back is not reused", async () => {
     const dir = await tempDir()
     const file = path.join(dir, "f.bin")
     const data = Buffer.concat([textBytes("reuse", 3_000_000), seededBytes("reuse", 3_000_000)])
     await fsp.writeFile(file, data)
     await readAll(file, PARAMS, { span: 500_000 }) // takes up the buffers earlier tests gave back
-    const kept = { requests: 0, windows: 0, reused: 0, made: 0 }
+    const kept = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
     const plain = await readAll(file, PARAMS, { span: 500_000, counts: kept })
-    const given = { requests: 0, windows: 0, reused: 0, made: 0 }
+    const given = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
     const reused = await readAll(file, PARAMS, { span: 500_000, counts: given }, true)
     // a batch never given back is not reused: only a reply no batch holds is (the previous read's request past the file's end)
     expect(kept.reused).toBeLessThanOrEqual(1)

@@ -62,7 +62,7 @@ describe("without WebAssembly (node --jitless)", () => {
       const parts = [...streamed.push(data.subarray(0, 123_457)), ...streamed.push(data.subarray(123_457)), ...streamed.finish()]
       const read = []
       // each batch's buffer given back: the JavaScript reader reads into it
-      const counts = { requests: 0, windows: 0, reused: 0, made: 0 }
+      const counts = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
       for await (const batch of chunkFile(file, p, gear, { span: 100_000, counts })) {
         read.push(...batch.ids)
         batch.release()
