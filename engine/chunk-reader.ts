@@ -38,15 +38,18 @@ import { hashBytes, type BlobId } from "../store/ids.js"
 import { CUT_SOURCE, WASM_CUTTER_SOURCE, cutPoint, resolve, type ChunkerParams } from "./fastcdc.js"
 
 /**
- * Bytes of chunk starts per request: a dozen or more chunks per message.
- * Smaller spans cost the main thread more (twice the messages at 1 MiB than
- * at 2, each waking a reader, and more joins); larger ones hold more memory
- * (a file being read holds up to four reply buffers of SPAN + maxSize, and
- * each reader a WebAssembly memory as large). A first snapshot of the
- * bench's workspace, medians of 5 alternating runs: 3.57 s and 225 MiB at
- * 4 MiB, 3.61 s and 218 MiB at 2, 3.81 s and 215 MiB at 1.
+ * Bytes of chunk starts per request: eight chunks of the default average
+ * size per message. Smaller spans cost the main thread more messages, each
+ * waking a reader; larger ones hold more memory (a file being read holds up
+ * to four reply buffers of SPAN + maxSize, and each reader a WebAssembly
+ * memory as large). A first snapshot of the bench's workspace, medians of 6
+ * alternating runs since a reader starts a span where the one before ended
+ * (no joins to cut): 2.97-3.00 s and 157-159 MiB at 1 MiB, 3.05-3.15 s and
+ * 161-164 MiB at 2, 3.13 s and 158 MiB at 512 KiB; after the bench's change
+ * 1.00 s at 1 MiB, 0.99 at 2. (Before that, with joins: 3.57 s and 225 MiB
+ * at 4 MiB, 3.61 s and 218 MiB at 2, 3.81 s and 215 MiB at 1.)
  */
-export const SPAN = 2 << 20
+export const SPAN = 1 << 20
 
 /**
  * Reply buffers given back for reuse: a consumer done with a batch gives its
@@ -57,7 +60,7 @@ export const SPAN = 2 << 20
  * as it ever had in use at once, and keeps them (snapshot.ts reads at most
  * one file of several spans at a time, with the span being joined, the one
  * ahead and up to two being stored, and one file of one span beside it: 6
- * buffers of 2.5 MiB).
+ * buffers of 1.5 MiB; a first snapshot of the bench's workspace made 7).
  *
  * Why: a buffer that a reader made, or that was given back when enough were
  * spare, died on the main thread, whose collector frees such memory only in
