@@ -119,6 +119,8 @@ export interface StatCacheView {
 const MAGIC = Buffer.from("cairn-statcache\n", "latin1")
 const FORMAT = 4
 const SUM_BYTES = 32
+/** Bytes of text encoded at a time when a cache is written. */
+const TEXT_PIECE = 256 * 1024
 const HEAD_BYTES = MAGIC.length + 6 * 4
 const KINDS = ["file", "link", "dir", "symlink"] as const
 const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
@@ -439,11 +441,16 @@ export class StatCacheWriter {
     this.textChars += text.length
   }
 
-  /** The file's bytes, checksum included, written into one buffer (the cache of a large workspace is megabytes). */
-  encode(meta: Omit<StatCache, "entries">): Buffer {
+  /**
+   * The file's bytes, checksum last, as pieces to write one after another:
+   * the columns as they are (views, not copies) and the text through one
+   * small buffer that each piece reuses, so that writing the cache of a
+   * large workspace (megabytes) takes no buffer of its size. A piece is only
+   * valid until the next one is asked for.
+   */
+  *encode(meta: Omit<StatCache, "entries">): Generator<Uint8Array> {
     this.flushRun()
     const n = this.n
-    // the text is written piece by piece: joined, it would be one more string of megabytes
     let textBytes = 0
     for (const piece of this.text) textBytes += Buffer.byteLength(piece, "utf8")
     const head = Buffer.from(JSON.stringify({ patterns: meta.patterns ?? null, index: meta.indexFiles ?? null, stored: meta.storedBytes }), "utf8")
@@ -453,20 +460,35 @@ export class StatCacheWriter {
       ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.kind].map((c) => c.subarray(0, n)),
     ]
     const length = HEAD_BYTES + columns.reduce((sum, c) => sum + c.byteLength, 0) + head.length + textBytes
-    const out = Buffer.allocUnsafe(length + SUM_BYTES)
-    let at = MAGIC.copy(out, 0)
-    for (const v of [FORMAT, n, this.m, head.length, this.textChars, textBytes]) at = out.writeUInt32LE(v, at)
-    for (const c of columns) {
-      out.set(new Uint8Array(c.buffer, c.byteOffset, c.byteLength), at)
-      at += c.byteLength
+    const hash = createHash("sha256")
+    let written = 0
+    const out = (bytes: Uint8Array): Uint8Array => {
+      hash.update(bytes)
+      written += bytes.length
+      return bytes
     }
-    at += head.copy(out, at)
+    const start = Buffer.allocUnsafe(HEAD_BYTES)
+    let at = MAGIC.copy(start, 0)
+    for (const v of [FORMAT, n, this.m, head.length, this.textChars, textBytes]) at = start.writeUInt32LE(v, at)
+    yield out(start)
+    for (const c of columns) yield out(new Uint8Array(c.buffer, c.byteOffset, c.byteLength))
+    yield out(head)
     // as many UTF-8 bytes as UTF-16 units: all ASCII, which latin1 writes the same, faster
     const encoding = textBytes === this.textChars ? "latin1" : "utf8"
-    for (const piece of this.text) at += out.write(piece, at, encoding)
-    if (at !== length) throw new Error(`stat cache encoding wrote ${at} bytes, not ${length}`) // never leave unwritten bytes in the file
-    createHash("sha256").update(out.subarray(0, at)).digest().copy(out, at)
-    return out
+    const buf = Buffer.allocUnsafe(TEXT_PIECE)
+    let used = 0
+    for (const piece of this.text) {
+      const bytes = Buffer.byteLength(piece, encoding)
+      if (used + bytes > buf.length && used > 0) {
+        yield out(buf.subarray(0, used))
+        used = 0
+      }
+      if (bytes > buf.length) yield out(Buffer.from(piece, encoding))
+      else used += buf.write(piece, used, encoding)
+    }
+    if (used > 0) yield out(buf.subarray(0, used))
+    if (written !== length) throw new Error(`stat cache encoding wrote ${written} bytes, not ${length}`) // never leave unwritten bytes in the file
+    yield hash.digest()
   }
 
   private grow(cap: number, blobCap: number): void {
@@ -502,7 +524,17 @@ export async function writeStatCache(cacheDir: string, key: string, w: StatCache
   const file = cacheFile(cacheDir, key)
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
   const temp = `${file}.tmp-${process.pid}`
-  await fsp.writeFile(temp, w.encode(meta), { mode: 0o600 })
+  const handle = await fsp.open(temp, "w", 0o600)
+  try {
+    for (const piece of w.encode(meta)) {
+      for (let done = 0; done < piece.length; ) done += (await handle.write(piece, done, piece.length - done)).bytesWritten
+    }
+  } catch (err) {
+    await handle.close().catch(() => {})
+    await fsp.rm(temp, { force: true })
+    throw err
+  }
+  await handle.close()
   await fsp.rename(temp, file)
   await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true }) // the JSON cache of format 2 and before
 }

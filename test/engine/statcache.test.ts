@@ -131,7 +131,7 @@ describe("stat cache file", () => {
     )
   })
 
-  it("a large cache loads back whole, with names in ASCII only or not (the text is written and read as latin1 when it is all ASCII)", async () => {
+  it("a large cache loads back whole, with names in ASCII only or not (the text is written and read as latin1 when it is all ASCII), written piece by piece", async () => {
     const dir = await tempDir()
     for (const stem of ["foo", "föö", "f\u{1F600}o"]) {
       const entries = new Map<string, CachedEntry>()
@@ -139,6 +139,9 @@ describe("stat cache file", () => {
         const chunks = Array.from({ length: i % 5 }, (_, k) => ({ id: id(`${i}:${k}`), length: i * k }))
         entries.set(`d${i % 50}/${stem}-${i}`, { kind: "file", size: i, mtimeNs: BigInt(i) * 1_000_000_007n, ctimeNs: BigInt(-i), ino: 2n ** 64n - BigInt(i + 1), chunks })
       }
+      // a file of 6,000 chunks: its text (rel and ids) is longer than the piece a cache is written through
+      const many = Array.from({ length: 6000 }, (_, k) => ({ id: id(`many:${k}`), length: k }))
+      entries.set(`${stem}-huge`, { kind: "file", size: 6000 * 131072, mtimeNs: 5n, ctimeNs: 6n, ino: 7n, chunks: many })
       await saveStatCache(dir, "big", { entries, indexFiles: [] })
       expect(entriesOf(await loadStatCache(dir, "big"), entries.keys())).toEqual(entries)
     }
