@@ -312,9 +312,8 @@ interface Pending {
   reply: Promise<Reply>
 }
 
-
 /** Numbers the files chunkFile reads, so that a reader knows which requests continue which. */
-let streams = 0
+let nextStream = 0
 
 /** Chunks that joining a span to the true chain may cut on this thread before it gives the span up. */
 const RESYNC_LIMIT = 16
@@ -346,7 +345,10 @@ const WINDOW_CHUNKS = 3
  * (requests are numbered per file), and the join has nothing to cut. With
  * one reader (two cores) that is every span: the bench's change re-reads a
  * 200 MiB file whose chunks are mostly known, and the joins had cut ~110 ms
- * of chunks on the main thread, most from windows read there.
+ * of chunks on the main thread, most from windows read there. With two
+ * readers the two spans in flight go to different readers, which join as
+ * before (whether one reader per file would serve more cores better is not
+ * measured: this project's machine has two).
  */
 export async function* chunkFile(
   path: string,
@@ -372,7 +374,7 @@ export async function* chunkFile(
   const span = opts.span ?? SPAN
   const r = resolve(params, gear)
   const known = opts.known && knownPrefixes(opts.known)
-  const stream = opts.chain === false ? undefined : streams++
+  const stream = opts.chain === false ? undefined : nextStream++
   let seq = 0
   // exact: `from` is a true chunk start (else a guess, which the reader replaces by the true start if it knows it)
   const request = (from: number, exact: boolean): Pending => {

@@ -23,9 +23,22 @@ export class SpareBuffers<T extends { readonly byteLength: number } = ArrayBuffe
     return i < 0 ? undefined : this.free.splice(i, 1)[0]
   }
 
-  /** Gives a buffer back; whoever gives it uses no view of it any more. */
+  /**
+   * Gives a buffer back; whoever gives it uses no view of it any more. When
+   * `keep` are kept already, it takes the place of the smallest one if it is
+   * larger: a buffer smaller than the requests of the moment would never be
+   * taken again, and would keep the ones that fit out (a chunk reader's
+   * replies, whose size follows the span and the repository's largest chunk).
+   */
   give(buffer: T): void {
-    if (this.free.length < this.keep && !this.free.includes(buffer) && this.accepts(buffer)) this.free.push(buffer)
+    if (this.free.includes(buffer) || !this.accepts(buffer)) return
+    if (this.free.length < this.keep) {
+      this.free.push(buffer)
+      return
+    }
+    let smallest = 0
+    for (let i = 1; i < this.free.length; i++) if (this.free[i]!.byteLength < this.free[smallest]!.byteLength) smallest = i
+    if (this.free.length > 0 && this.free[smallest]!.byteLength < buffer.byteLength) this.free[smallest] = buffer
   }
 
   /** Lets every kept buffer go. */

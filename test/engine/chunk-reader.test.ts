@@ -113,8 +113,9 @@ describe("chunkFile", () => {
     expect(counts.requests).toBe(plainRequests)
   })
 
-  it("with one reader, starts each span where the one before truly ended: nothing to cut when joining, known chunks or not", async () => {
-    expect(readerCount()).toBe(1) // this machine's two cores; with two readers a span may go to one that did not cut the one before
+  it("a reader starts a span where the one before truly ended: with one reader, nothing to cut when joining, known chunks or not", async () => {
+    // one reader up to two cores (this project's machine); with two, the spans in flight go to different readers
+    const one = readerCount() === 1
     const dir = await tempDir()
     const file = path.join(dir, "f.bin")
     const data = Buffer.concat([textBytes("chain", 3_000_000), seededBytes("chain", 3_000_000)])
@@ -131,11 +132,13 @@ describe("chunkFile", () => {
       const other = await readAll(file, PARAMS, { span, counts: guessed, chain: false, ...(known ? { known } : {}) })
       expect(got.lengths).toEqual(want)
       expect(got.ids).toEqual(other.ids)
-      expect(chained.cut).toBe(0)
-      expect(chained.windows).toBe(0)
-      // one request per span and the one past the end (a guess that meets no boundary of the chain asks again)
-      expect(chained.requests).toBe(Math.ceil(data.length / span) + 1)
-      expect(guessed.requests).toBeGreaterThanOrEqual(chained.requests)
+      if (one) {
+        expect(chained.cut).toBe(0)
+        expect(chained.windows).toBe(0)
+        // one request per span and the one past the end (a guess that meets no boundary of the chain asks again)
+        expect(chained.requests).toBe(Math.ceil(data.length / span) + 1)
+        expect(guessed.requests).toBeGreaterThanOrEqual(chained.requests)
+      }
       // guessed starts needed joins (a check that the counts count)
       expect(guessed.cut).toBeGreaterThan(chained.requests / 2)
       if (known) expect(guessed.windows).toBeGreaterThan(0)
