@@ -524,17 +524,11 @@ export async function writeStatCache(cacheDir: string, key: string, w: StatCache
   const file = cacheFile(cacheDir, key)
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
   const temp = `${file}.tmp-${process.pid}`
-  const handle = await fsp.open(temp, "w", 0o600)
-  try {
-    for (const piece of w.encode(meta)) {
-      for (let done = 0; done < piece.length; ) done += (await handle.write(piece, done, piece.length - done)).bytesWritten
-    }
-  } catch (err) {
-    await handle.close().catch(() => {})
+  // writeFile writes each piece whole before it asks for the next (encode reuses its text buffer)
+  await fsp.writeFile(temp, w.encode(meta), { mode: 0o600 }).catch(async (err: unknown) => {
     await fsp.rm(temp, { force: true })
     throw err
-  }
-  await handle.close()
+  })
   await fsp.rename(temp, file)
   await fsp.rm(cacheFile(cacheDir, key, "json"), { force: true }) // the JSON cache of format 2 and before
 }

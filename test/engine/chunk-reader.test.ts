@@ -4,13 +4,16 @@ import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { chunkFile, readerCount, readSmallFiles } from "../../engine/chunk-reader.js"
+import { chunkFile, readerCount, readSmallFiles, type ReaderCounts } from "../../engine/chunk-reader.js"
 import { chunkLengths, gearTable } from "../../engine/fastcdc.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
 
 const GEAR = gearTable(new TextEncoder().encode("chunk reader seed"))
 const PARAMS = { minSize: 2048, avgSize: 8192, maxSize: 32768 }
+
+/** Counts for chunkFile to fill. */
+const noCounts = (): ReaderCounts => ({ requests: 0, windows: 0, cut: 0, reused: 0, made: 0 })
 
 /** Every chunk of a file; `release`: copies each batch's bytes and gives its buffer back for reuse. */
 async function readAll(file: string, params = PARAMS, opts: Parameters<typeof chunkFile>[3] = {}, release = false) {
@@ -65,7 +68,7 @@ describe("chunkFile", () => {
     const file = path.join(dir, "f.bin")
     let elidedSome = 0
     let plainRequests = 0
-    const counts = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+    const counts = noCounts()
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 0, max: 2_500_000 }),
@@ -84,7 +87,7 @@ describe("chunkFile", () => {
           if (size > 0) data.fill(7, edit % size, Math.min(size, (edit % size) + 5000))
           await fsp.writeFile(file, data)
           const known = [...old.ids.filter((_, k) => (k * 0.618) % 1 < share), ...strangers] as BlobId[]
-          const plain = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+          const plain = noCounts()
           await readAll(file, PARAMS, { ...(span ? { span } : {}), counts: plain, chain: false })
           // reply buffers given back are reused, also for replies that leave chunks out; each span from its
           // guessed start, so that joins cut chunks whose bytes the reply left out
@@ -126,8 +129,8 @@ describe("chunkFile", () => {
     await fsp.writeFile(file, data)
     const want = chunkLengths(data, PARAMS, GEAR)
     for (const known of [undefined, whole.ids]) {
-      const chained = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
-      const guessed = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+      const chained = noCounts()
+      const guessed = noCounts()
       const got = await readAll(file, PARAMS, { span, counts: chained, ...(known ? { known } : {}) })
       const other = await readAll(file, PARAMS, { span, counts: guessed, chain: false, ...(known ? { known } : {}) })
       expect(got.lengths).toEqual(want)
@@ -151,9 +154,9 @@ describe("chunkFile", () => {
     const data = Buffer.concat([textBytes("reuse", 3_000_000), seededBytes("reuse", 3_000_000)])
     await fsp.writeFile(file, data)
     await readAll(file, PARAMS, { span: 500_000 }) // takes up the buffers earlier tests gave back
-    const kept = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+    const kept = noCounts()
     const plain = await readAll(file, PARAMS, { span: 500_000, counts: kept })
-    const given = { requests: 0, windows: 0, cut: 0, reused: 0, made: 0 }
+    const given = noCounts()
     const reused = await readAll(file, PARAMS, { span: 500_000, counts: given }, true)
     // a batch never given back is not reused: only a reply no batch holds is (the previous read's request past the file's end)
     expect(kept.reused).toBeLessThanOrEqual(1)
