@@ -15,20 +15,9 @@
 
 import os from "node:os"
 import { SMALL_HEAP, WorkerPool } from "../store/worker-pool.js"
+import { makeLstatEntry, type EntryStat } from "./lstat.js"
 
-/** An entry's lstat as the walk uses it. */
-export interface EntryStat {
-  /** st_mode: type and permission bits */
-  mode: number
-  mtimeNs: bigint
-  ctimeNs: bigint
-  ino: bigint
-  dev: bigint
-  nlink: number
-  uid: number
-  gid: number
-  size: number
-}
+export type { EntryStat }
 
 /** A directory as a helper listed it. */
 export type Listing =
@@ -52,6 +41,7 @@ const STAT_FIELDS = 9
 const SOURCE = `
 const { parentPort } = require("node:worker_threads")
 const fs = require("node:fs")
+const lstatEntry = (${makeLstatEntry.toString()})({ fs, process })
 function list(dir) {
   let names
   try {
@@ -68,7 +58,7 @@ function list(dir) {
     const full = dir + "/" + name
     let st
     try {
-      st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
+      st = lstatEntry(full)
     } catch (err) {
       codes[i] = String(err.code)
       return
@@ -78,16 +68,16 @@ function list(dir) {
       return
     }
     const o = i * ${STAT_FIELDS}
-    stats[o] = st.mode
+    stats[o] = BigInt(st.mode)
     stats[o + 1] = st.mtimeNs
     stats[o + 2] = st.ctimeNs
     stats[o + 3] = st.ino
     stats[o + 4] = st.dev
-    stats[o + 5] = st.nlink
-    stats[o + 6] = st.uid
-    stats[o + 7] = st.gid
-    stats[o + 8] = st.size
-    if (st.isSymbolicLink()) {
+    stats[o + 5] = BigInt(st.nlink)
+    stats[o + 6] = BigInt(st.uid)
+    stats[o + 7] = BigInt(st.gid)
+    stats[o + 8] = BigInt(st.size)
+    if ((st.mode & 0o170000) === 0o120000) {
       try {
         targets[i] = fs.readlinkSync(full)
       } catch (err) {

@@ -11,10 +11,11 @@
 // rules apply to what they list, and warnings come out in path order, so a
 // tree scans to the same result however the work was shared.
 
-import fs, { promises as fsp, type BigIntStats } from "node:fs"
+import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import { throwIfAborted } from "../store/errors.js"
-import { entryStat, helpers, listDirs, type EntryStat, type Listing } from "./scan-helper.js"
+import { lstatEntry, type EntryStat } from "./lstat.js"
+import { entryStat, helpers, listDirs, type Listing } from "./scan-helper.js"
 import type { IgnoreRules } from "./ignore.js"
 
 /** An entry as scanned: its lstat (mode: the permission bits only; size: 0 but for a file), its place, and what the walk adds. */
@@ -61,9 +62,10 @@ export interface ScanOptions {
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
   root = path.resolve(root)
-  const st = await fsp.lstat(root, { bigint: true })
-  if (!st.isDirectory()) throw new Error(`${root} is not a directory`)
-  const result: ScanResult = { root: toNode("", "", "dir", statOf(st)), files: 0, dirs: 0, symlinks: 0, bytes: 0, warnings: [] }
+  const st = lstatEntry(root)
+  if (st === undefined) await fsp.lstat(root) // not there: fails as fs does (ENOENT), which callers report
+  if (st === undefined || (st.mode & S_IFMT) !== S_IFDIR) throw new Error(`${root} is not a directory`)
+  const result: ScanResult = { root: toNode("", "", "dir", st), files: 0, dirs: 0, symlinks: 0, bytes: 0, warnings: [] }
   await walk(root, result.root, result, opts)
   linkHardlinks(result)
   // in path order: the walk's order depends on which thread listed what
@@ -71,21 +73,8 @@ export async function scanTree(root: string, opts: ScanOptions = {}): Promise<Sc
   return result
 }
 
-function statOf(st: BigIntStats): EntryStat {
-  return {
-    mode: Number(st.mode),
-    mtimeNs: st.mtimeNs,
-    ctimeNs: st.ctimeNs,
-    ino: st.ino,
-    dev: st.dev,
-    nlink: Number(st.nlink),
-    uid: Number(st.uid),
-    gid: Number(st.gid),
-    size: Number(st.size),
-  }
-}
-
 const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
 const TYPES: Record<number, ScanNode["type"] | string> = {
   0o100000: "file",
   0o040000: "dir",
@@ -273,8 +262,8 @@ function addChildren(
 /** An entry's lstat on this thread, or the code of why not (ENOENT: it vanished). */
 function lstatHere(full: string): Found {
   try {
-    const st = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
-    return st ? { st: statOf(st) } : { code: "ENOENT" }
+    const st = lstatEntry(full)
+    return st ? { st } : { code: "ENOENT" }
   } catch (err) {
     return { code: (err as NodeJS.ErrnoException).code ?? String(err) }
   }
