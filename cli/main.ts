@@ -355,7 +355,12 @@ if (isMain()) {
   run(process.argv.slice(2)).then(
     (code) => {
       settled = true
-      if (!output.closed && !output.failed) process.exitCode = code
+      if (output.closed || output.failed) return
+      process.exitCode = code
+      // The command is done and has awaited all it started: leave at once rather than let node take its
+      // heap and handles apart one by one (~15 ms of an unchanged snapshot's ~0.45 s), unless output is
+      // still buffered (a pipe whose reader is slow), which the natural exit writes out first.
+      if (process.stdout.writableLength === 0 && process.stderr.writableLength === 0) process.exit()
     },
     (err) => {
       settled = true

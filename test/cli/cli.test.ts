@@ -456,6 +456,26 @@ describe("cairn CLI", () => {
     expect(await fsp.readdir(path.join(repo, "locks")).catch(() => [])).toEqual([])
   })
 
+  it("a reader slower than the output gets all of it: cairn exits only once its output is written", async () => {
+    const tree = await tempDir()
+    // show -r prints ~400 KB: the pipe (64 KiB) fills while the reader waits, and node holds the rest
+    for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(tree, `${String(i).padStart(200, "s")}.txt`), `file ${i}\n`)
+    const id = lastLine((await cairn(["--repo", repo, "snapshot", tree, "--name", "slow-reader"], env)).stdout)
+    const prompt = await cairn(["--repo", repo, "show", "-r", id], env)
+    expect(prompt.stdout.length).toBeGreaterThan(300_000)
+    const slow = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, [MAIN, "--repo", repo, "show", "-r", id], { env: { ...process.env, ...env } })
+      const chunks: Buffer[] = []
+      child.stdout.pause()
+      setTimeout(() => {
+        child.stdout.on("data", (d: Buffer) => chunks.push(d))
+        child.stdout.resume()
+      }, 1500)
+      child.on("close", (code) => resolve({ code, stdout: Buffer.concat(chunks).toString() }))
+    })
+    expect(slow).toEqual({ code: 0, stdout: prompt.stdout })
+  })
+
   it("box exec gives the command the terminal: output as it comes, stdin passed through; --json captures", async () => {
     const box = JSON.parse((await cairn(["--repo", repo, "box", "create", "--name", "live", "--json"], env)).stdout)
     // the command prints, then waits for a file this test creates only once it has seen that output:
