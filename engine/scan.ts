@@ -28,6 +28,8 @@ export interface ScanNode extends EntryStat {
   children?: ScanNode[]
   /** for hardlink group members after the first: rel path of the first */
   linkTo?: string
+  /** a directory's: how many names its listing held (kept or not) */
+  names?: number
 }
 
 export interface Warning {
@@ -58,6 +60,12 @@ export interface ScanOptions {
   skipDirs?: { ids: ReadonlySet<string>; reason: string }
   /** Entries listed before helper threads list directories too (default HELP_FROM; 0: from the start, Infinity: never). */
   helpFrom?: number
+  /**
+   * A directory's names known without a readdir (the stat cache's, for a
+   * directory unchanged since: StatCacheView.listing), or undefined to read
+   * them. Asked on the walk's own thread, before each readdir.
+   */
+  listed?: (rel: string, st: EntryStat) => string[] | undefined
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
@@ -165,6 +173,7 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       const [abs, node, listing] = done
       if ("names" in listing) {
         const { names, stats, codes, targets, targetCodes } = listing
+        node.names = names.length
         entries += names.length
         calls += names.length >> 2 // taking a listing in costs a fraction of making it
         addChildren(abs, node, names, (name, i) => (codes[i] === undefined ? { st: entryStat(stats, i), target: targets[i], targetCode: targetCodes[i] } : { code: codes[i] }), result, opts, stack)
@@ -179,15 +188,21 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       continue
     }
     const [abs, node] = stack.pop()!
-    let names: string[]
-    try {
-      names = fs.readdirSync(abs)
-      calls++
-      // undecodable bytes read as U+FFFD: such names cannot round-trip through a string
-      if (names.some((n) => n.includes("\uFFFD"))) names = validNames(abs, node.rel, result.warnings)
-    } catch (err) {
-      unreadable(node, (err as NodeJS.ErrnoException).code, result)
-      continue
+    // a directory unchanged since the stat cache was written: its names are the cache's, no readdir
+    let names = opts.listed?.(node.rel, node)
+    if (names !== undefined) {
+      node.names = names.length
+    } else {
+      try {
+        names = fs.readdirSync(abs)
+        node.names = names.length
+        calls++
+        // undecodable bytes read as U+FFFD: such names cannot round-trip through a string
+        if (names.some((n) => n.includes("\uFFFD"))) names = validNames(abs, node.rel, result.warnings)
+      } catch (err) {
+        unreadable(node, (err as NodeJS.ErrnoException).code, result)
+        continue
+      }
     }
     calls += names.length
     entries += names.length

@@ -26,6 +26,7 @@ import { checkRecordFields } from "./records.js"
 import { compileIgnore, parseIgnoreFile, type IgnoreRules } from "./ignore.js"
 import { chunkFile, readSmallFiles, SMALL_BATCH_BYTES, SPAN, type FileStat } from "./chunk-reader.js"
 import { Ingestor, KnownChunkMissing } from "./ingest.js"
+import type { EntryStat } from "./lstat.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
 import { dirCacheKey, emptyStatCache, loadStatCache, nowNs, StatCacheWriter, tooRecent, writeStatCache, type CachedBlob, type CachedEntry, type CachedTree, type StatCacheView } from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
@@ -111,14 +112,17 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     // files changed since a tick before this are not cached (tooRecent)
     const began = nowNs()
     const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    // read while the scan runs (it yields now and then); loadStatCache and cacheTrusted never reject
+    // loadStatCache and cacheTrusted never reject
     const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
     const ready = cacheLoad.then(async (cache) => new SnapshotRun(store, root, cache, await cacheTrusted(store, cache), patterns, opts))
     // a large file that changed is read while the scan goes on (the reader thread would idle until the scan ends)
     const onLargeFile = { size: SMALL_FILE + 1, fn: (node: ScanNode) => void ready.then((run) => run.readEarly(node)) }
     let scan: ScanResult
     try {
-      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, skipDirs: await ownDirs(store) })
+      // the cache before the walk: a directory it lists as it is on disk is not read again
+      const cache = await cacheLoad
+      const listed = (rel: string, st: EntryStat) => cache.listing(rel, st)
+      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, skipDirs: await ownDirs(store) })
     } catch (err) {
       await (await ready).settleEarly() // nothing may still write once the lock is released
       throw err
@@ -643,8 +647,8 @@ class SnapshotRun {
   }
 
   /** node's entry in the next cache: one literal, no spreads (as in buildTree), for it is made once per entry of the tree. */
-  private cacheEntry(node: ScanNode, kind: CachedEntry["kind"], chunks: CachedBlob[], tree: CachedTree | undefined): CachedEntry {
-    return { kind, size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks, treeMtime: this.treeMtime(node), tree }
+  private cacheEntry(node: ScanNode, kind: CachedEntry["kind"], chunks: CachedBlob[], tree: CachedTree | undefined, names?: number): CachedEntry {
+    return { kind, size: node.size, mtimeNs: node.mtimeNs, ctimeNs: node.ctimeNs, ino: node.ino, chunks, treeMtime: this.treeMtime(node), tree, names }
   }
 
   /** Whether the next snapshot needs a new cache: anything read or rebuilt, or the cache's blobs not yet vouched for. */
@@ -675,7 +679,9 @@ class SnapshotRun {
       }
       if (node.type === "dir") {
         const tree = this.trees.get(rel)
-        w.add(rel, this.cacheEntry(node, "dir", [], tree && { id: tree.id, length: this.ingest.lengthOf(tree.id), size: tree.size, entries: tree.entries }))
+        // its listing stands for the next scan's readdir only if no entry can have been made in it unseen (tooRecent)
+        const names = tooRecent(node, began) ? undefined : node.names
+        w.add(rel, this.cacheEntry(node, "dir", [], tree && { id: tree.id, length: this.ingest.lengthOf(tree.id), size: tree.size, entries: tree.entries }, names))
         for (const child of node.children ?? []) add(child)
       } else if (node.type === "symlink") {
         w.add(rel, this.cacheEntry(node, "symlink", [], undefined))

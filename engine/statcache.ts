@@ -59,6 +59,12 @@ export interface CachedEntry {
    */
   treeMtime?: string
   tree?: CachedTree
+  /**
+   * A directory's: how many names its listing held when it was scanned
+   * (absent: not known). When the cache holds exactly that many entries in
+   * the directory, they are its listing, for as long as its stat is unchanged.
+   */
+  names?: number
 }
 
 /** A cache to save: what a snapshot or a restore saw. */
@@ -84,6 +90,13 @@ export interface StatCacheView {
    * copied) when there is none or one of its blobs' lengths is unknown.
    */
   copyTo(rel: string, w: StatCacheWriter): boolean
+  /**
+   * The names in directory rel, from the cache instead of a readdir, when
+   * its stat is as cached (kind, mtime, ctime, inode: an entry made, removed
+   * or renamed in it changes its mtime and ctime) and the cache holds every
+   * name its listing had; else undefined.
+   */
+  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): string[] | undefined
   /** whether some blob's stored length is unknown (-1) */
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
@@ -98,7 +111,8 @@ export interface StatCacheView {
  *   UTF-16 units, text bytes; then columns of n values (m for blob lengths):
  *   f64 size, i64 mtimeNs, i64 ctimeNs, u64 ino, f64 tree size, f64 blob
  *   length; u32 rel length, u32 treeMtime length (0: same as mtimeNs), u32
- *   blob count, u32 tree entries; u8 kind (KIND_CODES); then the head (JSON
+ *   blob count, u32 tree entries, u32 listed (1 + a directory's names, 0:
+ *   unknown); u8 kind (KIND_CODES); then the head (JSON
  *   {patterns, index, stored}: StatCache's patterns, indexFiles and
  *   storedBytes) and the text (UTF-8); last, the sha256 of all the rest.
  *
@@ -117,7 +131,7 @@ export interface StatCacheView {
  * add up to the file's length, read as no cache.
  */
 const MAGIC = Buffer.from("cairn-statcache\n", "latin1")
-const FORMAT = 4
+const FORMAT = 5
 const SUM_BYTES = 32
 /** Bytes of text encoded at a time when a cache is written. */
 const TEXT_PIECE = 256 * 1024
@@ -125,7 +139,7 @@ const HEAD_BYTES = MAGIC.length + 6 * 4
 const KINDS = ["file", "link", "dir", "symlink"] as const
 const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
 /** The writer's per-entry columns (EntryColumns), by name. */
-const COLUMN_NAMES = ["kind", "size", "mtime", "ctime", "ino", "treeSize", "treeEntries", "relChars", "mtimeChars", "blobCount"] as const
+const COLUMN_NAMES = ["kind", "size", "mtime", "ctime", "ino", "treeSize", "treeEntries", "listed", "relChars", "mtimeChars", "blobCount"] as const
 const ID_CHARS = 64
 
 function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
@@ -195,12 +209,18 @@ class LoadedStatCache implements StatCacheView {
   private readonly mtimeChars: Uint32Array
   private readonly blobCount: Uint32Array
   private readonly treeEntries: Uint32Array
+  /** per entry: 1 + a directory's names (CachedEntry.names), 0: not known */
+  private readonly listed: Uint32Array
   private readonly kind: Uint8Array
   private readonly text: string
   /** per entry: where its strings start in the text, and its first blob */
   private readonly textAt: Uint32Array
   private readonly blobAt: Uint32Array
   private readonly index = new Map<string, number>()
+  /** per entry: its rel path (the index's keys, by number) */
+  private readonly rels: string[]
+  /** per entry: its first child's number and its next sibling's (-1: none); made when first asked for */
+  private family?: { first: Int32Array; next: Int32Array }
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
   readonly indexFiles?: string[]
@@ -212,7 +232,7 @@ class LoadedStatCache implements StatCacheView {
     const col = new Columns(buf, HEAD_BYTES)
     ;[this.size, this.mtime, this.ctime, this.ino, this.treeSize] = [col.f64(n), col.i64(n), col.i64(n), col.u64(n), col.f64(n)]
     this.blobLength = col.f64(m)
-    ;[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries] = [col.u32(n), col.u32(n), col.u32(n), col.u32(n)]
+    ;[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.listed] = [col.u32(n), col.u32(n), col.u32(n), col.u32(n), col.u32(n)]
     this.kind = col.u8(n)
     const head = JSON.parse(buf.toString("utf8", col.at, (col.at += headBytes))) as { patterns: string[] | null; index: string[] | null; stored?: number }
     if (Array.isArray(head.patterns)) this.patterns = head.patterns
@@ -224,6 +244,7 @@ class LoadedStatCache implements StatCacheView {
     if (this.text.length !== textChars) throw new RangeError("text does not decode to its length")
     this.textAt = new Uint32Array(n)
     this.blobAt = new Uint32Array(n)
+    this.rels = new Array<string>(n)
     let t = 0
     let b = 0
     for (let i = 0; i < n; i++) {
@@ -232,7 +253,9 @@ class LoadedStatCache implements StatCacheView {
       if (kind === undefined || (kind !== "file" && blobs > (kind === "dir" ? 1 : 0))) throw new Error("bad entry")
       this.textAt[i] = t
       this.blobAt[i] = b
-      this.index.set(this.text.slice(t, t + this.relChars[i]!), i)
+      const rel = this.text.slice(t, t + this.relChars[i]!)
+      this.rels[i] = rel
+      this.index.set(rel, i)
       t += this.relChars[i]! + this.mtimeChars[i]! + blobs * ID_CHARS
       b += blobs
     }
@@ -257,6 +280,33 @@ class LoadedStatCache implements StatCacheView {
     )
   }
 
+  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): string[] | undefined {
+    const i = this.index.get(rel)
+    if (i === undefined || this.listed[i] === 0 || KINDS[this.kind[i]!] !== "dir" || this.mtime[i] !== stat.mtimeNs || this.ctime[i] !== stat.ctimeNs || this.ino[i] !== stat.ino) return undefined
+    const { first, next } = (this.family ??= this.families())
+    const out: string[] = []
+    const skip = rel === "" ? 0 : rel.length + 1
+    for (let c = first[i]!; c >= 0; c = next[c]!) out.push(this.rels[c]!.slice(skip))
+    return out.length + 1 === this.listed[i] ? out : undefined
+  }
+
+  /** Every entry's first child and next sibling, from its path: whatever order the cache was written in. */
+  private families(): { first: Int32Array; next: Int32Array } {
+    const n = this.rels.length
+    const first = new Int32Array(n).fill(-1)
+    const next = new Int32Array(n).fill(-1)
+    for (let c = n - 1; c >= 0; c--) {
+      const rel = this.rels[c]!
+      if (rel === "") continue
+      const slash = rel.lastIndexOf("/")
+      const p = this.index.get(slash < 0 ? "" : rel.slice(0, slash))
+      if (p === undefined) continue
+      next[c] = first[p]!
+      first[p] = c
+    }
+    return { first, next }
+  }
+
   *blobs(): Iterable<CachedBlob> {
     for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
   }
@@ -276,7 +326,7 @@ class LoadedStatCache implements StatCacheView {
     const textEnd = end < n ? this.textAt[end]! : this.text.length
     const cut = <T extends { subarray(a: number, b: number): T }>(c: T) => c.subarray(start, end)
     w.rows(
-      { kind: cut(this.kind), size: cut(this.size), mtime: cut(this.mtime), ctime: cut(this.ctime), ino: cut(this.ino), treeSize: cut(this.treeSize), treeEntries: cut(this.treeEntries), relChars: cut(this.relChars), mtimeChars: cut(this.mtimeChars), blobCount: cut(this.blobCount) },
+      { kind: cut(this.kind), size: cut(this.size), mtime: cut(this.mtime), ctime: cut(this.ctime), ino: cut(this.ino), treeSize: cut(this.treeSize), treeEntries: cut(this.treeEntries), listed: cut(this.listed), relChars: cut(this.relChars), mtimeChars: cut(this.mtimeChars), blobCount: cut(this.blobCount) },
       this.blobLength.subarray(this.blobAt[start]!, blobEnd),
       this.text.slice(this.textAt[start]!, textEnd),
     )
@@ -301,6 +351,7 @@ class LoadedStatCache implements StatCacheView {
       const t = this.textAt[i]! + this.relChars[i]!
       entry.treeMtime = this.text.slice(t, t + this.mtimeChars[i]!)
     }
+    if (this.listed[i]! > 0) entry.names = this.listed[i]! - 1
     if (kind === "dir" && this.blobCount[i] === 1) {
       // a literal: a spread of the blob, then more properties, gives every object made so a hidden class of its own in V8
       const { id, length } = this.blobsOf(i)[0]!
@@ -311,7 +362,7 @@ class LoadedStatCache implements StatCacheView {
 }
 
 export function emptyStatCache(): StatCacheView {
-  return { get: () => undefined, matches: () => false, blobs: () => [], copyTo: () => false, someLengthUnknown: false }
+  return { get: () => undefined, matches: () => false, blobs: () => [], copyTo: () => false, listing: () => undefined, someLengthUnknown: false }
 }
 
 export async function loadStatCache(cacheDir: string, key: string): Promise<StatCacheView> {
@@ -340,6 +391,7 @@ interface EntryColumns {
   ino: BigUint64Array
   treeSize: Float64Array
   treeEntries: Uint32Array
+  listed: Uint32Array
   relChars: Uint32Array
   mtimeChars: Uint32Array
   blobCount: Uint32Array
@@ -370,6 +422,7 @@ export class StatCacheWriter {
   private mtimeChars = new Uint32Array(0)
   private blobCount = new Uint32Array(0)
   private treeEntries = new Uint32Array(0)
+  private listed = new Uint32Array(0)
   private kind = new Uint8Array(0)
   private blobLength = new Float64Array(0)
   private readonly text: string[] = []
@@ -418,11 +471,11 @@ export class StatCacheWriter {
     const blobs = e.tree ? [e.tree] : e.chunks
     for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
     const mtimeField = treeMtimeField(e)
-    this.row(KIND_CODES[e.kind], e.size, e.mtimeNs, e.ctimeNs, e.ino, e.tree?.size ?? 0, e.tree?.entries ?? 0, rel.length, mtimeField.length, rel + mtimeField + blobs.map((b) => b.id).join(""), blobs.map((b) => b.length))
+    this.row(KIND_CODES[e.kind], e.size, e.mtimeNs, e.ctimeNs, e.ino, e.tree?.size ?? 0, e.tree?.entries ?? 0, e.names === undefined ? 0 : e.names + 1, rel.length, mtimeField.length, rel + mtimeField + blobs.map((b) => b.id).join(""), blobs.map((b) => b.length))
   }
 
   /** One entry's columns; `text` is its rel path, treeMtime field and blob ids, one after the other. */
-  row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, relChars: number, mtimeChars: number, text: string, lengths: ArrayLike<number>): void {
+  row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, listed: number, relChars: number, mtimeChars: number, text: string, lengths: ArrayLike<number>): void {
     this.flushRun()
     if (this.n === this.cap || this.m + lengths.length > this.blobCap) this.grow(this.cap * 2, Math.max(this.blobCap * 2, this.m + lengths.length))
     const i = this.n++
@@ -433,6 +486,7 @@ export class StatCacheWriter {
     this.ino[i] = ino
     this.treeSize[i] = treeSize
     this.treeEntries[i] = treeEntries
+    this.listed[i] = listed
     this.relChars[i] = relChars
     this.mtimeChars[i] = mtimeChars
     this.blobCount[i] = lengths.length
@@ -457,7 +511,7 @@ export class StatCacheWriter {
     const columns: ArrayBufferView[] = [
       ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => c.subarray(0, n)),
       this.blobLength.subarray(0, this.m),
-      ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.kind].map((c) => c.subarray(0, n)),
+      ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.listed, this.kind].map((c) => c.subarray(0, n)),
     ]
     const length = HEAD_BYTES + columns.reduce((sum, c) => sum + c.byteLength, 0) + head.length + textBytes
     const hash = createHash("sha256")
@@ -506,6 +560,7 @@ export class StatCacheWriter {
     this.mtimeChars = more(this.mtimeChars, Uint32Array, cap)
     this.blobCount = more(this.blobCount, Uint32Array, cap)
     this.treeEntries = more(this.treeEntries, Uint32Array, cap)
+    this.listed = more(this.listed, Uint32Array, cap)
     this.kind = more(this.kind, Uint8Array, cap)
     this.blobLength = more(this.blobLength, Float64Array, blobCap)
     this.cap = cap

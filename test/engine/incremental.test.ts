@@ -1,10 +1,10 @@
 // Incremental snapshots (engine/statcache.ts): whatever the cache lets a
 // snapshot skip, the result must be exactly what a full re-read gives.
 import { createHash } from "node:crypto"
-import { promises as fsp } from "node:fs"
+import fs, { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import { diffTrees } from "../../engine/diff.js"
 import { collectGarbage } from "../../engine/gc.js"
 import { restoreSnapshot } from "../../engine/restore.js"
@@ -34,17 +34,25 @@ describe("incremental snapshots", () => {
   it("after any sequence of edits, give the tree and sizes a full re-read gives", async () => {
     const store = await newStore()
     let reusedSome = 0
+    // directories whose names came from the cache instead of a readdir (only those edited more than a tick before a snapshot can)
+    let listedFromCache = 0
+    const readdir = vi.spyOn(fs, "readdirSync")
     await fc.assert(
       fc.asyncProperty(
         dirSpec,
         fc.array(fc.array(fc.record({ op: fc.integer({ min: 0, max: 8 }), pick: fc.nat() }), { maxLength: 3 }), { minLength: 1, maxLength: 4 }),
-        async (spec, rounds) => {
+        fc.boolean(),
+        async (spec, rounds, aged) => {
           const src = await tempDir()
           await buildTree(src, spec)
+          if (aged) await pastTick()
           let parent = (await createSnapshot(store, src)).snapshot
           for (const [r, ops] of rounds.entries()) {
             for (const [i, { op, pick }] of ops.entries()) await mutate(src, op, pick, r * 10 + i)
+            if (aged) await pastTick()
+            readdir.mockClear()
             const inc = await createSnapshot(store, src, { parent })
+            listedFromCache += (await countDirs(src)) - readdir.mock.calls.length
             const full = await fullRead(store, src)
             expect(inc.warnings).toEqual([])
             expect(inc.snapshot.tree).toBe(full.snapshot.tree)
@@ -59,6 +67,44 @@ describe("incremental snapshots", () => {
       { numRuns: 40 },
     )
     expect(reusedSome).toBeGreaterThan(10) // the property exercised tree reuse, not only full rebuilds
+    readdir.mockRestore()
+    expect(listedFromCache).toBeGreaterThan(20) // and listings from the cache
+    await store.close()
+  })
+
+  it("a directory unchanged since the last snapshot is not read again (its names are the cache's); one with a name made, removed or renamed is", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { a: { dir: { "1.txt": { file: "1" }, "2.txt": { file: "2" } } }, b: { dir: { c: { dir: { "3.txt": { file: "3" } } } } }, "top.txt": { file: "t" } })
+    const readdir = vi.spyOn(fs, "readdirSync")
+    try {
+      await pastTick() // a directory changed within a tick of a snapshot's start is read again by the next
+      let parent = (await createSnapshot(store, src)).snapshot
+      expect(readdir.mock.calls.length).toBe(4)
+      const listedNow = async (edit: () => Promise<void>, expected: string[]) => {
+        await edit()
+        await pastTick()
+        readdir.mockClear()
+        const inc = await createSnapshot(store, src, { parent })
+        expect(readdir.mock.calls.map(([p]) => path.relative(src, String(p))).sort()).toEqual(expected)
+        expect(inc.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+        parent = inc.snapshot
+      }
+      await listedNow(async () => {}, [])
+      await listedNow(() => fsp.writeFile(path.join(src, "b/c/new.txt"), "new"), ["b/c"])
+      await listedNow(() => fsp.rm(path.join(src, "a/1.txt")), ["a"])
+      await listedNow(() => fsp.rename(path.join(src, "a/2.txt"), path.join(src, "a/3.txt")), ["a"])
+      await listedNow(() => fsp.rename(path.join(src, "b/c/3.txt"), path.join(src, "a/4.txt")), ["a", "b/c"])
+      await listedNow(() => fsp.mkdir(path.join(src, "b/d")), ["b", "b/d"])
+      // an edit that leaves the names alone: nothing is listed, the file is read
+      await listedNow(() => fsp.writeFile(path.join(src, "top.txt"), "T"), [])
+      // --full reads every directory
+      readdir.mockClear()
+      await createSnapshot(store, src, { full: true, cacheKey: "other" })
+      expect(readdir.mock.calls.length).toBe(5)
+    } finally {
+      readdir.mockRestore()
+    }
     await store.close()
   })
 

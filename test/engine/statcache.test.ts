@@ -24,16 +24,26 @@ const entry: fc.Arbitrary<CachedEntry> = fc
     chunks: fc.array(blob, { maxLength: 4 }),
     treeMtime: fc.option(ns.map(String), { nil: undefined }),
     tree: fc.option(fc.record({ id: fc.string().map(id), length: fc.integer({ min: -1, max: 1e9 }), size: fc.maxSafeNat(), entries: fc.nat() }), { nil: undefined }),
+    names: fc.option(fc.integer({ min: 0, max: 3 }), { nil: undefined }),
   })
   .map((e) => {
-    const { treeMtime, tree, ...rest } = e
+    const { treeMtime, tree, names, ...rest } = e
     return {
       ...rest,
       chunks: e.kind === "file" ? e.chunks : [],
       ...(treeMtime !== undefined && treeMtime !== String(e.mtimeNs) ? { treeMtime } : {}),
       ...(tree !== undefined && e.kind === "dir" ? { tree } : {}),
+      ...(names !== undefined && e.kind === "dir" ? { names } : {}),
     }
   })
+
+/** The names the cache's listing of rel must give: its entries in rel, when the cache has as many as its listing had. */
+function listingOf(list: ReadonlyArray<readonly [string, CachedEntry]>, rel: string): string[] | undefined {
+  const e = list.find(([r]) => r === rel)?.[1]
+  const prefix = rel === "" ? "" : `${rel}/`
+  const names = list.filter(([r]) => r !== "" && r.startsWith(prefix) && !r.slice(prefix.length).includes("/")).map(([r]) => r.slice(prefix.length))
+  return e?.kind === "dir" && e.names === names.length ? names.sort() : undefined
+}
 
 /** Every entry of a view, for the rels given. */
 const entriesOf = (view: StatCacheView, rels: Iterable<string>) => new Map([...rels].map((rel) => [rel, view.get(rel)]))
@@ -78,6 +88,11 @@ describe("stat cache file", () => {
             }
           }
           expect(view.matches("no/such/entry", "file", list[0]?.[1] ?? { size: 0, mtimeNs: 0n, ctimeNs: 0n, ino: 0n })).toBe(false)
+          for (const [rel, e] of list) {
+            const names = listingOf(list, rel)
+            expect(view.listing(rel, e)?.sort()).toEqual(names)
+            if (names) for (const field of ["mtimeNs", "ctimeNs", "ino"] as const) expect(view.listing(rel, { ...e, [field]: e[field] ^ 1n })).toBeUndefined()
+          }
           expect(view.patterns).toEqual(patterns)
           expect(view.indexFiles).toEqual(indexFiles)
           expect(view.storedBytes).toEqual(storedBytes)
@@ -88,6 +103,40 @@ describe("stat cache file", () => {
       ),
       { numRuns: 200 },
     )
+  })
+
+  it("lists a directory from its entries only while its stat is as cached and they are as many as its listing had, in whatever order they were written", async () => {
+    const dir = await tempDir()
+    const d = (names: number | undefined, ino: bigint): CachedEntry => ({ kind: "dir", size: 0, mtimeNs: 5n, ctimeNs: 6n, ino, chunks: [], ...(names !== undefined ? { names } : {}) })
+    const f: CachedEntry = { kind: "file", size: 1, mtimeNs: 5n, ctimeNs: 6n, ino: 9n, chunks: [{ id: id("x"), length: 1 }] }
+    const rows: Array<[string, CachedEntry]> = [
+      ["", d(5, 1n)],
+      ["empty", d(0, 6n)],
+      ["a", f],
+      ["sub", d(3, 2n)],
+      ["sub/x y", f],
+      ["sub/ünï", { ...f, kind: "symlink", chunks: [] }],
+      ["sub/deep", d(1, 3n)], // its listing had 1 name, the cache holds 3: not its listing
+      ["sub/deep/1", f],
+      ["sub/deep/2", f],
+      ["sub/deep/3", f],
+      ["short", d(2, 4n)], // its listing had 2, the cache holds 1 (one left out, or ignored)
+      ["short/only", f],
+      ["unknown", d(undefined, 5n)],
+      ["unknown/z", f],
+    ]
+    const at = (rel: string) => rows.find(([r]) => r === rel)![1]
+    const shuffled = rows.map((r, i) => [r, (i * 7) % rows.length] as const).sort((x, y) => x[1] - y[1]).map(([r]) => r)
+    for (const order of [rows, [...rows].reverse(), shuffled]) {
+      await saveStatCache(dir, "k", { entries: new Map(order) })
+      const view = await loadStatCache(dir, "k")
+      expect(view.listing("", at(""))?.sort()).toEqual(["a", "empty", "short", "sub", "unknown"])
+      expect(view.listing("empty", at("empty"))).toEqual([])
+      expect(view.listing("sub", at("sub"))?.sort()).toEqual(["deep", "x y", "ünï"])
+      for (const rel of ["sub/deep", "short", "unknown", "a", "nowhere"]) expect(view.listing(rel, rel === "nowhere" ? at("") : at(rel))).toBeUndefined()
+      // changed since: a name made, removed or renamed in it changes its mtime and ctime; another inode is another directory
+      for (const change of [{ mtimeNs: 7n }, { ctimeNs: 7n }, { ino: 99n }]) expect(view.listing("sub", { ...at("sub"), ...change })).toBeUndefined()
+    }
   })
 
   it("entries copied from a loaded cache, mixed with new ones in any order, load back as they were", async () => {
