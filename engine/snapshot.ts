@@ -108,12 +108,13 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     throw new BadInputError(`${(err as Error).message}; fix the pattern in --exclude or ${IGNORE_FILE}`)
   }
 
+  // read while the lock is taken (loadStatCache never rejects); whether its blobs are still held is decided
+  // under the lock (cacheTrusted), where no gc can remove them
+  const cacheKey = opts.cacheKey ?? dirCacheKey(root)
+  const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
   return store.withLock(false, "snapshot", async () => {
     // files changed since a tick before this are not cached (tooRecent)
     const began = nowNs()
-    const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-    // loadStatCache and cacheTrusted never reject
-    const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
     const ready = cacheLoad.then(async (cache) => new SnapshotRun(store, root, cache, await cacheTrusted(store, cache), patterns, opts))
     // a large file that changed is read while the scan goes on (the reader thread would idle until the scan ends)
     const onLargeFile = { size: SMALL_FILE + 1, fn: (node: ScanNode) => void ready.then((run) => run.readEarly(node)) }

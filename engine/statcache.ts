@@ -108,17 +108,20 @@ export interface StatCacheView {
  * On disk (little-endian), for n entries naming m blobs in all:
  *
  *   MAGIC, then u32 each: format version, n, m, head bytes, text length in
- *   UTF-16 units, text bytes; then columns of n values (m for blob lengths):
- *   f64 size, i64 mtimeNs, i64 ctimeNs, u64 ino, f64 tree size, f64 blob
- *   length; u32 rel length, u32 treeMtime length (0: same as mtimeNs), u32
- *   blob count, u32 tree entries, u32 listed (1 + a directory's names, 0:
- *   unknown); u8 kind (KIND_CODES); then the head (JSON
- *   {patterns, index, stored}: StatCache's patterns, indexFiles and
+ *   UTF-16 units, text bytes; then columns of n values (m for blob lengths
+ *   and ids): f64 size, i64 mtimeNs, i64 ctimeNs, u64 ino, f64 tree size,
+ *   f64 blob length, 32 bytes blob id; u32 rel length, u32 treeMtime length
+ *   (0: same as mtimeNs), u32 blob count, u32 tree entries, u32 listed (1 +
+ *   a directory's names, 0: unknown); u8 kind (KIND_CODES); then the head
+ *   (JSON {patterns, index, stored}: StatCache's patterns, indexFiles and
  *   storedBytes) and the text (UTF-8); last, the sha256 of all the rest.
  *
- * The text holds, entry after entry, its rel path, treeMtime and blob ids (64
- * hex characters each). A file's blobs are its chunks; a directory's one blob
- * is its tree, whose size and entry count are in the tree columns.
+ * The text holds, entry after entry, its rel path and treeMtime. A file's
+ * blobs are its chunks; a directory's one blob is its tree, whose size and
+ * entry count are in the tree columns. Blob ids are bytes, made hex only
+ * when asked for: as hex in the text they were a third of the file, and
+ * reading, hashing and decoding the file cost ~15 ms per MB here (most of
+ * it the first touch of the memory that holds it).
  *
  * Loading builds one map (rel -> entry number) and keeps the file: numbers are
  * read in place from aligned typed arrays and strings sliced from the text
@@ -131,7 +134,7 @@ export interface StatCacheView {
  * add up to the file's length, read as no cache.
  */
 const MAGIC = Buffer.from("cairn-statcache\n", "latin1")
-const FORMAT = 5
+const FORMAT = 6
 const SUM_BYTES = 32
 /** Bytes of text encoded at a time when a cache is written. */
 const TEXT_PIECE = 256 * 1024
@@ -140,7 +143,7 @@ const KINDS = ["file", "link", "dir", "symlink"] as const
 const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
 /** The writer's per-entry columns (EntryColumns), by name. */
 const COLUMN_NAMES = ["kind", "size", "mtime", "ctime", "ino", "treeSize", "treeEntries", "listed", "relChars", "mtimeChars", "blobCount"] as const
-const ID_CHARS = 64
+const ID_BYTES = 32
 
 function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
   if (!/^[A-Za-z0-9_-]+$/.test(key)) throw new Error(`invalid cache key ${JSON.stringify(key)}`)
@@ -196,6 +199,7 @@ class Columns {
   u64 = (n: number) => this.take((b, o, k) => new BigUint64Array(b, o, k), n, 8)
   u32 = (n: number) => this.take((b, o, k) => new Uint32Array(b, o, k), n, 4)
   u8 = (n: number) => this.take((b, o, k) => new Uint8Array(b, o, k), n, 1)
+  bytes = (n: number) => this.take((b, o, k) => Buffer.from(b, o, k), n, 1)
 }
 
 class LoadedStatCache implements StatCacheView {
@@ -205,6 +209,8 @@ class LoadedStatCache implements StatCacheView {
   private readonly ino: BigUint64Array
   private readonly treeSize: Float64Array
   private readonly blobLength: Float64Array
+  /** ID_BYTES per blob */
+  private readonly ids: Buffer
   private readonly relChars: Uint32Array
   private readonly mtimeChars: Uint32Array
   private readonly blobCount: Uint32Array
@@ -232,6 +238,7 @@ class LoadedStatCache implements StatCacheView {
     const col = new Columns(buf, HEAD_BYTES)
     ;[this.size, this.mtime, this.ctime, this.ino, this.treeSize] = [col.f64(n), col.i64(n), col.i64(n), col.u64(n), col.f64(n)]
     this.blobLength = col.f64(m)
+    this.ids = col.bytes(m * ID_BYTES)
     ;[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.listed] = [col.u32(n), col.u32(n), col.u32(n), col.u32(n), col.u32(n)]
     this.kind = col.u8(n)
     const head = JSON.parse(buf.toString("utf8", col.at, (col.at += headBytes))) as { patterns: string[] | null; index: string[] | null; stored?: number }
@@ -256,7 +263,7 @@ class LoadedStatCache implements StatCacheView {
       const rel = this.text.slice(t, t + this.relChars[i]!)
       this.rels[i] = rel
       this.index.set(rel, i)
-      t += this.relChars[i]! + this.mtimeChars[i]! + blobs * ID_CHARS
+      t += this.relChars[i]! + this.mtimeChars[i]!
       b += blobs
     }
     if (t !== textChars || b !== m || this.index.size !== n) throw new RangeError("columns do not add up")
@@ -290,19 +297,36 @@ class LoadedStatCache implements StatCacheView {
     return out.length + 1 === this.listed[i] ? out : undefined
   }
 
-  /** Every entry's first child and next sibling, from its path: whatever order the cache was written in. */
+  /**
+   * Every entry's first child and next sibling, from its path, whatever
+   * order the cache was written in. A snapshot writes it in walk order (a
+   * directory, then what is in it), where an entry's parent is one of the
+   * directories above the one before it, found without a lookup; else the
+   * parent is looked up by its path.
+   */
   private families(): { first: Int32Array; next: Int32Array } {
     const n = this.rels.length
     const first = new Int32Array(n).fill(-1)
     const next = new Int32Array(n).fill(-1)
-    for (let c = n - 1; c >= 0; c--) {
+    const last = new Int32Array(n).fill(-1)
+    const above: number[] = []
+    for (let c = 0; c < n; c++) {
       const rel = this.rels[c]!
-      if (rel === "") continue
+      if (rel === "") {
+        above.length = 0
+        above.push(c)
+        continue
+      }
       const slash = rel.lastIndexOf("/")
-      const p = this.index.get(slash < 0 ? "" : rel.slice(0, slash))
-      if (p === undefined) continue
-      next[c] = first[p]!
-      first[p] = c
+      const parentChars = slash < 0 ? 0 : slash
+      while (above.length > 0 && !(this.relChars[above[above.length - 1]!] === parentChars && rel.startsWith(this.rels[above[above.length - 1]!]!))) above.pop()
+      const p = above.length > 0 ? above[above.length - 1]! : this.index.get(rel.slice(0, parentChars))
+      if (p !== undefined) {
+        if (last[p]! < 0) first[p] = c
+        else next[last[p]!] = c
+        last[p] = c
+      }
+      if (this.kind[c] === KIND_CODES.dir) above.push(c)
     }
     return { first, next }
   }
@@ -322,20 +346,21 @@ class LoadedStatCache implements StatCacheView {
   /** Appends entries [start, end) to w as they are: a slice of each column and one of the text. */
   copyRowsTo(w: StatCacheWriter, start: number, end: number): void {
     const n = this.kind.length
+    const blobStart = this.blobAt[start]!
     const blobEnd = end < n ? this.blobAt[end]! : this.blobLength.length
     const textEnd = end < n ? this.textAt[end]! : this.text.length
     const cut = <T extends { subarray(a: number, b: number): T }>(c: T) => c.subarray(start, end)
     w.rows(
       { kind: cut(this.kind), size: cut(this.size), mtime: cut(this.mtime), ctime: cut(this.ctime), ino: cut(this.ino), treeSize: cut(this.treeSize), treeEntries: cut(this.treeEntries), listed: cut(this.listed), relChars: cut(this.relChars), mtimeChars: cut(this.mtimeChars), blobCount: cut(this.blobCount) },
-      this.blobLength.subarray(this.blobAt[start]!, blobEnd),
+      this.blobLength.subarray(blobStart, blobEnd),
+      this.ids.subarray(blobStart * ID_BYTES, blobEnd * ID_BYTES),
       this.text.slice(this.textAt[start]!, textEnd),
     )
   }
 
   private blobsOf(i: number): CachedBlob[] {
     const out: CachedBlob[] = new Array(this.blobCount[i]!)
-    let t = this.textAt[i]! + this.relChars[i]! + this.mtimeChars[i]!
-    for (let k = 0; k < out.length; k++, t += ID_CHARS) out[k] = { id: this.text.slice(t, t + ID_CHARS) as BlobId, length: this.blobLength[this.blobAt[i]! + k]! }
+    for (let k = 0, b = this.blobAt[i]!; k < out.length; k++, b++) out[k] = { id: this.ids.toString("hex", b * ID_BYTES, (b + 1) * ID_BYTES) as BlobId, length: this.blobLength[b]! }
     return out
   }
 
@@ -425,6 +450,7 @@ export class StatCacheWriter {
   private listed = new Uint32Array(0)
   private kind = new Uint8Array(0)
   private blobLength = new Float64Array(0)
+  private ids = Buffer.alloc(0)
   private readonly text: string[] = []
   private textChars = 0
   /** entries [start, end) of a loaded cache, to be copied as one run */
@@ -448,12 +474,13 @@ export class StatCacheWriter {
     this.run = { from, start: i, end: i + 1 }
   }
 
-  /** Appends many entries' columns, their blob lengths and their text at once. */
-  rows(cols: EntryColumns, lengths: Float64Array, text: string): void {
+  /** Appends many entries' columns, their blobs' lengths and ids, and their text at once. */
+  rows(cols: EntryColumns, lengths: Float64Array, ids: Uint8Array, text: string): void {
     const k = cols.kind.length
     if (this.n + k > this.cap || this.m + lengths.length > this.blobCap) this.grow(Math.max(this.cap * 2, this.n + k), Math.max(this.blobCap * 2, this.m + lengths.length))
     for (const name of COLUMN_NAMES) this[name].set(cols[name] as never, this.n)
     this.blobLength.set(lengths, this.m)
+    this.ids.set(ids, this.m * ID_BYTES)
     this.n += k
     this.m += lengths.length
     this.text.push(text)
@@ -471,13 +498,13 @@ export class StatCacheWriter {
     const blobs = e.tree ? [e.tree] : e.chunks
     for (const b of blobs) if (!isBlobId(b.id)) throw new Error(`not a blob id: ${b.id}`)
     const mtimeField = treeMtimeField(e)
-    this.row(KIND_CODES[e.kind], e.size, e.mtimeNs, e.ctimeNs, e.ino, e.tree?.size ?? 0, e.tree?.entries ?? 0, e.names === undefined ? 0 : e.names + 1, rel.length, mtimeField.length, rel + mtimeField + blobs.map((b) => b.id).join(""), blobs.map((b) => b.length))
+    this.row(KIND_CODES[e.kind], e.size, e.mtimeNs, e.ctimeNs, e.ino, e.tree?.size ?? 0, e.tree?.entries ?? 0, e.names === undefined ? 0 : e.names + 1, rel.length, mtimeField.length, rel + mtimeField, blobs)
   }
 
-  /** One entry's columns; `text` is its rel path, treeMtime field and blob ids, one after the other. */
-  row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, listed: number, relChars: number, mtimeChars: number, text: string, lengths: ArrayLike<number>): void {
+  /** One entry's columns; `text` is its rel path and treeMtime field, one after the other. */
+  private row(kind: number, size: number, mtimeNs: bigint, ctimeNs: bigint, ino: bigint, treeSize: number, treeEntries: number, listed: number, relChars: number, mtimeChars: number, text: string, blobs: readonly CachedBlob[]): void {
     this.flushRun()
-    if (this.n === this.cap || this.m + lengths.length > this.blobCap) this.grow(this.cap * 2, Math.max(this.blobCap * 2, this.m + lengths.length))
+    if (this.n === this.cap || this.m + blobs.length > this.blobCap) this.grow(this.cap * 2, Math.max(this.blobCap * 2, this.m + blobs.length))
     const i = this.n++
     this.kind[i] = kind
     this.size[i] = size
@@ -489,8 +516,11 @@ export class StatCacheWriter {
     this.listed[i] = listed
     this.relChars[i] = relChars
     this.mtimeChars[i] = mtimeChars
-    this.blobCount[i] = lengths.length
-    for (let k = 0; k < lengths.length; k++) this.blobLength[this.m++] = lengths[k]!
+    this.blobCount[i] = blobs.length
+    for (const b of blobs) {
+      this.ids.write(b.id, this.m * ID_BYTES, "hex")
+      this.blobLength[this.m++] = b.length
+    }
     this.text.push(text)
     this.textChars += text.length
   }
@@ -511,6 +541,7 @@ export class StatCacheWriter {
     const columns: ArrayBufferView[] = [
       ...[this.size, this.mtime, this.ctime, this.ino, this.treeSize].map((c) => c.subarray(0, n)),
       this.blobLength.subarray(0, this.m),
+      this.ids.subarray(0, this.m * ID_BYTES),
       ...[this.relChars, this.mtimeChars, this.blobCount, this.treeEntries, this.listed, this.kind].map((c) => c.subarray(0, n)),
     ]
     const length = HEAD_BYTES + columns.reduce((sum, c) => sum + c.byteLength, 0) + head.length + textBytes
@@ -563,6 +594,9 @@ export class StatCacheWriter {
     this.listed = more(this.listed, Uint32Array, cap)
     this.kind = more(this.kind, Uint8Array, cap)
     this.blobLength = more(this.blobLength, Float64Array, blobCap)
+    const ids = Buffer.alloc(blobCap * ID_BYTES)
+    this.ids.copy(ids)
+    this.ids = ids
     this.cap = cap
     this.blobCap = blobCap
   }

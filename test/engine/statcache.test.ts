@@ -216,11 +216,14 @@ describe("stat cache file", () => {
     const version = Buffer.from(good)
     version.writeUInt32LE(2, 16)
     const badKind = Buffer.from(good)
-    badKind[good.length - 32 - 1 - Buffer.byteLength(`a.txt${id("a")}`) - Buffer.byteLength('{"patterns":null,"index":null}')] = 7
-    // one hex digit of the chunk id changed, still a valid id: only the checksum can tell
+    const kindAt = good.length - 32 - 1 - Buffer.byteLength("a.txt") - Buffer.byteLength('{"patterns":null,"index":null}')
+    expect(good[kindAt]).toBe(0) // a file's kind code
+    badKind[kindAt] = 7
+    // one bit of the chunk id (stored as bytes) flipped, still a valid id: only the checksum can tell
     const otherId = Buffer.from(good)
-    const at = good.length - 32 - 1
-    otherId[at] = otherId[at] === 0x30 ? 0x31 : 0x30
+    const at = good.indexOf(Buffer.from(id("a"), "hex"))
+    expect(at).toBeGreaterThan(0)
+    otherId[at + 31] ^= 1
     for (const junk of [Buffer.alloc(0), good.subarray(0, 40), good.subarray(0, good.length - 1), Buffer.concat([good, Buffer.from("x")]), resum(version), resum(badKind), otherId, Buffer.from("{not json")]) {
       await fsp.writeFile(file, junk)
       expect((await loadStatCache(dir, "k")).get("a.txt")).toBeUndefined()
