@@ -10,12 +10,16 @@
 // overwritten by the next call) took ~150 ms where the API took ~190-210
 // (cold, median of 6). The binding is node's internal `fs` module
 // (`process.binding`, documented as deprecated but kept for compatibility),
-// so it is used only after a probe: it must give, for the file system's
-// root, exactly what `fs.lstatSync` gives; otherwise, or where it is absent
-// (or would print a deprecation warning: `--pending-deprecation`), every call
-// goes through `fs.lstatSync` as before. Errors are node's own either way:
-// undefined for an entry that does not exist, an exception with `code` for
-// anything else.
+// whose calling convention has changed between versions (node 20's early
+// releases passed a context object for errors where later ones throw), so
+// it is used only where node's own `fs.lstatSync` calls it exactly as this
+// module does (its source says so), and only after a probe: it must give,
+// for the file system's root, exactly what `fs.lstatSync` gives. Otherwise,
+// or where it is absent, where node's permission model is on (whose checks
+// `fs.lstatSync` makes in JavaScript), or where it would print a deprecation
+// warning (`--pending-deprecation`), every call goes through `fs.lstatSync`
+// as before. Errors are node's own either way: undefined for an entry that
+// does not exist, an exception with `code` for anything else.
 //
 // makeLstatEntry is self-contained (it sees only its arguments) so that the
 // scan's helper threads, whose code is a string (scan-helper.ts), build the
@@ -40,7 +44,7 @@ export interface EntryStat {
 /** What makeLstatEntry needs of `node:fs` and `process`: passed in, so that a test can take the binding away. */
 export interface LstatHost {
   fs: { lstatSync(path: string, opts: { bigint: true; throwIfNoEntry: false }): import("node:fs").BigIntStats | undefined }
-  process: { binding?: (name: string) => unknown; execArgv: readonly string[]; env: Record<string, string | undefined> }
+  process: { binding?: (name: string) => unknown; permission?: unknown; execArgv: readonly string[]; env: Record<string, string | undefined> }
 }
 
 /** An lstat: the entry's stat, undefined if it does not exist; throws (with `code`) for any other failure. */
@@ -65,7 +69,9 @@ export function makeLstatEntry(host: LstatHost): LstatEntry {
   const api = Object.assign(viaApi, { bare: false })
   const proc = host.process
   const pending = proc.execArgv.includes("--pending-deprecation") || (proc.env.NODE_OPTIONS ?? "").includes("--pending-deprecation") || proc.env.NODE_PENDING_DEPRECATION === "1"
-  if (pending || typeof proc.binding !== "function") return api
+  // node's own call, whose arguments (path, bigint, no request: synchronous, throwIfNoEntry) are copied below
+  const sameCall = /binding\.lstat\(\s*pathModule\.toNamespacedPath\(path\),\s*options\.bigint,\s*undefined,\s*options\.throwIfNoEntry,?\s*\)/.test(String(host.fs.lstatSync))
+  if (pending || proc.permission !== undefined || !sameCall || typeof proc.binding !== "function") return api
   let bare: LstatEntry
   try {
     // node's FillStatsArray order: dev, mode, nlink, uid, gid, rdev, blksize, ino, size, blocks, then

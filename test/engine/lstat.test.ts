@@ -46,7 +46,7 @@ describe("lstatEntry", () => {
     expect(st.mtimeNs).toBe(-14182939877000000n)
   })
 
-  it("is not used when the binding gives other numbers, throws, or would warn", () => {
+  it("is not used when the binding gives other numbers, throws, would warn, would skip the permission model's checks, or is called otherwise by node", () => {
     const shifted = new BigInt64Array(36).fill(7n)
     const wrong: LstatHost = { fs, process: { execArgv: [], env: {}, binding: () => ({ lstat: () => shifted }) } }
     expect(makeLstatEntry(wrong).bare).toBe(false)
@@ -61,6 +61,11 @@ describe("lstatEntry", () => {
     }
     expect(makeLstatEntry({ fs, process: { execArgv: ["--pending-deprecation"], env: {}, binding } }).bare).toBe(false)
     expect(makeLstatEntry({ fs, process: { execArgv: [], env: { NODE_OPTIONS: "--pending-deprecation" }, binding } }).bare).toBe(false)
+    expect(asked).toBe(false)
+    // node's permission model on (its checks are fs.lstatSync's), or an fs.lstatSync that does not call the binding as this module does
+    expect(makeLstatEntry({ fs, process: { execArgv: [], env: {}, binding, permission: { has: () => true } } }).bare).toBe(false)
+    const wrapped = { lstatSync: (p: string, o: { bigint: true; throwIfNoEntry: false }) => fs.lstatSync(p, o) }
+    expect(makeLstatEntry({ fs: wrapped, process: { execArgv: [], env: {}, binding } }).bare).toBe(false)
     expect(asked).toBe(false)
     // and the same binding, asked plainly, is used
     expect(makeLstatEntry({ fs, process: { execArgv: [], env: {}, binding } }).bare).toBe(true)
