@@ -30,6 +30,8 @@ export interface ScanNode extends EntryStat {
   linkTo?: string
   /** a directory's: how many names its listing held (kept or not) */
   names?: number
+  /** its entry's number in the stat cache, when the cache's listing of its directory gave it (ScanOptions.listed) */
+  cacheAt: number | undefined
 }
 
 export interface Warning {
@@ -62,10 +64,12 @@ export interface ScanOptions {
   helpFrom?: number
   /**
    * A directory's names known without a readdir (the stat cache's, for a
-   * directory unchanged since: StatCacheView.listing), or undefined to read
-   * them. Asked on the walk's own thread, before each readdir.
+   * directory unchanged since: StatCacheView.listing), with a number for
+   * each (their entries' in the cache: ScanNode.cacheAt), or undefined to
+   * read them. Asked on the walk's own thread, before each readdir, with
+   * the directory's own number when its listing gave one.
    */
-  listed?: (rel: string, st: EntryStat) => string[] | undefined
+  listed?: (rel: string, st: EntryStat, at: number | undefined) => { names: string[]; at: readonly number[] } | undefined
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
@@ -93,7 +97,7 @@ const TYPES: Record<number, ScanNode["type"] | string> = {
   0o020000: "character device",
 }
 
-function toNode(name: string, rel: string, type: ScanNode["type"], st: EntryStat): ScanNode {
+function toNode(name: string, rel: string, type: ScanNode["type"], st: EntryStat, cacheAt?: number): ScanNode {
   return {
     name,
     rel,
@@ -107,6 +111,7 @@ function toNode(name: string, rel: string, type: ScanNode["type"], st: EntryStat
     uid: st.uid,
     gid: st.gid,
     size: type === "file" ? st.size : 0,
+    cacheAt,
   }
 }
 
@@ -189,7 +194,8 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
     }
     const [abs, node] = stack.pop()!
     // a directory unchanged since the stat cache was written: its names are the cache's, no readdir
-    let names = opts.listed?.(node.rel, node)
+    const known = opts.listed?.(node.rel, node, node.cacheAt)
+    let names = known?.names
     if (names !== undefined) {
       node.names = names.length
     } else {
@@ -206,7 +212,7 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
     }
     calls += names.length
     entries += names.length
-    addChildren(abs, node, names, (name) => lstatHere(`${abs}/${name}`), result, opts, stack)
+    addChildren(abs, node, names, (name) => lstatHere(`${abs}/${name}`), result, opts, stack, known?.at)
   }
 }
 
@@ -229,6 +235,7 @@ function addChildren(
   result: ScanResult,
   opts: ScanOptions,
   stack: Array<[string, ScanNode]>,
+  cacheAt?: readonly number[],
 ): void {
   const children: ScanNode[] = []
   names.forEach((name, i) => {
@@ -243,7 +250,7 @@ function addChildren(
       result.warnings.push({ path: rel, reason: `${type} skipped` })
       return
     }
-    const child = toNode(name, rel, type, st)
+    const child = toNode(name, rel, type, st, cacheAt?.[i])
     if (opts.ignore?.ignores(rel, type === "dir")) return
     if (type === "dir" && opts.skipDirs?.ids.has(`${st.dev}:${st.ino}`)) {
       result.warnings.push({ path: rel, reason: opts.skipDirs.reason })

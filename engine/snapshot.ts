@@ -122,7 +122,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     try {
       // the cache before the walk: a directory it lists as it is on disk is not read again
       const cache = await cacheLoad
-      const listed = (rel: string, st: EntryStat) => cache.listing(rel, st)
+      const listed = (rel: string, st: EntryStat, at: number | undefined) => cache.listing(rel, st, at)
       scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, skipDirs: await ownDirs(store) })
     } catch (err) {
       await (await ready).settleEarly() // nothing may still write once the lock is released
@@ -261,7 +261,7 @@ class SnapshotRun {
    * lengths can be trusted and nothing is read, accounting waits for the
    * trees; a reused root tree takes the cached total instead (storedBytes).
    */
-  private deferred: string[] = []
+  private deferred: ScanNode[] = []
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
   /** directories whose cached tree was reused */
   private readonly reusedDirs = new Set<string>()
@@ -368,12 +368,12 @@ class SnapshotRun {
 
   /** Whether node's kind, size, mtime, ctime and inode are all as the cache recorded them. */
   private isUnchanged(node: ScanNode): boolean {
-    return this.cache.matches(node.rel, node.type === "file" && node.linkTo !== undefined ? "link" : node.type, node)
+    return this.cache.matches(node.rel, node.type === "file" && node.linkTo !== undefined ? "link" : node.type, node, node.cacheAt)
   }
 
   /** The cache's entry for node if node is unchanged. */
   private unchanged(node: ScanNode): CachedEntry | undefined {
-    return this.isUnchanged(node) ? this.cache.get(node.rel) : undefined
+    return this.isUnchanged(node) ? this.cache.get(node.rel, node.cacheAt) : undefined
   }
 
   /**
@@ -390,7 +390,7 @@ class SnapshotRun {
         if (child.type === "dir") visit(child)
         else if (child.type === "file" && child.linkTo === undefined) {
           if (this.trusted && !this.cache.someLengthUnknown && this.isUnchanged(child)) {
-            this.deferred.push(child.rel)
+            this.deferred.push(child)
             this.reuse(child)
             continue
           }
@@ -557,7 +557,7 @@ class SnapshotRun {
   }
 
   private accountDeferred(): void {
-    for (const rel of this.deferred) this.accountChunks(this.cache.get(rel)!)
+    for (const node of this.deferred) this.accountChunks(this.cache.get(node.rel, node.cacheAt)!)
     this.deferred = []
   }
 
@@ -674,7 +674,7 @@ class SnapshotRun {
         node.type === "dir" ? this.trusted && this.reusedDirs.has(rel)
         : node.type === "file" && node.linkTo === undefined ? this.trusted && this.reused.has(rel)
         : this.isUnchanged(node)
-      if (same && this.cache.copyTo(rel, w)) {
+      if (same && this.cache.copyTo(rel, w, node.cacheAt)) {
         for (const child of node.children ?? []) add(child)
         return
       }

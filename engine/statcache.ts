@@ -78,25 +78,36 @@ export interface StatCache {
   storedBytes?: number
 }
 
+/** A directory's names as the cache lists them, and their entries' numbers (for StatCacheView's `at`). */
+export interface Listed {
+  names: string[]
+  at: number[]
+}
+
 /** A loaded cache: entries are decoded when asked for, so that an entry costs nothing until it is used. */
 export interface StatCacheView {
-  get(rel: string): CachedEntry | undefined
+  /**
+   * Every method that takes a rel path takes too, as `at`, the number of its
+   * entry when a listing gave it (Listed.at): found by it, rather than by a
+   * lookup of the path (the path is checked against it all the same).
+   */
+  get(rel: string, at?: number): CachedEntry | undefined
   /** Whether rel's entry has this kind, size, mtime, ctime and inode; cheaper than get. */
-  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">, at?: number): boolean
   /** every blob the cache names: files' chunks and directories' trees */
   blobs(): Iterable<CachedBlob>
   /**
    * Copies rel's entry as it is into w, without decoding it; false (nothing
    * copied) when there is none or one of its blobs' lengths is unknown.
    */
-  copyTo(rel: string, w: StatCacheWriter): boolean
+  copyTo(rel: string, w: StatCacheWriter, at?: number): boolean
   /**
    * The names in directory rel, from the cache instead of a readdir, when
    * its stat is as cached (kind, mtime, ctime, inode: an entry made, removed
    * or renamed in it changes its mtime and ctime) and the cache holds every
    * name its listing had; else undefined.
    */
-  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): string[] | undefined
+  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, at?: number): Listed | undefined
   /** whether some blob's stored length is unknown (-1) */
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
@@ -123,9 +134,11 @@ export interface StatCacheView {
  * reading, hashing and decoding the file cost ~15 ms per MB here (most of
  * it the first touch of the memory that holds it).
  *
- * Loading builds one map (rel -> entry number) and keeps the file: numbers are
- * read in place from aligned typed arrays and strings sliced from the text
- * only when an entry is asked for. Objects that live through the snapshot
+ * Loading keeps the file: numbers are read in place from aligned typed
+ * arrays and strings sliced from the text only when an entry is asked for.
+ * An entry is found by its number where a listing of its directory gave it
+ * (the walk passes it on), else by a map of paths, made when first needed.
+ * Objects that live through the snapshot
  * cost young-generation GC copies, and for an unchanged workspace the cache is
  * the largest thing alive: decoding it whole (format 2, JSON with BigInt
  * strings) cost more than the scan's lstat calls. Any other version, a
@@ -222,9 +235,10 @@ class LoadedStatCache implements StatCacheView {
   /** per entry: where its strings start in the text, and its first blob */
   private readonly textAt: Uint32Array
   private readonly blobAt: Uint32Array
-  private readonly index = new Map<string, number>()
-  /** per entry: its rel path (the index's keys, by number) */
-  private readonly rels: string[]
+  /** entry numbers by rel path: made when first needed (an entry asked for by its number needs none) */
+  private byRel?: Map<string, number>
+  /** the root's entry (rel ""), -1: none */
+  private readonly rootAt: number = -1
   /** per entry: its first child's number and its next sibling's (-1: none); made when first asked for */
   private family?: { first: Int32Array; next: Int32Array }
   readonly someLengthUnknown: boolean
@@ -251,32 +265,49 @@ class LoadedStatCache implements StatCacheView {
     if (this.text.length !== textChars) throw new RangeError("text does not decode to its length")
     this.textAt = new Uint32Array(n)
     this.blobAt = new Uint32Array(n)
-    this.rels = new Array<string>(n)
     let t = 0
     let b = 0
     for (let i = 0; i < n; i++) {
       const kind = KINDS[this.kind[i]!]
       const blobs = this.blobCount[i]!
       if (kind === undefined || (kind !== "file" && blobs > (kind === "dir" ? 1 : 0))) throw new Error("bad entry")
+      if (this.relChars[i] === 0 && this.rootAt < 0) this.rootAt = i
       this.textAt[i] = t
       this.blobAt[i] = b
-      const rel = this.text.slice(t, t + this.relChars[i]!)
-      this.rels[i] = rel
-      this.index.set(rel, i)
       t += this.relChars[i]! + this.mtimeChars[i]!
       b += blobs
     }
-    if (t !== textChars || b !== m || this.index.size !== n) throw new RangeError("columns do not add up")
+    if (t !== textChars || b !== m) throw new RangeError("columns do not add up")
     this.someLengthUnknown = this.blobLength.some((l) => l < 0)
   }
 
-  get(rel: string): CachedEntry | undefined {
-    const i = this.index.get(rel)
+  /**
+   * rel's entry number: `at` when that is its number (the scan passes what
+   * the cache's listing of its directory said), else looked up by path.
+   * Asking by number spares a map of every path (slicing them out of the
+   * text and hashing them cost more than the walk's use of them).
+   */
+  private find(rel: string, at: number | undefined): number | undefined {
+    if (at !== undefined && at >= 0 && at < this.kind.length && this.relChars[at] === rel.length && this.text.startsWith(rel, this.textAt[at])) return at
+    if (rel === "" && this.rootAt >= 0) return this.rootAt
+    if (this.byRel === undefined) {
+      this.byRel = new Map()
+      for (let i = 0; i < this.kind.length; i++) this.byRel.set(this.relOf(i), i)
+    }
+    return this.byRel.get(rel)
+  }
+
+  private relOf(i: number): string {
+    return this.text.slice(this.textAt[i]!, this.textAt[i]! + this.relChars[i]!)
+  }
+
+  get(rel: string, at?: number): CachedEntry | undefined {
+    const i = this.find(rel, at)
     return i === undefined ? undefined : this.entry(i)
   }
 
-  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">): boolean {
-    const i = this.index.get(rel)
+  matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">, at?: number): boolean {
+    const i = this.find(rel, at)
     return (
       i !== undefined &&
       this.size[i] === stat.size &&
@@ -287,14 +318,18 @@ class LoadedStatCache implements StatCacheView {
     )
   }
 
-  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): string[] | undefined {
-    const i = this.index.get(rel)
+  listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, at?: number): Listed | undefined {
+    const i = this.find(rel, at)
     if (i === undefined || this.listed[i] === 0 || KINDS[this.kind[i]!] !== "dir" || this.mtime[i] !== stat.mtimeNs || this.ctime[i] !== stat.ctimeNs || this.ino[i] !== stat.ino) return undefined
     const { first, next } = (this.family ??= this.families())
-    const out: string[] = []
+    const names: string[] = []
+    const entries: number[] = []
     const skip = rel === "" ? 0 : rel.length + 1
-    for (let c = first[i]!; c >= 0; c = next[c]!) out.push(this.rels[c]!.slice(skip))
-    return out.length + 1 === this.listed[i] ? out : undefined
+    for (let c = first[i]!; c >= 0; c = next[c]!) {
+      names.push(this.text.slice(this.textAt[c]! + skip, this.textAt[c]! + this.relChars[c]!))
+      entries.push(c)
+    }
+    return names.length + 1 === this.listed[i] ? { names, at: entries } : undefined
   }
 
   /**
@@ -305,28 +340,38 @@ class LoadedStatCache implements StatCacheView {
    * parent is looked up by its path.
    */
   private families(): { first: Int32Array; next: Int32Array } {
-    const n = this.rels.length
+    const n = this.kind.length
     const first = new Int32Array(n).fill(-1)
     const next = new Int32Array(n).fill(-1)
     const last = new Int32Array(n).fill(-1)
+    // the directories above the entry before, with their paths
     const above: number[] = []
+    const aboveRels: string[] = []
     for (let c = 0; c < n; c++) {
-      const rel = this.rels[c]!
-      if (rel === "") {
-        above.length = 0
+      const start = this.textAt[c]!
+      const chars = this.relChars[c]!
+      if (chars === 0) {
+        above.length = aboveRels.length = 0
         above.push(c)
+        aboveRels.push("")
         continue
       }
-      const slash = rel.lastIndexOf("/")
-      const parentChars = slash < 0 ? 0 : slash
-      while (above.length > 0 && !(this.relChars[above[above.length - 1]!] === parentChars && rel.startsWith(this.rels[above[above.length - 1]!]!))) above.pop()
-      const p = above.length > 0 ? above[above.length - 1]! : this.index.get(rel.slice(0, parentChars))
+      const slash = this.text.lastIndexOf("/", start + chars - 1)
+      const parentChars = slash < start ? 0 : slash - start
+      while (above.length > 0 && !(this.relChars[above[above.length - 1]!] === parentChars && this.text.startsWith(aboveRels[aboveRels.length - 1]!, start))) {
+        above.pop()
+        aboveRels.pop()
+      }
+      const p = above.length > 0 ? above[above.length - 1]! : this.find(this.text.slice(start, start + parentChars), undefined)
       if (p !== undefined) {
         if (last[p]! < 0) first[p] = c
         else next[last[p]!] = c
         last[p] = c
       }
-      if (this.kind[c] === KIND_CODES.dir) above.push(c)
+      if (this.kind[c] === KIND_CODES.dir) {
+        above.push(c)
+        aboveRels.push(this.relOf(c))
+      }
     }
     return { first, next }
   }
@@ -335,8 +380,8 @@ class LoadedStatCache implements StatCacheView {
     for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
   }
 
-  copyTo(rel: string, w: StatCacheWriter): boolean {
-    const i = this.index.get(rel)
+  copyTo(rel: string, w: StatCacheWriter, at?: number): boolean {
+    const i = this.find(rel, at)
     if (i === undefined) return false
     for (let b = this.blobAt[i]!, end = b + this.blobCount[i]!; b < end; b++) if (this.blobLength[b]! < 0) return false
     w.copyRow(this, i)

@@ -90,7 +90,7 @@ describe("stat cache file", () => {
           expect(view.matches("no/such/entry", "file", list[0]?.[1] ?? { size: 0, mtimeNs: 0n, ctimeNs: 0n, ino: 0n })).toBe(false)
           for (const [rel, e] of list) {
             const names = listingOf(list, rel)
-            expect(view.listing(rel, e)?.sort()).toEqual(names)
+            expect(view.listing(rel, e)?.names.sort()).toEqual(names)
             if (names) for (const field of ["mtimeNs", "ctimeNs", "ino"] as const) expect(view.listing(rel, { ...e, [field]: e[field] ^ 1n })).toBeUndefined()
           }
           expect(view.patterns).toEqual(patterns)
@@ -130,10 +130,20 @@ describe("stat cache file", () => {
     for (const order of [rows, [...rows].reverse(), shuffled]) {
       await saveStatCache(dir, "k", { entries: new Map(order) })
       const view = await loadStatCache(dir, "k")
-      expect(view.listing("", at(""))?.sort()).toEqual(["a", "empty", "short", "sub", "unknown"])
-      expect(view.listing("empty", at("empty"))).toEqual([])
-      expect(view.listing("sub", at("sub"))?.sort()).toEqual(["deep", "x y", "ünï"])
+      expect(view.listing("", at(""))?.names.sort()).toEqual(["a", "empty", "short", "sub", "unknown"])
+      expect(view.listing("empty", at("empty"))?.names).toEqual([])
+      expect(view.listing("sub", at("sub"))?.names.sort()).toEqual(["deep", "x y", "ünï"])
       for (const rel of ["sub/deep", "short", "unknown", "a", "nowhere"]) expect(view.listing(rel, rel === "nowhere" ? at("") : at(rel))).toBeUndefined()
+      // the numbers a listing gives find the entries without their paths; a wrong number is only a hint (the path decides)
+      const sub = view.listing("sub", at("sub"))!
+      sub.names.forEach((name, k) => {
+        const rel = `sub/${name}`
+        expect(view.get(rel, sub.at[k])).toEqual(at(rel))
+        expect(view.matches(rel, at(rel).kind, at(rel), sub.at[k])).toBe(true)
+        for (const wrong of [sub.at[(k + 1) % 3]!, -1, 1e6]) expect(view.get(rel, wrong)).toEqual(at(rel))
+      })
+      expect(view.get("sub/none", sub.at[0])).toBeUndefined()
+      expect(view.listing("sub/deep", at("sub/deep"), sub.at[sub.names.indexOf("deep")])).toBeUndefined()
       // changed since: a name made, removed or renamed in it changes its mtime and ctime; another inode is another directory
       for (const change of [{ mtimeNs: 7n }, { ctimeNs: 7n }, { ino: 99n }]) expect(view.listing("sub", { ...at("sub"), ...change })).toBeUndefined()
     }
