@@ -9,7 +9,9 @@
 // the totals that progress reporting needs before any content is read.
 // A large tree is listed by helper threads too (scan-helper.ts): the same
 // rules apply to what they list, and warnings come out in path order, so a
-// tree scans to the same result however the work was shared.
+// tree scans to the same result however the work was shared. A directory
+// the stat cache lists as it is on disk (ScanOptions.listed) is not read:
+// its names are the cache's, and each of its entries is still lstat'ed.
 
 import fs, { promises as fsp } from "node:fs"
 import path from "node:path"

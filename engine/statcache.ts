@@ -138,10 +138,11 @@ export interface StatCacheView {
  * arrays and strings sliced from the text only when an entry is asked for.
  * An entry is found by its number where a listing of its directory gave it
  * (the walk passes it on), else by a map of paths, made when first needed.
- * Objects that live through the snapshot
- * cost young-generation GC copies, and for an unchanged workspace the cache is
- * the largest thing alive: decoding it whole (format 2, JSON with BigInt
- * strings) cost more than the scan's lstat calls. Any other version, a
+ * Objects that live through the snapshot cost young-generation GC copies,
+ * and for an unchanged workspace the cache is the largest thing alive:
+ * decoding it whole (format 2, JSON with BigInt strings) cost more than the
+ * scan's lstat calls. A file holds each path once (a snapshot writes each
+ * entry once). Any other version, a
  * checksum that does not match (a flipped bit in a blob id would otherwise
  * put a wrong chunk into a snapshot without a read), or columns that do not
  * add up to the file's length, read as no cache.
