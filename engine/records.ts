@@ -6,7 +6,10 @@
 // strings) must surface as damage (IntegrityError, via Store.getRecord), not
 // as a TypeError deep in a restore.
 
-import { BadInputError } from "../store/errors.js"
+import { promises as fsp } from "node:fs"
+import path from "node:path"
+import { mapLimit } from "../store/concurrency.js"
+import { BadInputError, IntegrityError, NotFoundError } from "../store/errors.js"
 import { isBlobId } from "../store/ids.js"
 import type { Store } from "../store/store.js"
 import type { SnapshotRecord } from "./types.js"
@@ -80,4 +83,74 @@ export async function listSnapshots(store: Store): Promise<{ records: SnapshotRe
 /** One snapshot record by id; IntegrityError when it is damaged, NotFoundError when absent. */
 export async function readSnapshot(store: Store, id: string): Promise<SnapshotRecord> {
   return normalizeSnapshotRecord(await store.getRecord<SnapshotRecord>("snapshots", id, snapshotRecordProblem))
+}
+
+/** What never changes in a snapshot record once it is made (an update changes its name, labels, pin or expiry only). */
+interface Origin {
+  source: string
+  boxId?: string
+  createdAt: string
+}
+
+const ORIGINS_FILE = "snapshot-origins.json"
+
+/**
+ * The newest snapshot (by createdAt, then id, as `cairn ls` orders them)
+ * whose origin matches: a directory's or a box's previous one.
+ *
+ * Why not read every record: finding it that way costs one read per
+ * snapshot in the repository, at every snapshot (on S3, a GET each). The
+ * origins of the snapshots this host has seen are kept in its cache
+ * directory instead, and only records it has not seen are read: one listing
+ * and, usually, the one record the last snapshot added. The listing keeps
+ * it exact: a snapshot another host made is read, a forgotten one dropped.
+ * A damaged or missing file of origins only costs reading them all again;
+ * a damaged record is passed over, as listing snapshots does.
+ */
+export async function newestSnapshot(store: Store, matches: (o: Origin) => boolean): Promise<SnapshotRecord | undefined> {
+  const file = path.join(store.cacheDir, ORIGINS_FILE)
+  const known = await fsp
+    .readFile(file, "utf8")
+    .then((text) => JSON.parse(text) as unknown)
+    .catch(() => undefined)
+  const kept = typeof known === "object" && known !== null && !Array.isArray(known) ? (known as Record<string, unknown>) : {}
+  const names = await store.listRecordNames("snapshots")
+  const origins = new Map<string, Origin>()
+  const unseen: string[] = []
+  for (const name of names) {
+    const o = kept[name]
+    if (isOrigin(o)) origins.set(name, o)
+    else unseen.push(name)
+  }
+  await mapLimit(unseen, 32, async (name) => {
+    try {
+      const r = await readSnapshot(store, name)
+      origins.set(name, { source: r.source, ...(r.boxId !== undefined ? { boxId: r.boxId } : {}), createdAt: r.createdAt })
+    } catch (err) {
+      if (!(err instanceof NotFoundError) && !(err instanceof IntegrityError)) throw err
+    }
+  })
+  if (unseen.length > 0 || Object.keys(kept).length !== origins.size) {
+    // a temp file renamed: a reader never sees half of it; a lost race only costs the other writer's entries
+    const temp = `${file}.tmp-${process.pid}`
+    await fsp
+      .writeFile(temp, JSON.stringify(Object.fromEntries(origins)), { mode: 0o600 })
+      .then(() => fsp.rename(temp, file))
+      .catch(() => fsp.rm(temp, { force: true }))
+  }
+  let newest: [string, Origin] | undefined
+  for (const [id, o] of origins) {
+    if (!matches(o)) continue
+    if (!newest || o.createdAt > newest[1].createdAt || (o.createdAt === newest[1].createdAt && id > newest[0])) newest = [id, o]
+  }
+  if (!newest) return undefined
+  // read now: it may have been forgotten since the listing (then there is none to follow)
+  return readSnapshot(store, newest[0]).catch((err: unknown) => {
+    if (err instanceof NotFoundError || err instanceof IntegrityError) return undefined
+    throw err
+  })
+}
+
+function isOrigin(v: unknown): v is Origin {
+  return isObject(v) && typeof v.source === "string" && typeof v.createdAt === "string" && optional(v.boxId, "string")
 }

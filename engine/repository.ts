@@ -29,7 +29,7 @@ import type { RestoreOptions, RestoreResult, RestoreTarget, SharedRestoreOptions
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
-import { checkRecordFields, listSnapshots, readSnapshot } from "./records.js"
+import { checkRecordFields, listSnapshots, newestSnapshot, readSnapshot } from "./records.js"
 
 export interface OpenOptions {
   /** Local repository directory; default $CAIRN_REPO, else ~/.cairn. */
@@ -230,10 +230,7 @@ class SnapshotApi {
   async create(dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
     const root = path.resolve(dir)
     let parent = opts.parent
-    if (!parent) {
-      const previous = (await this.list(opts.boxId ? { boxId: opts.boxId } : {})).filter((s) => opts.boxId || s.source === root)
-      parent = previous[previous.length - 1]
-    }
+    parent ??= await newestSnapshot(this.store, (o) => (opts.boxId ? o.boxId === opts.boxId : o.source === root))
     return createSnapshot(this.store, root, { ...opts, parent, cacheKey: opts.cacheKey ?? opts.boxId })
   }
 
