@@ -6,6 +6,7 @@
 // strings) must surface as damage (IntegrityError, via Store.getRecord), not
 // as a TypeError deep in a restore.
 
+import { randomBytes } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { mapLimit } from "../store/concurrency.js"
@@ -131,8 +132,8 @@ export async function newestSnapshot(store: Store, matches: (o: Origin) => boole
     }
   })
   if (unseen.length > 0 || Object.keys(kept).length !== origins.size) {
-    // a temp file renamed: a reader never sees half of it; a lost race only costs the other writer's entries
-    const temp = `${file}.tmp-${process.pid}`
+    // a temp file of its own renamed: a reader never sees half of it; a lost race only costs the other writer's entries
+    const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`
     await fsp
       .writeFile(temp, JSON.stringify(Object.fromEntries(origins)), { mode: 0o600 })
       .then(() => fsp.rename(temp, file))
