@@ -137,7 +137,7 @@ export async function newestSnapshot(store: Store, matches: (o: Origin) => boole
     await fsp
       .writeFile(temp, JSON.stringify(Object.fromEntries(origins)), { mode: 0o600 })
       .then(() => fsp.rename(temp, file))
-      .catch(() => fsp.rm(temp, { force: true }))
+      .catch(() => fsp.rm(temp, { force: true }).catch(() => {}))
   }
   let newest: [string, Origin] | undefined
   for (const [id, o] of origins) {
