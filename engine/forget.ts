@@ -17,7 +17,7 @@
 import { BadInputError } from "../store/errors.js"
 import type { Store } from "../store/store.js"
 import type { SnapshotRecord } from "./types.js"
-import { listSnapshots } from "./records.js"
+import { creationOrder, listSnapshots } from "./records.js"
 
 export interface KeepPolicy {
   keepLast?: number
@@ -101,7 +101,7 @@ export function planForget(snapshots: readonly SnapshotRecord[], policy: KeepPol
     g.push(s)
   }
   for (const group of groups.values()) {
-    group.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.id < b.id ? 1 : -1))
+    group.sort((a, b) => creationOrder(b, a)) // newest first
     const reasons = new Map<string, string[]>(group.map((s) => [s.id, []]))
     group.slice(0, policy.keepLast ?? 0).forEach((s, i) => reasons.get(s.id)!.push(`last ${i + 1}`))
     for (const rule of Object.keys(BUCKETS) as Array<keyof typeof BUCKETS>) {

@@ -6,7 +6,6 @@
 // strings) must surface as damage (IntegrityError, via Store.getRecord), not
 // as a TypeError deep in a restore.
 
-import { randomBytes } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { mapLimit } from "../store/concurrency.js"
@@ -86,6 +85,11 @@ export async function readSnapshot(store: Store, id: string): Promise<SnapshotRe
   return normalizeSnapshotRecord(await store.getRecord<SnapshotRecord>("snapshots", id, snapshotRecordProblem))
 }
 
+/** Snapshots oldest first, as `cairn ls` lists them: by creation time, then by id. */
+export function creationOrder(a: { id: string; createdAt: string }, b: { id: string; createdAt: string }): number {
+  return a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+}
+
 /** What never changes in a snapshot record once it is made (an update changes its name, labels, pin or expiry only). */
 interface Origin {
   source: string
@@ -109,9 +113,8 @@ const ORIGINS_FILE = "snapshot-origins.json"
  * a damaged record is passed over, as listing snapshots does.
  */
 export async function newestSnapshot(store: Store, matches: (o: Origin) => boolean): Promise<SnapshotRecord | undefined> {
-  const file = path.join(store.cacheDir, ORIGINS_FILE)
   const known = await fsp
-    .readFile(file, "utf8")
+    .readFile(path.join(store.cacheDir, ORIGINS_FILE), "utf8")
     .then((text) => JSON.parse(text) as unknown)
     .catch(() => undefined)
   const kept = typeof known === "object" && known !== null && !Array.isArray(known) ? (known as Record<string, unknown>) : {}
@@ -131,22 +134,13 @@ export async function newestSnapshot(store: Store, matches: (o: Origin) => boole
       if (!(err instanceof NotFoundError) && !(err instanceof IntegrityError)) throw err
     }
   })
-  if (unseen.length > 0 || Object.keys(kept).length !== origins.size) {
-    // a temp file of its own renamed: a reader never sees half of it; a lost race only costs the other writer's entries
-    const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`
-    await fsp
-      .writeFile(temp, JSON.stringify(Object.fromEntries(origins)), { mode: 0o600 })
-      .then(() => fsp.rename(temp, file))
-      .catch(() => fsp.rm(temp, { force: true }).catch(() => {}))
-  }
-  let newest: [string, Origin] | undefined
-  for (const [id, o] of origins) {
-    if (!matches(o)) continue
-    if (!newest || o.createdAt > newest[1].createdAt || (o.createdAt === newest[1].createdAt && id > newest[0])) newest = [id, o]
-  }
+  // a lost race between two writers only costs the other's entries
+  if (unseen.length > 0 || Object.keys(kept).length !== origins.size) await store.keepCacheFile(ORIGINS_FILE, JSON.stringify(Object.fromEntries(origins)))
+  let newest: { id: string; createdAt: string } | undefined
+  for (const [id, o] of origins) if (matches(o) && (!newest || creationOrder({ id, createdAt: o.createdAt }, newest) > 0)) newest = { id, createdAt: o.createdAt }
   if (!newest) return undefined
   // read now: it may have been forgotten since the listing (then there is none to follow)
-  return readSnapshot(store, newest[0]).catch((err: unknown) => {
+  return readSnapshot(store, newest.id).catch((err: unknown) => {
     if (err instanceof NotFoundError || err instanceof IntegrityError) return undefined
     throw err
   })

@@ -29,7 +29,7 @@ import type { RestoreOptions, RestoreResult, RestoreTarget, SharedRestoreOptions
 import { createSnapshot, type SnapshotOptions, type SnapshotResult } from "./snapshot.js"
 import type { SnapshotRecord } from "./types.js"
 import { flattenTree, loadTree, resolvePath } from "./walk.js"
-import { checkRecordFields, listSnapshots, newestSnapshot, readSnapshot } from "./records.js"
+import { checkRecordFields, creationOrder, listSnapshots, newestSnapshot, readSnapshot } from "./records.js"
 
 export interface OpenOptions {
   /** Local repository directory; default $CAIRN_REPO, else ~/.cairn. */
@@ -197,7 +197,7 @@ class SnapshotApi {
       .filter((s) => filter.boxId === undefined || s.boxId === filter.boxId)
       .filter((s) => filter.name === undefined || s.name === filter.name)
       .filter((s) => lk === undefined || (lk in (s.labels ?? {}) && (lv === undefined || s.labels[lk] === lv)))
-      .sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : 1))
+      .sort(creationOrder)
   }
 
   /** By id, name (the newest snapshot of that name), "latest" (the newest of all), or unique id prefix. */

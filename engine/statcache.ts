@@ -309,19 +309,17 @@ class LoadedStatCache implements StatCacheView {
 
   matches(rel: string, kind: CachedEntry["kind"], stat: Pick<CachedEntry, "size" | "mtimeNs" | "ctimeNs" | "ino">, at?: number): boolean {
     const i = this.find(rel, at)
-    return (
-      i !== undefined &&
-      this.size[i] === stat.size &&
-      this.mtime[i] === stat.mtimeNs &&
-      this.ctime[i] === stat.ctimeNs &&
-      this.ino[i] === stat.ino &&
-      KINDS[this.kind[i]!] === kind
-    )
+    return i !== undefined && this.size[i] === stat.size && this.sameStat(i, stat) && this.kind[i] === KIND_CODES[kind]
+  }
+
+  /** Whether entry i's mtime, ctime and inode are these. */
+  private sameStat(i: number, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): boolean {
+    return this.mtime[i] === stat.mtimeNs && this.ctime[i] === stat.ctimeNs && this.ino[i] === stat.ino
   }
 
   listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, at?: number): Listed | undefined {
     const i = this.find(rel, at)
-    if (i === undefined || this.listed[i] === 0 || KINDS[this.kind[i]!] !== "dir" || this.mtime[i] !== stat.mtimeNs || this.ctime[i] !== stat.ctimeNs || this.ino[i] !== stat.ino) return undefined
+    if (i === undefined || this.listed[i] === 0 || this.kind[i] !== KIND_CODES.dir || !this.sameStat(i, stat)) return undefined
     const { first, next } = (this.family ??= this.families())
     const names: string[] = []
     const entries: number[] = []

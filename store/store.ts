@@ -646,12 +646,21 @@ export class Store {
   }
 
   /** Adds checked raw tree bytes to the host's tree cache; best effort. */
-  async keepTree(id: BlobId, raw: Uint8Array): Promise<void> {
-    const file = this.treeFile(id)
+  keepTree(id: BlobId, raw: Uint8Array): Promise<void> {
+    return this.keepCacheFile(treeName(id), raw)
+  }
+
+  /**
+   * Writes a file of the host's cache directory (`name` below it) whole: a
+   * temp file of its own renamed into place, so that a reader never sees
+   * half of it. Best effort: a cache that cannot be written is only a cache.
+   */
+  async keepCacheFile(name: string, data: Uint8Array | string): Promise<void> {
+    const file = path.join(this.cacheDir, name)
     const temp = `${file}.tmp-${randomId("t")}`
     try {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
-      await fsp.writeFile(temp, raw, { mode: 0o600 })
+      await fsp.writeFile(temp, data, { mode: 0o600 })
       await fsp.rename(temp, file)
     } catch {
       await fsp.rm(temp, { force: true }).catch(() => {})
@@ -659,7 +668,7 @@ export class Store {
   }
 
   private treeFile(id: BlobId): string {
-    return path.join(this.cacheDir, "trees", id.slice(0, 2), id)
+    return path.join(this.cacheDir, treeName(id))
   }
 
   /** Reads one blob from its pack and checks its hash. */
@@ -842,4 +851,9 @@ function validateConfig(config: RepoConfig, location: string): void {
     throw new IntegrityError(`the pack size in the config at ${location} is invalid`)
   }
   codecFromName(config.codec)
+}
+
+/** A tree's file in the host's tree cache, below the cache directory. */
+function treeName(id: BlobId): string {
+  return path.join("trees", id.slice(0, 2), id)
 }
