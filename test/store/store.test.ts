@@ -7,7 +7,7 @@ import { FsObjectStore } from "../../store/backends/fs.js"
 import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
-import { LevelIndex } from "../../store/local-index.js"
+import { ADD_SLICE, LevelIndex } from "../../store/local-index.js"
 import { BLOB_DATA, BLOB_TREE, packKey, parsePack } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { CodecPool, type Lent } from "../../store/codec-pool.js"
@@ -48,6 +48,24 @@ describe("Store", () => {
     const packs = await backend.list("data/")
     const entries = (await Promise.all(packs.map(async (p) => parsePack(await backend.get(p.key), p.key)))).flat()
     expect(entries).toHaveLength(1)
+    await store.close()
+  })
+
+  it("stores blobs compressed on the calling thread (here), in a burst that fills packs, with racing puts merged", async () => {
+    const { store } = await memStore(64 * 1024)
+    const encodeSmall = vi.spyOn(CodecPool.prototype, "encodeSmall")
+    const encodeLarge = vi.spyOn(CodecPool.prototype, "encode")
+    const blobs = Array.from({ length: 300 }, (_, i) => textBytes(`tree${i % 250}`, 1500))
+    const results = await Promise.all(blobs.map((b) => store.storeBlob(BLOB_TREE, hashBytes(b), b, { here: true })))
+    expect(results.filter((r) => r.added)).toHaveLength(250)
+    expect(encodeSmall).not.toHaveBeenCalled()
+    expect(encodeLarge).not.toHaveBeenCalled()
+    vi.restoreAllMocks()
+    // every blob has left the in-flight set once settled (flush waits for that set to empty)
+    expect((store as unknown as { inflight: Map<string, unknown> }).inflight.size).toBe(0)
+    expect(results.every((r) => r.storedLength < 1500)).toBe(true) // compressed
+    await store.flush()
+    for (const i of [0, 7, 249]) expect(Buffer.from(await store.getBlob(hashBytes(blobs[i]!))).equals(blobs[i]!)).toBe(true)
     await store.close()
   })
 
@@ -390,6 +408,37 @@ describe("Store", () => {
     await index.close()
     const reopened = (await LevelIndex.open(dir))!
     expect(await reopened.getMany([id])).toEqual([loc])
+    await reopened.close()
+  })
+
+  it("a local index adds more entries than one batch holds, and a load cut between its batches is rebuilt", async () => {
+    const dir = path.join(await tempDir(), "index")
+    const n = ADD_SLICE * 2 + 5
+    const id = (i: number) => i.toString(16).padStart(64, "0") as BlobId
+    const loc = (i: number) => ({ pack: "12".repeat(32), kind: 0, codec: 2, offset: i, length: 9, rawLength: 20 })
+    const entries = Array.from({ length: n }, (_, i) => [id(i), loc(i)] as const)
+    const index = (await LevelIndex.open(dir))!
+    await index.add(entries, "file-1")
+    const probes = [0, ADD_SLICE - 1, ADD_SLICE, n - 1]
+    expect(await index.getMany(probes.map(id))).toEqual(probes.map(loc))
+    // the second file's load fails at its second batch: its first batch is in LevelDB, with its marker
+    const db = (index as unknown as { db: Level<string, Uint8Array> }).db
+    const batch = db.batch.bind(db)
+    let calls = 0
+    vi.spyOn(db, "batch").mockImplementation((() => {
+      const b = batch()
+      if (++calls === 2) b.write = () => Promise.reject(new Error("disk full"))
+      return b
+    }) as typeof db.batch)
+    await expect(index.add(entries.map(([i, l]) => [i, { ...l, pack: "34".repeat(32) }] as const), "file-2")).rejects.toThrow("disk full")
+    expect(calls).toBe(2)
+    vi.restoreAllMocks()
+    expect((await index.getMany([id(0)]))[0]?.pack).toBe("34".repeat(32))
+    await index.close()
+    // reopened: the cut load is noticed, and the cache starts over (file-1 too: it is loaded again from the repository)
+    const reopened = (await LevelIndex.open(dir))!
+    expect(await reopened.loadedFiles()).toEqual(new Set())
+    expect(await reopened.getMany([id(0), id(n - 1)])).toEqual([undefined, undefined])
     await reopened.close()
   })
 
