@@ -267,7 +267,8 @@ export class Ingestor {
       this.distinct.set(id, this.store.storedLengthOf(loc, id) || this.distinct.get(id)!)
       if (loc !== "pending") return
     }
-    const result = await this.store.storeBlob(kind, id, data)
+    // trees are made in a burst at the end of a snapshot, when the compressor has little else to do: here (see storeBlob)
+    const result = await this.store.storeBlob(kind, id, data, { here: kind === BLOB_TREE })
     this.distinct.set(id, result.storedLength)
     if (result.added) {
       this.addedBytes += result.storedLength

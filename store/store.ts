@@ -25,7 +25,7 @@
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import type { ObjectStore } from "./backend.js"
-import { SMALL_BLOB, codecFromName, decode, encode, type Codec, type CodecName } from "./codec.js"
+import { SMALL_BLOB, codecFromName, decode, encode, encodeInline, type Codec, type CodecName } from "./codec.js"
 import {
   BadInputError,
   CairnError,
@@ -448,13 +448,16 @@ export class Store {
   /**
    * Adds a blob the caller found missing with locateMany. Concurrent calls for
    * one id are merged; a blob already pending in this process is not added twice.
+   * `opts.here`: compressed on the calling thread, not sent to the codec
+   * pool (for small blobs made in a burst, whose round trips would hold
+   * their bytes, a batch buffer each 256 KiB, and the promises of each).
    */
-  storeBlob(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
+  storeBlob(kind: number, id: BlobId, data: Uint8Array, opts: { here?: boolean } = {}): Promise<PutResult> {
     this.assertOpen()
     const already = this.adding(id)
     if (already) return already
     // in flight until it settles (encodeAndAppend leaves `inflight` itself: no promise more per blob)
-    const work = this.encodeAndAppend(kind, id, data)
+    const work = this.encodeAndAppend(kind, id, data, opts.here === true)
     this.inflight.set(id, work)
     return work
   }
@@ -467,16 +470,22 @@ export class Store {
   }
 
   /** storeBlob's work; it leaves `inflight` when it settles (after its first pause: storeBlob has entered it by then). */
-  private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array): Promise<PutResult> {
+  private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array, here: boolean): Promise<PutResult> {
     try {
-      const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
-      // a free slot without a pause: a first snapshot of many small files takes one per blob
-      const release = slots.tryAcquire() ?? (await slots.acquire())
       let encoded
-      try {
-        encoded = await encode(data, this.codec)
-      } finally {
-        release()
+      if (here) {
+        // a pause first, as the other path has one: storeBlob enters the blob in `inflight` after this returns, and the finally takes it out
+        await null
+        encoded = encodeInline(data, this.codec)
+      } else {
+        const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
+        // a free slot without a pause: a first snapshot of many small files takes one per blob
+        const release = slots.tryAcquire() ?? (await slots.acquire())
+        try {
+          encoded = await encode(data, this.codec)
+        } finally {
+          release()
+        }
       }
       // raw bytes may be a view into a caller's buffer: append copies them, and a compressor's buffer is given back
       const blob = { id, kind, codec: encoded.codec, rawLength: data.length }
