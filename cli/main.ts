@@ -17,10 +17,12 @@
 // its factor from the heap's limit, which on a machine of 16 GiB or more is
 // 4 GiB and allows 4x (smaller machines get less). A first snapshot of the
 // bench's workspace held ~20 MiB of live objects in a heap of up to 45 MiB
-// at its end; with the fixed factor it peaks at 143-148 MiB instead of
-// 155-161 (medians of 5-8 alternating runs) in the same time, and one of
-// 100,000 files at 276 MiB instead of 327, faster (8.70 s against 9.16: the
-// collections it adds are of a smaller heap). Unlike a lower
+// at its end; with the fixed factor it peaks at 142 MiB instead of 157
+// (medians of 7 alternating runs of the executable) in the same time, and
+// one of 100,000 files at 274-276 MiB instead of 332-333, in 8.70-9.03 s
+// against 8.72-9.41 (2 pairs). Factors of 2 and 2.5 did about as well
+// (144-148 MiB); an unchanged snapshot and a restore take as long as
+// before. Unlike a lower
 // --max-old-space-size, which shrinks the factor too, it keeps the limit.
 //
 // It also sets three of glibc's malloc settings (MALLOC_ENV). Two so that memory
