@@ -22,8 +22,8 @@
 // one of 100,000 files at 274-276 MiB instead of 332-333, in 8.70-9.03 s
 // against 8.72-9.41 (2 pairs). Factors of 2 and 2.5 did about as well
 // (144-148 MiB); an unchanged snapshot and a restore take as long as
-// before. Unlike a lower
-// --max-old-space-size, which shrinks the factor too, it keeps the limit.
+// before. Unlike a lower --max-old-space-size, which shrinks the factor
+// too, it keeps the heap's limit.
 //
 // It also sets three of glibc's malloc settings (MALLOC_ENV). Two so that memory
 // freed is kept for the next allocation rather than given back to the

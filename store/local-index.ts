@@ -57,7 +57,7 @@ const FILE_LOADED = new Uint8Array([1])
 
 const LOC_BYTES = 32 + 2 + 12
 
-/** Entries LocalIndex.add writes to LevelDB in one batch (~2 MB of LevelDB's memory). */
+/** Entries LevelIndex.add writes to LevelDB in one batch (~2 MB of LevelDB's memory). */
 export const ADD_SLICE = 16_384
 
 /**
