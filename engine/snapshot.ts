@@ -570,9 +570,9 @@ class SnapshotRun {
     this.deferred = []
   }
 
-  /** A stored file's chunks: as read, or the cache's. */
+  /** A stored file's chunks: the cache's for a reused file (asked by node, not by its path: see `reused`), else as read. */
   private chunksFor(node: ScanNode): BlobId[] | undefined {
-    return this.chunksOf.get(node.rel) ?? (this.reused.has(node) ? this.cache.get(node.rel, node.cacheAt)!.chunks.map((c) => c.id) : undefined)
+    return this.reused.has(node) ? this.cache.get(node.rel, node.cacheAt)!.chunks.map((c) => c.id) : this.chunksOf.get(node.rel)
   }
 
   /**

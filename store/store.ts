@@ -472,20 +472,16 @@ export class Store {
   /** storeBlob's work; it leaves `inflight` when it settles (after its first pause: storeBlob has entered it by then). */
   private async encodeAndAppend(kind: number, id: BlobId, data: Uint8Array, here: boolean): Promise<PutResult> {
     try {
+      // compressed here needs no slot; a free slot is taken without a pause (a first snapshot of many small files takes one per blob)
+      const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
+      const release = here ? undefined : (slots.tryAcquire() ?? (await slots.acquire()))
       let encoded
-      if (here) {
-        // a pause first, as the other path has one: storeBlob enters the blob in `inflight` after this returns, and the finally takes it out
-        await null
-        encoded = encodeInline(data, this.codec)
-      } else {
-        const slots = data.length <= SMALL_BLOB ? this.smallEncodeSlots : this.encodeSlots
-        // a free slot without a pause: a first snapshot of many small files takes one per blob
-        const release = slots.tryAcquire() ?? (await slots.acquire())
-        try {
-          encoded = await encode(data, this.codec)
-        } finally {
-          release()
-        }
+      try {
+        // a pause on either path, even when the encoding is done already: storeBlob enters the blob in `inflight`
+        // once this returns, and the finally below takes it out
+        encoded = await (here ? encodeInline(data, this.codec) : encode(data, this.codec))
+      } finally {
+        release?.()
       }
       // raw bytes may be a view into a caller's buffer: append copies them, and a compressor's buffer is given back
       const blob = { id, kind, codec: encoded.codec, rawLength: data.length }
