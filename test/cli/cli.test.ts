@@ -62,7 +62,7 @@ describe("cairn CLI", () => {
       execFile(MAIN, ["--version"], { env: { ...process.env, NODE_OPTIONS: `--import=${preload}` } }, (err, stdout, stderr) => (err ? reject(err) : resolve({ stdout, stderr }))),
     )
     expect(stdout).toMatch(/^cairn \d+\.\d+\.\d+ /)
-    expect(stderr).toContain('execArgv ["--max-semi-space-size=2","--heap-growing-percent=120"]')
+    expect(stderr).toContain('execArgv ["--max-semi-space-size=2","--heap-growing-percent=120","--interrupt-budget=1000000"]')
     expect(stderr).toContain('start ["2","4194304","67108864"]') // what glibc read when the process started
     expect(stderr).toContain("exit [null,null,null]") // and what a command it runs would not see
   })
