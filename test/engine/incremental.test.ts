@@ -405,6 +405,28 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("a snapshot whose record cannot be written fails and lists nothing; the cache it wrote beside the record serves the next one", async () => {
+    const store = await newStore()
+    const src = await tempDir()
+    await buildTree(src, { "a.txt": { file: "alpha" }, d: { dir: { "b.bin": { file: seededBytes("b", 300_000) }, "c.txt": { file: "gamma" } } } })
+    await pastTick()
+    const createRecord = store.createRecord.bind(store)
+    store.createRecord = async () => {
+      throw new Error("disk full")
+    }
+    await expect(createSnapshot(store, src)).rejects.toThrow("disk full")
+    store.createRecord = createRecord
+    expect((await store.listRecords("snapshots")).records).toEqual([])
+    // the cache it wrote vouches for blobs the failed snapshot made durable: nothing is read, and the tree is the full read's
+    const next = await createSnapshot(store, src)
+    expect(next).toMatchObject({ readBytes: 0, reusedFiles: 3 })
+    expect(next.snapshot.tree).toBe((await fullRead(store, src)).snapshot.tree)
+    const dest = await tempDir()
+    await restoreSnapshot(store, next.snapshot, path.join(dest, "r"))
+    expect(await describeTree(path.join(dest, "r"))).toEqual(await describeTree(src))
+    await store.close()
+  })
+
   it("a damaged or foreign cache file only costs a full read", async () => {
     const store = await newStore()
     const src = await tempDir()
