@@ -7,10 +7,12 @@
 // 3. Every index file in the repository decodes (other hosts rebuild their
 //    caches from them, so a damaged one hides blobs from them).
 // 4. With readData, every referenced blob is read, decoded and hash-checked,
-//    reading each pack once, in offset order; and each such pack's bytes
-//    must hash to its name (packs are named by their sha256). A pack whose
-//    bytes differ while every blob snapshots use in it checks out is damaged
-//    only where nothing reads (a blob no snapshot uses): a warning, not damage.
+//    reading each pack once, in offset order; and what each such pack's name
+//    vouches for must check out too: for a pack named by its header's sha256
+//    (pack.ts), every other blob its header lists, decoded and hash-checked;
+//    for one named by the sha256 of all its bytes (before 2026-12-07), those
+//    bytes. A pack damaged there while every blob snapshots use in it checks
+//    out is damaged only where nothing reads: a warning, not damage.
 // Damage is reported per blob with the snapshots and file paths that depend
 // on it (hardlink members included), so a user knows exactly what a restore
 // would miss. Only integrity failures are damage: an I/O error of the backend
@@ -18,9 +20,9 @@
 
 import { mapLimit } from "../store/concurrency.js"
 import { IntegrityError, NotFoundError, throwIfAborted } from "../store/errors.js"
-import { hashBytes, type BlobId } from "../store/ids.js"
+import type { BlobId } from "../store/ids.js"
 import type { BlobLocation } from "../store/local-index.js"
-import { decodeHeader, decodeTrailer, TRAILER_BYTES, type PackEntry } from "../store/pack.js"
+import { decodeHeader, decodeTrailer, packName, TRAILER_BYTES, type PackEntry } from "../store/pack.js"
 import type { Store } from "../store/store.js"
 import type { Tree } from "./tree.js"
 import type { Progress } from "./types.js"
@@ -187,7 +189,7 @@ class Verifier {
           this.addDamage(b.id, { blob: b.id, pack, reason: `pack ${pack} does not hold the blob where the index says`, snapshots: [], paths: [] })
         }
       }
-      if (this.opts.readData) await this.readData(pack, size, blobs)
+      if (this.opts.readData) await this.readData(pack, size, blobs, header)
       this.opts.onProgress?.({ phase: "verify", filesDone: ++packsDone, filesTotal: byPack.size, bytesDone: this.report.bytesRead, bytesTotal: 0 })
     })
   }
@@ -202,7 +204,13 @@ class Verifier {
     return new Map(decodeHeader(header, digest, size, pack).map((e) => [e.id, e]))
   }
 
-  private async readData(pack: string, size: number, blobs: Array<{ id: BlobId; loc: BlobLocation }>): Promise<void> {
+  /**
+   * Decodes and checks every blob a snapshot uses in the pack (damage), then
+   * what its name vouches for: all its bytes when it is named by them, else
+   * its header (checked already) and so its other blobs, decoded and checked
+   * in turn. Damage no snapshot reads is a warning.
+   */
+  private async readData(pack: string, size: number, blobs: Array<{ id: BlobId; loc: BlobLocation }>, header: Map<BlobId, PackEntry>): Promise<void> {
     blobs.sort((a, b) => a.loc.offset - b.loc.offset)
     let bytes: Uint8Array
     try {
@@ -223,9 +231,23 @@ class Verifier {
         this.addDamage(b.id, { blob: b.id, pack, reason: err.message, snapshots: [], paths: [] })
       }
     }
-    if (blobsIntact && hashBytes(bytes) !== pack) {
-      this.report.warnings.push(`pack ${pack}: its bytes do not hash to its name, but every blob a snapshot uses in it checks out (the damage is in bytes no snapshot reads)`)
+    if (!blobsIntact) return
+    const named = packName(pack, bytes)
+    let unread = named === undefined ? "its bytes do not hash to its name" : undefined
+    if (named === "header") {
+      const used = new Set(blobs.map((b) => b.id))
+      for (const e of header.values()) {
+        if (used.has(e.id)) continue
+        try {
+          await this.store.decodeChecked(e.id, e.codec, bytes.subarray(e.offset, e.offset + e.length), e.rawLength, pack)
+        } catch (err) {
+          if (!isDamage(err)) throw err
+          unread = `blob ${e.id}, which no snapshot uses, is damaged`
+          break
+        }
+      }
     }
+    if (unread !== undefined) this.report.warnings.push(`pack ${pack}: ${unread}, but every blob a snapshot uses in it checks out (the damage is in bytes no snapshot reads)`)
   }
 
   /** Records damage once per key; who depends on it is filled in at the end. */

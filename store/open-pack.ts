@@ -12,15 +12,13 @@
 // Where the backend can write an object in parts (a local file system:
 // ObjectStore.createWriter), a pack is not held whole at all: a StreamedPack
 // copies its blobs into a 1 MiB stage and hands each full stage to the
-// writer, hashing as it goes, so that sealing only writes the header and
-// trailer and names the file. Two 9 MiB pack buffers (one filling, one
+// writer, so that sealing only writes the header and trailer and names the
+// file (by its header's digest: pack.ts). Two 9 MiB pack buffers (one filling, one
 // being written) were ~18 MiB of a first snapshot's peak; the stages (one
 // filling, the ones being written: up to KEEP_STAGES kept) are 1 MiB each.
 
-import { createHash } from "node:crypto"
 import type { ObjectWriter } from "./backend.js"
-import { hashBytes } from "./ids.js"
-import { encodeHeader, encodeTrailer, packKey, type PackEntry } from "./pack.js"
+import { encodeHeader, encodeTrailer, packIdOf, packKey, TRAILER_BYTES, type PackEntry } from "./pack.js"
 import { SpareBuffers } from "./spare-buffers.js"
 
 /** A pack being filled, held whole (OpenPack) or written as it fills (StreamedPack). */
@@ -139,7 +137,7 @@ export class OpenPack implements FillingPack {
 
   async write(put: (key: string, bytes: Uint8Array) => Promise<void>): Promise<string> {
     const bytes = this.seal()
-    const id = hashBytes(bytes)
+    const id = packIdOf(bytes.subarray(bytes.length - TRAILER_BYTES))
     await put(packKey(id), bytes)
     return id
   }
@@ -162,18 +160,17 @@ export class OpenPack implements FillingPack {
 
 /**
  * A pack written as it fills (see the top of this file): blobs are copied
- * into a stage, and a full stage is hashed and handed to the writer, one
- * write after another. A blob is read back from the stage while it is
+ * into a stage, and a full stage is handed to the writer, one write after
+ * another. A blob is read back from the stage while it is
  * there, else from the writer once the writes up to it settled.
  */
 export class StreamedPack implements FillingPack {
   readonly entries: PackEntry[] = []
   private end = 0
-  /** bytes handed to the writer (hashed), ahead of the stage */
+  /** bytes handed to the writer, ahead of the stage */
   private handed = 0
   private stage?: Buffer
   private staged = 0
-  private readonly hash = createHash("sha256")
   private writer?: Promise<ObjectWriter>
   /** the writes handed so far, one after another; rejects once one failed */
   private writes: Promise<void> = Promise.resolve()
@@ -220,11 +217,12 @@ export class StreamedPack implements FillingPack {
   /** Seals the pack and commits its writer's object under the pack's key (`put` is not needed). */
   async write(_put?: (key: string, bytes: Uint8Array) => Promise<void>): Promise<string> {
     const header = encodeHeader(this.entries)
+    const trailer = encodeTrailer(header)
     this.put(header)
-    this.put(encodeTrailer(header))
+    this.put(trailer)
     this.handStage()
     await this.writes
-    const id = this.hash.digest("hex")
+    const id = packIdOf(trailer)
     await (await this.writer!).commit(packKey(id))
     return id
   }
@@ -250,12 +248,11 @@ export class StreamedPack implements FillingPack {
     }
   }
 
-  /** Hashes the stage's bytes and hands them to the writer (after the writes before); the stage is reused once written. */
+  /** Hands the stage's bytes to the writer (after the writes before); the stage is reused once written. */
   private handStage(): void {
     const stage = this.stage
     if (!stage || this.staged === 0) return
     const bytes = stage.subarray(0, this.staged)
-    this.hash.update(bytes)
     this.handed += this.staged
     this.stage = undefined
     this.staged = 0

@@ -7,7 +7,7 @@
 //      Until its pack is durable a blob lives in `pending`, where reads and
 //      dedup checks of this process find it.
 //   2. A pack that reaches the target size is sealed and put (temp + fsync +
-//      rename, the temp file named for its hash only then); only then do its
+//      rename, the temp file named for its header's hash only then); only then do its
 //      blobs move to `unindexed`.
 //   3. flush() seals the last pack, waits for every pack, writes one index
 //      file listing them (atomically, named by its hash) and resolves; only

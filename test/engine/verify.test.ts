@@ -166,7 +166,7 @@ describe("verifyRepository", () => {
     await store.close()
   })
 
-  it("with readData, a byte flipped where no snapshot reads is a warning: the pack no longer hashes to its name", async () => {
+  it("with readData, a byte flipped where no snapshot reads is a warning: a blob the pack's name vouches for (its header lists it) is damaged", async () => {
     const backend = new MemoryObjectStore()
     const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
     const src = await tempDir()
@@ -184,12 +184,41 @@ describe("verifyRepository", () => {
     expect(await verifyRepository(store)).toMatchObject({ ok: true, warnings: [] }) // the header is intact; data is not read
     const report = await verifyRepository(store, { readData: true })
     expect(report).toMatchObject({ ok: true, damage: [], snapshots: 1 })
-    expect(report.warnings).toEqual([expect.stringContaining(`pack ${dead.pack}: its bytes do not hash to its name`)])
+    expect(report.warnings).toEqual([expect.stringContaining(`pack ${dead.pack}: blob ${hashBytes(dropped)}, which no snapshot uses, is damaged`)])
     // damage in a blob a snapshot reads is damage, and not also a warning
     backend.tamper(packKey(live.pack), (b) => flipByte(b, live.offset + 10))
     const worse = await verifyRepository(store, { readData: true })
     expect(worse).toMatchObject({ ok: false, warnings: [] })
     expect(worse.damage).toEqual([expect.objectContaining({ blob: hashBytes(kept), pack: live.pack, snapshots: [second.id], paths: ["/kept.bin"] })])
+    await store.close()
+  })
+
+  it("a pack named by all its bytes (written before 2026-12-07) verifies as before: clean, and a byte flipped where no snapshot reads is a warning", async () => {
+    const backend = new MemoryObjectStore()
+    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
+    const src = await tempDir()
+    const kept = seededBytes("kept", 6000)
+    const dropped = seededBytes("dropped", 6000)
+    await buildTree(src, { "kept.bin": { file: kept }, "dropped.bin": { file: dropped } })
+    const first = (await createSnapshot(store, src)).snapshot
+    await fsp.rm(path.join(src, "dropped.bin"))
+    await createSnapshot(store, src)
+    await store.deleteRecord("snapshots", first.id)
+    // every pack renamed as packs were named before: by the sha256 of all its bytes
+    for (const { key } of await backend.list("data/")) {
+      const bytes = await backend.get(key)
+      await backend.put(packKey(hashBytes(bytes)), bytes)
+      await backend.delete(key)
+    }
+    await store.rebuildIndex()
+    const live = await locate(store, hashBytes(kept))
+    expect(live.pack).toBe(hashBytes(await backend.get(packKey(live.pack))))
+    expect(await verifyRepository(store, { readData: true })).toMatchObject({ ok: true, damage: [], warnings: [] })
+    const dead = await locate(store, hashBytes(dropped))
+    backend.tamper(packKey(dead.pack), (b) => flipByte(b, dead.offset + 10))
+    const report = await verifyRepository(store, { readData: true })
+    expect(report).toMatchObject({ ok: true, damage: [] })
+    expect(report.warnings).toEqual([expect.stringContaining(`pack ${dead.pack}: its bytes do not hash to its name`)])
     await store.close()
   })
 

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import fc from "fast-check"
@@ -8,10 +9,17 @@ import { MemoryObjectStore } from "../../store/backends/memory.js"
 import { isCairnError } from "../../store/errors.js"
 import { hashBytes, type BlobId } from "../../store/ids.js"
 import { ADD_SLICE, LevelIndex } from "../../store/local-index.js"
-import { BLOB_DATA, BLOB_TREE, packKey, parsePack } from "../../store/pack.js"
+import { BLOB_DATA, BLOB_TREE, packKey, packName, parsePack, TRAILER_BYTES } from "../../store/pack.js"
 import { Store } from "../../store/store.js"
 import { CodecPool, type Lent } from "../../store/codec-pool.js"
 import { seededBytes, tempDir, textBytes } from "../helpers.js"
+
+/** The sha256 of a pack's header, found by its trailer's length field. */
+function headerHash(pack: Uint8Array): string {
+  const end = pack.length - TRAILER_BYTES
+  const length = Buffer.from(pack).readUInt32LE(end + 32)
+  return createHash("sha256").update(pack.subarray(end - length, end)).digest("hex")
+}
 
 async function memStore(packSize = 64 * 1024) {
   const backend = new MemoryObjectStore()
@@ -146,7 +154,8 @@ describe("Store", () => {
     expect((await backend.list("data/")).length).toBe(sealed + 1)
     for (const key of (await backend.list("data/")).map((i) => i.key)) {
       const bytes = await backend.get(key)
-      expect(packKey(hashBytes(bytes))).toBe(key) // named for its bytes' hash
+      expect(packKey(headerHash(bytes))).toBe(key) // named for its header's hash
+      expect(packName(key.split("/").pop()!, bytes)).toBe("header")
       expect(parsePack(bytes, key).length).toBeGreaterThan(0)
     }
     await store.close()
@@ -442,6 +451,32 @@ describe("Store", () => {
     await reopened.close()
   })
 
+  it("names a pack by the sha256 of its header, and knows a pack named by all its bytes (before 2026-12-07)", async () => {
+    const { backend, store } = await memStore()
+    await store.putBlob(BLOB_DATA, textBytes("named", 5000))
+    await store.putBlob(BLOB_DATA, seededBytes("named-random", 3000))
+    await store.flush()
+    const [pack] = await backend.list("data/")
+    const key = pack!.key
+    const name = key.split("/").pop()!
+    const bytes = await backend.get(key)
+    expect(Buffer.from(bytes).readUInt32LE(bytes.length - TRAILER_BYTES + 32)).toBe(2 * 46) // two entries
+    expect(name).toBe(headerHash(bytes))
+    expect(packName(name, bytes)).toBe("header")
+    expect(packName(hashBytes(bytes), bytes)).toBe("bytes")
+    // a blob's byte changed leaves the header's name (decoding that blob finds it); a header's byte, neither name
+    const blobFlipped = Uint8Array.from(bytes)
+    blobFlipped[3]! ^= 1
+    expect(packName(name, blobFlipped)).toBe("header")
+    expect(packName(hashBytes(bytes), blobFlipped)).toBeUndefined()
+    const headerFlipped = Uint8Array.from(bytes)
+    headerFlipped[bytes.length - TRAILER_BYTES - 5]! ^= 1
+    expect(packName(name, headerFlipped)).toBe("header") // the trailer still names it: decodeHeader finds the header damaged
+    expect(() => parsePack(headerFlipped, name)).toThrow(/damaged header/)
+    expect(packName("0".repeat(64), bytes)).toBeUndefined()
+    await store.close()
+  })
+
   it("keeps blob ids and pack bytes stable (golden)", async () => {
     const data = textBytes("golden", 4096)
     expect(hashBytes(data)).toBe(hashBytes(Buffer.from(data)))
@@ -454,7 +489,7 @@ describe("Store", () => {
     expect({ id: hashBytes(data), pack: pack!.key.split("/").pop(), size: pack!.size }).toMatchInlineSnapshot(`
       {
         "id": "de9e0191ad47a87524adabd9e4e2227403d3d0e536912eddf83358a2500e5e1c",
-        "pack": "2c1923eaf3472f6d0e73dd480a01e4e8e20017c021f8b1f8033fb1632afa2eb1",
+        "pack": "6e93e95c094288ad047a7f732ea1c0305b71ef5ab1e1747e0f06d9444d5bebb0",
         "size": 2099,
       }
     `)
