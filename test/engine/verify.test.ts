@@ -46,6 +46,21 @@ async function setup(backend: ObjectStore = new MemoryObjectStore()) {
   return { store, src, seed, first, second }
 }
 
+/** A repository of one snapshot of kept.bin, whose pack also holds dropped.bin's blob, dead since its snapshot was deleted. */
+async function withDeadBlob() {
+  const backend = new MemoryObjectStore()
+  const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
+  const src = await tempDir()
+  const kept = seededBytes("kept", 6000)
+  const dropped = seededBytes("dropped", 6000)
+  await buildTree(src, { "kept.bin": { file: kept }, "dropped.bin": { file: dropped } })
+  const first = (await createSnapshot(store, src)).snapshot
+  await fsp.rm(path.join(src, "dropped.bin"))
+  const second = (await createSnapshot(store, src)).snapshot
+  await store.deleteRecord("snapshots", first.id)
+  return { backend, store, kept, dropped, second }
+}
+
 async function locate(store: Store, id: BlobId): Promise<BlobLocation> {
   const [loc] = await store.locateMany([id])
   if (!loc || loc === "pending") throw new Error(`${id} not indexed`)
@@ -167,16 +182,7 @@ describe("verifyRepository", () => {
   })
 
   it("with readData, a byte flipped where no snapshot reads is a warning: a blob the pack's name vouches for (its header lists it) is damaged", async () => {
-    const backend = new MemoryObjectStore()
-    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
-    const src = await tempDir()
-    const kept = seededBytes("kept", 6000)
-    const dropped = seededBytes("dropped", 6000)
-    await buildTree(src, { "kept.bin": { file: kept }, "dropped.bin": { file: dropped } })
-    const first = (await createSnapshot(store, src)).snapshot
-    await fsp.rm(path.join(src, "dropped.bin"))
-    const second = (await createSnapshot(store, src)).snapshot
-    await store.deleteRecord("snapshots", first.id) // dropped.bin's blob is now dead, in the pack that holds kept.bin's
+    const { backend, store, kept, dropped, second } = await withDeadBlob()
     const dead = await locate(store, hashBytes(dropped))
     const live = await locate(store, hashBytes(kept))
     expect(dead.pack).toBe(live.pack)
@@ -194,16 +200,7 @@ describe("verifyRepository", () => {
   })
 
   it("a pack named by all its bytes (written before 2026-12-07) verifies as before: clean, and a byte flipped where no snapshot reads is a warning", async () => {
-    const backend = new MemoryObjectStore()
-    const store = await Store.init({ backend, cacheDir: await tempDir(), config: { packSize: 1 << 20 } })
-    const src = await tempDir()
-    const kept = seededBytes("kept", 6000)
-    const dropped = seededBytes("dropped", 6000)
-    await buildTree(src, { "kept.bin": { file: kept }, "dropped.bin": { file: dropped } })
-    const first = (await createSnapshot(store, src)).snapshot
-    await fsp.rm(path.join(src, "dropped.bin"))
-    await createSnapshot(store, src)
-    await store.deleteRecord("snapshots", first.id)
+    const { backend, store, kept, dropped } = await withDeadBlob()
     // every pack renamed as packs were named before: by the sha256 of all its bytes
     for (const { key } of await backend.list("data/")) {
       const bytes = await backend.get(key)
