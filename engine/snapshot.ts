@@ -135,8 +135,9 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     await run.storeFiles(scan.root)
     const rootTree = run.buildTree(scan.root)
     await run.ingest.drain()
-    // every blob is stored and its length known: the next cache is made while the last pack and the index file
-    // are written and synced (a first snapshot of the bench's workspace: ~50 ms of its ~120)
+    // every blob is stored and its length known: the next cache is made once the flush is under way, while
+    // the packs sealed before it finish their writes and syncs (its ~50 ms of work shortened the flush that
+    // followed by ~35 in a first snapshot of the bench's workspace), and written beside the record below
     const flushing = store.flush()
     const next = run.changedCache() ? run.nextCache(scan.root, scan.files + scan.dirs + scan.symlinks + 1, began) : undefined
     await flushing
