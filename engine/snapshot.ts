@@ -171,7 +171,8 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     }
     // the cache is written beside the record: it vouches only for blobs the index file just made durable
     const cached = next && store.indexFileNames().then((names) => writeStatCache(store.cacheDir, cacheKey, next, { patterns, indexFiles: [...names], storedBytes: stats.storedBytes }))
-    const [recorded] = await Promise.allSettled([store.createRecord("snapshots", snapshot.id, snapshot), cached?.catch(() => {})])
+    // the cache's own failure only costs the next snapshot a full read: the record's is the one reported
+    const [recorded] = await Promise.allSettled([store.createRecord("snapshots", snapshot.id, snapshot), cached])
     if (recorded.status === "rejected") throw recorded.reason
     return { snapshot, warnings: run.warnings, reusedFiles: run.reusedFiles, reusedTrees: run.reusedTrees, readBytes: run.readBytes }
   })

@@ -14,7 +14,7 @@
 
 import { promises as fsp } from "node:fs"
 import path from "node:path"
-import type { Level } from "level"
+import type { ChainedBatch, Level } from "level"
 import type { BlobId } from "./ids.js"
 
 export interface BlobLocation {
@@ -50,14 +50,12 @@ export interface IndexChanges {
   addFile: string
 }
 
-type BatchOp = { type: "put"; key: string; value: Uint8Array } | { type: "del"; key: string }
-
 /** The value of an "f" key: the index file is loaded. */
 const FILE_LOADED = new Uint8Array([1])
 
 const LOC_BYTES = 32 + 2 + 12
 
-/** Entries LevelIndex.add writes to LevelDB in one batch (~2 MB of LevelDB's memory). */
+/** Entries LevelIndex writes to LevelDB in one batch (~2 MB of LevelDB's memory for puts). */
 export const ADD_SLICE = 16_384
 
 /**
@@ -177,34 +175,19 @@ export class LevelIndex implements BlobIndex {
     return values.map((v) => (v ? decodeLoc(v) : undefined))
   }
 
-  /**
-   * Writes entries in LevelDB batches of ADD_SLICE, each put handed to
-   * LevelDB as it is made (a chained batch), with the "l" key from the
-   * first batch to the last (see the header).
-   *
-   * Why: a first snapshot adds all its entries (~17,000 for the bench's
-   * workspace) at its end, and an array of operations (an object, a key
-   * string and a value view each, and abstract-level's copy of the array)
-   * was ~5 MB alive at once at the snapshot's peak of memory; a chained
-   * batch's operations die young, and LevelDB holds each put in ~120 bytes.
-   */
+  /** Writes entries (sliced), with the "l" key from the first batch to the last (see the header). */
   async add(entries: ReadonlyArray<readonly [BlobId, BlobLocation]>, indexFile?: string): Promise<void> {
     if (entries.length > 0) this.holdsNone = false
-    let at = 0
-    do {
-      const slice = entries.slice(at, at + ADD_SLICE)
+    await this.sliced(entries, (batch, slice, first, last) => {
+      if (first && indexFile) batch.put(`l${indexFile}`, FILE_LOADED)
       const values = encodeLocs(slice.map(([, loc]) => loc))
-      const batch = this.db.batch()
-      if (at === 0 && indexFile) batch.put(`l${indexFile}`, FILE_LOADED)
       slice.forEach(([id], i) => batch.put(`b${id}`, values[i]!))
-      at += slice.length
-      if (at >= entries.length && indexFile) batch.del(`l${indexFile}`).put(`f${indexFile}`, FILE_LOADED)
-      await batch.write()
-    } while (at < entries.length)
+      if (last && indexFile) batch.del(`l${indexFile}`).put(`f${indexFile}`, FILE_LOADED)
+    })
   }
 
   async replace(changes: IndexChanges): Promise<void> {
-    await this.batches(changes.remove.map((id) => ({ type: "del", key: `b${id}` })))
+    if (changes.remove.length > 0) await this.sliced(changes.remove, (batch, slice) => slice.forEach((id) => batch.del(`b${id}`)))
     await this.add(changes.put)
     // one batch, last: LevelDB applies it atomically
     await this.db.batch([
@@ -213,8 +196,26 @@ export class LevelIndex implements BlobIndex {
     ])
   }
 
-  private async batches(ops: ReadonlyArray<BatchOp>): Promise<void> {
-    for (let i = 0; i < ops.length; i += 50_000) await this.db.batch(ops.slice(i, i + 50_000))
+  /**
+   * Writes items in LevelDB batches of ADD_SLICE, one after another (at least
+   * one, for an add that only marks its file), each operation handed to
+   * LevelDB as `fill` makes it (a chained batch).
+   *
+   * Why: a first snapshot adds all its entries (~17,000 for the bench's
+   * workspace) at its end, and an array of operations (an object, a key
+   * string and a value view each, and abstract-level's copy of the array)
+   * was ~5 MB alive at once at the snapshot's peak of memory; a chained
+   * batch's operations die young, and LevelDB holds each put in ~120 bytes.
+   */
+  private async sliced<T>(items: readonly T[], fill: (batch: ChainedBatch<Level<string, Uint8Array>, string, Uint8Array>, slice: readonly T[], first: boolean, last: boolean) => void): Promise<void> {
+    let at = 0
+    do {
+      const slice = items.slice(at, at + ADD_SLICE)
+      const batch = this.db.batch()
+      fill(batch, slice, at === 0, at + slice.length >= items.length)
+      at += slice.length
+      await batch.write()
+    } while (at < items.length)
   }
 
   async loadedFiles(): Promise<Set<string>> {
