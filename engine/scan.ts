@@ -19,6 +19,7 @@ import { throwIfAborted } from "../store/errors.js"
 import { lstatEntry, type EntryStat } from "./lstat.js"
 import { entryStat, helpers, listDirs, type Listing } from "./scan-helper.js"
 import type { IgnoreRules } from "./ignore.js"
+import type { SettleProbe, Settler, SubtreeCounts } from "./statcache.js"
 
 /** An entry as scanned: its lstat (mode: the permission bits only; size: 0 but for a file), its place, and what the walk adds. */
 export interface ScanNode extends EntryStat {
@@ -34,6 +35,12 @@ export interface ScanNode extends EntryStat {
   names?: number
   /** its entry's number in the stat cache, when the cache's listing of its directory gave it (ScanOptions.listed) */
   cacheAt: number | undefined
+  /**
+   * A directory the stat cache settled (ScanOptions.settle): unchanged with
+   * everything below it, which the walk did not list (no children) and
+   * whose counts below it are these.
+   */
+  settled?: SubtreeCounts
 }
 
 export interface Warning {
@@ -72,6 +79,14 @@ export interface ScanOptions {
    * the directory's own number when its listing gave one.
    */
   listed?: (rel: string, st: EntryStat, at: number | undefined) => { names: string[]; at: readonly number[] } | undefined
+  /**
+   * Settles directories unchanged since the stat cache was written, with
+   * everything below them (StatCacheView.settler): asked of each directory
+   * before it is listed (on the walk's own thread), given the walk's lstat,
+   * its skipped directories, and its pauses. A settled directory is not
+   * listed (ScanNode.settled).
+   */
+  settle?: (probe: SettleProbe) => Settler
 }
 
 export async function scanTree(root: string, opts: ScanOptions = {}): Promise<ScanResult> {
@@ -155,6 +170,16 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
   // batches of directories out with helpers, and their listings once back (taken in at the walk's next turn)
   const helping = new Set<Promise<void>>()
   const listed: Array<[string, ScanNode, Listing]> = []
+  const settler = opts.settle?.({
+    lstat: lstatEntry,
+    skips: (st) => opts.skipDirs?.ids.has(`${st.dev}:${st.ino}`) === true,
+    tick: () => {
+      if (++calls <= YIELD_EVERY) return undefined
+      calls = 0
+      throwIfAborted(opts.signal)
+      return new Promise<void>((resolve) => setImmediate(resolve))
+    },
+  })
   const ask = (batch: Array<[string, ScanNode]>) => {
     const asked: Promise<void> = listDirs(batch.map(([abs]) => abs))
       .then(
@@ -195,6 +220,14 @@ async function walk(root: string, rootNode: ScanNode, result: ScanResult, opts: 
       continue
     }
     const [abs, node] = stack.pop()!
+    const below = await settler?.(node.rel, node.cacheAt, node, abs)
+    if (below !== undefined) {
+      node.settled = below
+      result.files += below.files
+      result.dirs += below.dirs
+      result.symlinks += below.symlinks
+      continue
+    }
     // a directory unchanged since the stat cache was written: its names are the cache's, no readdir
     const known = opts.listed?.(node.rel, node, node.cacheAt)
     let names = known?.names
@@ -328,6 +361,8 @@ function validNames(abs: string, rel: string, warnings: Warning[]): string[] {
 function linkHardlinks(result: ScanResult): void {
   const first = new Map<string, string>()
   const visit = (node: ScanNode) => {
+    // nothing below a settled directory has a second link (statcache.ts, Settler)
+    if (node.settled) result.bytes += node.settled.bytes
     for (const child of node.children ?? []) {
       if (child.type === "dir") visit(child)
       else if (child.type === "file") {
@@ -345,12 +380,4 @@ function linkHardlinks(result: ScanResult): void {
     }
   }
   visit(result.root)
-}
-
-/** Depth-first, sorted iteration over every node below root. */
-export function* walkNodes(node: ScanNode): Generator<ScanNode> {
-  for (const child of node.children ?? []) {
-    yield child
-    if (child.type === "dir") yield* walkNodes(child)
-  }
 }

@@ -3,7 +3,9 @@
 //
 // Phases: (1) scan the whole tree (metadata only; gives totals for progress
 // and a deterministic hardlink order), reading each large file the cache
-// does not vouch for as soon as the scan finds it; (2) store file contents, a bounded
+// does not vouch for as soon as the scan finds it, and settling each directory
+// the cache vouches for with everything below it (statcache.ts, Settler): it is
+// not walked, and its tree is the cache's; (2) store file contents, a bounded
 // number of files at a time, reusing the incremental cache's chunk lists
 // (statcache.ts) for files whose size, mtime, ctime and inode are unchanged,
 // synchronously and without index lookups while the cache can vouch for its
@@ -28,7 +30,21 @@ import { chunkFile, readSmallFiles, SMALL_BATCH_BYTES, SPAN, type FileStat } fro
 import { Ingestor, KnownChunkMissing } from "./ingest.js"
 import type { EntryStat } from "./lstat.js"
 import { scanTree, type ScanNode, type ScanResult, type Warning } from "./scan.js"
-import { dirCacheKey, emptyStatCache, loadStatCache, nowNs, StatCacheWriter, tooRecent, writeStatCache, type CachedBlob, type CachedEntry, type CachedTree, type StatCacheView } from "./statcache.js"
+import {
+  dirCacheKey,
+  emptyStatCache,
+  loadStatCache,
+  nowNs,
+  StatCacheWriter,
+  tooRecent,
+  writeStatCache,
+  type CachedBlob,
+  type CachedEntry,
+  type CachedTree,
+  type SettleProbe,
+  type Settler,
+  type StatCacheView,
+} from "./statcache.js"
 import { nsToString, type TreeEntry } from "./tree.js"
 import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 
@@ -123,7 +139,12 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       // the cache before the walk: a directory it lists as it is on disk is not read again
       const cache = await cacheLoad
       const listed = (rel: string, st: EntryStat, at: number | undefined) => cache.listing(rel, st, at)
-      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, skipDirs: await ownDirs(store) })
+      // and a directory it settles (nothing below it changed) is not walked at all
+      const settle = (probe: SettleProbe): Settler => {
+        const settler = cache.settler(probe)
+        return async (...dir) => ((await ready).settles ? settler(...dir) : undefined)
+      }
+      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, settle, skipDirs: await ownDirs(store) })
     } catch (err) {
       await (await ready).settleEarly() // nothing may still write once the lock is released
       throw err
@@ -275,10 +296,14 @@ class SnapshotRun {
    * trees; a reused root tree takes the cached total instead (storedBytes).
    */
   private deferred: ScanNode[] = []
+  /** settled directories (ScanNode.settled) whose blobs below are not yet accounted for, as `deferred` */
+  private deferredBelow: ScanNode[] = []
   private readonly trees = new Map<string, { id: BlobId; size: number; entries: number }>()
   /** directories whose cached tree was reused */
   private readonly reusedDirs = new Set<ScanNode>()
   private readonly samePatterns: boolean
+  /** whether the scan may settle directories (ScanOptions.settle): their trees and blobs are then the cache's, without a lookup */
+  readonly settles: boolean
   reusedFiles = 0
   reusedTrees = 0
   readBytes = 0
@@ -306,6 +331,7 @@ class SnapshotRun {
   ) {
     this.ingest = new Ingestor(store, opts.signal)
     this.samePatterns = cache.patterns !== undefined && cache.patterns.length === patterns.length && cache.patterns.every((p, i) => p === patterns[i])
+    this.settles = trusted && this.samePatterns && !cache.someLengthUnknown
   }
 
   /** The scan's totals, for progress. */
@@ -399,6 +425,7 @@ class SnapshotRun {
     const small: ScanNode[] = []
     const large: ScanNode[] = []
     const visit = (node: ScanNode) => {
+      if (node.settled) return this.reuseBelow(node, node.settled.files)
       for (const child of node.children ?? []) {
         if (child.type === "dir") visit(child)
         else if (child.type === "file" && child.linkTo === undefined) {
@@ -566,13 +593,23 @@ class SnapshotRun {
     this.progress(0)
   }
 
+  /** Takes a settled directory's files as reused (their chunks are accounted for with the others: accountDeferred). */
+  private reuseBelow(dir: ScanNode, files: number): void {
+    this.deferredBelow.push(dir)
+    this.reusedFiles += files
+    this.filesDone += files
+    this.progress(0)
+  }
+
   private accountChunks(cached: CachedEntry): void {
     for (const c of cached.chunks) this.ingest.account(c.id, this.lengthIfHeld(c)!)
   }
 
   private accountDeferred(): void {
     for (const node of this.deferred) this.accountChunks(this.cache.get(node.rel, node.cacheAt)!)
+    for (const dir of this.deferredBelow) for (const b of this.cache.blobsBelow(dir.rel, dir.cacheAt)) this.ingest.account(b.id, this.lengthIfHeld(b)!)
     this.deferred = []
+    this.deferredBelow = []
   }
 
   /** A stored file's chunks: the cache's for a reused file (asked by node, not by its path: see `reused`), else as read. */
@@ -617,6 +654,7 @@ class SnapshotRun {
    * Ingestor.drain). Returns its id, its logical size and whether it was reused.
    */
   buildTree(dir: ScanNode): { id: BlobId; size: number; reused: boolean } {
+    if (dir.settled) return this.reuseTree(dir, this.cache.get(dir.rel, dir.cacheAt)!.tree!, dir.settled.dirs)
     const children = dir.children ?? []
     const subtrees = children.map((c) => (c.type === "dir" ? this.buildTree(c) : undefined))
     const cached = this.samePatterns ? this.unchanged(dir)?.tree : undefined
@@ -628,11 +666,7 @@ class SnapshotRun {
         c.type === "dir" ? subtrees[i]!.reused : c.type === "file" && c.linkTo === undefined ? this.reused.has(c) : this.isUnchanged(c),
       )
     ) {
-      this.ingest.account(cached.id, this.lengthIfHeld(cached)!)
-      this.trees.set(dir.rel, { id: cached.id, size: cached.size, entries: cached.entries })
-      this.reusedDirs.add(dir)
-      this.reusedTrees++
-      return { id: cached.id, size: cached.size, reused: true }
+      return this.reuseTree(dir, cached, 0)
     }
     const entries: TreeEntry[] = []
     let size = 0
@@ -659,6 +693,15 @@ class SnapshotRun {
     this.treesBuilt++
     this.trees.set(dir.rel, { id, size, entries: entries.length })
     return { id, size, reused: false }
+  }
+
+  /** dir's cached tree, taken as it is, and `dirs` directories below it whose trees it holds. */
+  private reuseTree(dir: ScanNode, cached: CachedTree, dirs: number): { id: BlobId; size: number; reused: true } {
+    this.ingest.account(cached.id, this.lengthIfHeld(cached)!)
+    this.trees.set(dir.rel, { id: cached.id, size: cached.size, entries: cached.entries })
+    this.reusedDirs.add(dir)
+    this.reusedTrees += 1 + dirs
+    return { id: cached.id, size: cached.size, reused: true }
   }
 
   /** node's entry in the next cache: one literal, no spreads (as in buildTree), for it is made once per entry of the tree. */
@@ -688,7 +731,10 @@ class SnapshotRun {
         node.type === "dir" ? this.trusted && this.reusedDirs.has(node)
         : node.type === "file" && node.linkTo === undefined ? this.trusted && this.reused.has(node)
         : this.isUnchanged(node)
-      if (same && this.cache.copyTo(rel, w, node.cacheAt)) {
+      // a settled directory: everything below it as well (the scan made no node of it)
+      if (same && node.settled) {
+        if (this.cache.copySubtreeTo(rel, w, node.cacheAt)) return
+      } else if (same && this.cache.copyTo(rel, w, node.cacheAt)) {
         for (const child of node.children ?? []) add(child)
         return
       }

@@ -8,7 +8,9 @@
 // (ctime catches edits that restore the mtime, and chmod/chown), and reuses a
 // directory's whole tree object when the directory and everything below it
 // are unchanged and the exclude patterns are the same: an unchanged subtree
-// costs its lstat calls and nothing else. A file changed within a timestamp
+// costs its lstat calls and nothing else. Such a directory is settled before
+// the walk comes to it (Settler): its entries are checked against the cache's
+// columns and the scan makes no node for them. A file changed within a timestamp
 // tick before the snapshot began is left out (tooRecent): its times could
 // stay the same through a second change.
 //
@@ -28,6 +30,7 @@ import { createHash } from "node:crypto"
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import { isBlobId, type BlobId } from "../store/ids.js"
+import type { EntryStat } from "./lstat.js"
 
 export interface CachedBlob {
   id: BlobId
@@ -108,12 +111,54 @@ export interface StatCacheView {
    * name its listing had; else undefined.
    */
   listing(rel: string, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, at?: number): Listed | undefined
+  /** Settles directories (see Settler), checking each entry below them with `probe`'s lstat. */
+  settler(probe: SettleProbe): Settler
+  /** Copies rel's entry and every entry below it into w, as copyTo does each; false (nothing copied) as copyTo. */
+  copySubtreeTo(rel: string, w: StatCacheWriter, at?: number): boolean
+  /** the blobs of every entry below directory rel (files' chunks, directories' trees) */
+  blobsBelow(rel: string, at?: number): Iterable<CachedBlob>
   /** whether some blob's stored length is unknown (-1) */
   readonly someLengthUnknown: boolean
   readonly patterns?: string[]
   readonly indexFiles?: string[]
   readonly storedBytes?: number
 }
+
+/** What the scan counts below a directory: for a settled one, taken from the cache. */
+export interface SubtreeCounts {
+  files: number
+  dirs: number
+  symlinks: number
+  /** its files' bytes */
+  bytes: number
+}
+
+/** The scan's side of settling: its lstat, the directories it leaves out, and a pause now and then. */
+export interface SettleProbe {
+  /** an entry's stat; undefined (or a throw) when it cannot be had, which settles nothing above it */
+  lstat(full: string): EntryStat | undefined
+  /** whether the scan leaves this directory out (ScanOptions.skipDirs) */
+  skips(st: EntryStat): boolean
+  /** called after each entry checked: a promise to wait for before the next one (the walk yielding), or undefined */
+  tick(): Promise<void> | undefined
+}
+
+/**
+ * Whether directory rel (at `abs` on disk, with the stat the walk found) is
+ * settled, and if so what lies below it. Settled: the directory's stat is as
+ * cached, the cache holds every name of its listing, and its tree with a
+ * known stored length, as many entries as names; and each entry below is as
+ * cached (kind, mtime, ctime, inode, and for a file its size and one link:
+ * a hardlinked file's group may reach outside the directory), each directory
+ * below settled in turn, none of them one the scan leaves out. Then the
+ * directory's tree and everything below it are the cache's, and the scan
+ * need not list it: an unchanged workspace costs one lstat per entry and no
+ * object per entry (the scan's nodes, kept to the end of a snapshot, were
+ * most of an unchanged snapshot's collection work). Each entry is looked at
+ * once per scan (a directory's verdict is kept), but for the entries of the
+ * directories above a change, which the walk then lists and looks at again.
+ */
+export type Settler = (rel: string, at: number | undefined, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, abs: string) => Promise<SubtreeCounts | undefined>
 
 /**
  * On disk (little-endian), for n entries naming m blobs in all:
@@ -158,6 +203,14 @@ const KIND_CODES = { file: 0, link: 1, dir: 2, symlink: 3 } as const
 /** The writer's per-entry columns (EntryColumns), by name. */
 const COLUMN_NAMES = ["kind", "size", "mtime", "ctime", "ino", "treeSize", "treeEntries", "listed", "relChars", "mtimeChars", "blobCount"] as const
 const ID_BYTES = 32
+const S_IFMT = 0o170000
+const S_IFREG = 0o100000
+const S_IFDIR = 0o040000
+const S_IFLNK = 0o120000
+/** A directory's verdict while a Settler runs (see settle). */
+const UNKNOWN = 0
+const SETTLED = 1
+const UNSETTLED = 2
 
 function cacheFile(cacheDir: string, key: string, ext = "bin"): string {
   if (!/^[A-Za-z0-9_-]+$/.test(key)) throw new Error(`invalid cache key ${JSON.stringify(key)}`)
@@ -375,6 +428,140 @@ class LoadedStatCache implements StatCacheView {
     return { first, next }
   }
 
+  settler(probe: SettleProbe): Settler {
+    const n = this.kind.length
+    // per entry: a directory's verdict, and a settled one's counts below it (files, dirs, symlinks, bytes)
+    const verdict = new Uint8Array(n)
+    const below = new Float64Array(4 * n)
+    return async (rel, at, stat, abs) => {
+      const i = this.find(rel, at)
+      if (i === undefined) return undefined
+      if (verdict[i] === UNKNOWN) await this.settle(i, stat, abs, probe, verdict, below)
+      if (verdict[i] !== SETTLED) return undefined
+      return { files: below[4 * i]!, dirs: below[4 * i + 1]!, symlinks: below[4 * i + 2]!, bytes: below[4 * i + 3]! }
+    }
+  }
+
+  /** Whether directory i's own facts allow settling it: stat as cached, every name of its listing held, its tree known. */
+  private settleable(i: number, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">): boolean {
+    if (this.kind[i] !== KIND_CODES.dir || this.listed[i] === 0 || this.blobCount[i] !== 1 || this.blobLength[this.blobAt[i]!]! < 0 || !this.sameStat(i, stat)) return false
+    const { first, next } = (this.family ??= this.families())
+    let k = 0
+    for (let c = first[i]!; c >= 0; c = next[c]!) k++
+    return k + 1 === this.listed[i] && k === this.treeEntries[i]
+  }
+
+  /** Whether entry c is as cached by `st`: kind, times and inode, and a file's size and single link. */
+  private sameEntry(c: number, st: EntryStat): boolean {
+    const type = st.mode & S_IFMT
+    const kind = this.kind[c]
+    const sameKind =
+      kind === KIND_CODES.file ? type === S_IFREG && st.nlink === 1 && this.size[c] === st.size
+      : kind === KIND_CODES.dir ? type === S_IFDIR
+      : kind === KIND_CODES.symlink && type === S_IFLNK
+    return sameKind && this.sameStat(c, st)
+  }
+
+  /**
+   * Settles directory `top` or finds it unsettled, depth-first with a stack
+   * of its own (a tree may be deeper than the call stack). A directory
+   * whose every entry checked out is settled as the walk leaves it; at the
+   * first entry that does not, every directory being checked is unsettled
+   * and the rest is left to the walk, which asks again of the directories
+   * below it that it comes to (those found settled already are not looked
+   * at again).
+   */
+  private async settle(top: number, stat: Pick<CachedEntry, "mtimeNs" | "ctimeNs" | "ino">, abs: string, probe: SettleProbe, verdict: Uint8Array, below: Float64Array): Promise<void> {
+    if (!this.settleable(top, stat)) {
+      verdict[top] = UNSETTLED
+      return
+    }
+    const { first, next } = this.family!
+    // the directories being checked, outermost first: their numbers, paths, and the next entry in each
+    const dirs = [top]
+    const paths = [abs]
+    const cursor = [first[top]!]
+    below.fill(0, 4 * top, 4 * top + 4)
+    const addBelow = (to: number, from: number) => {
+      for (let k = 0; k < 4; k++) below[4 * to + k]! += below[4 * from + k]!
+      below[4 * to + 1]!++
+    }
+    while (dirs.length > 0) {
+      const d = dirs.length - 1
+      const i = dirs[d]!
+      const c = cursor[d]!
+      if (c < 0) {
+        verdict[i] = SETTLED
+        dirs.pop()
+        paths.pop()
+        cursor.pop()
+        if (d > 0) addBelow(dirs[d - 1]!, i)
+        continue
+      }
+      cursor[d] = next[c]!
+      if (verdict[c] === SETTLED) {
+        addBelow(i, c)
+        continue
+      }
+      const skip = this.relChars[i] === 0 ? 0 : this.relChars[i]! + 1
+      const full = `${paths[d]}/${this.text.slice(this.textAt[c]! + skip, this.textAt[c]! + this.relChars[c]!)}`
+      let st: EntryStat | undefined
+      try {
+        st = probe.lstat(full)
+      } catch {
+        st = undefined // the walk finds out why
+      }
+      let ok = st !== undefined && this.sameEntry(c, st)
+      if (ok && this.kind[c] === KIND_CODES.dir) {
+        ok = verdict[c] !== UNSETTLED && !probe.skips(st!) && this.settleable(c, st!)
+        if (ok) {
+          dirs.push(c)
+          paths.push(full)
+          cursor.push(first[c]!)
+          below.fill(0, 4 * c, 4 * c + 4)
+        }
+      } else if (ok && this.kind[c] === KIND_CODES.file) {
+        below[4 * i]!++
+        below[4 * i + 3]! += this.size[c]!
+      } else if (ok) {
+        below[4 * i + 2]!++
+      }
+      if (!ok) {
+        for (const u of dirs) verdict[u] = UNSETTLED
+        return
+      }
+      const wait = probe.tick()
+      if (wait) await wait
+    }
+  }
+
+  /** Entry i and every entry below it, in the walk's order (a directory, then what is in it). */
+  private subtree(i: number): number[] {
+    const { first, next } = (this.family ??= this.families())
+    const out: number[] = []
+    const visit = (x: number) => {
+      out.push(x)
+      for (let c = first[x]!; c >= 0; c = next[c]!) visit(c)
+    }
+    visit(i)
+    return out
+  }
+
+  copySubtreeTo(rel: string, w: StatCacheWriter, at?: number): boolean {
+    const i = this.find(rel, at)
+    if (i === undefined) return false
+    const rows = this.subtree(i)
+    for (const r of rows) for (let b = this.blobAt[r]!, end = b + this.blobCount[r]!; b < end; b++) if (this.blobLength[b]! < 0) return false
+    for (const r of rows) w.copyRow(this, r)
+    return true
+  }
+
+  *blobsBelow(rel: string, at?: number): Iterable<CachedBlob> {
+    const i = this.find(rel, at)
+    if (i === undefined) return
+    for (const r of this.subtree(i)) if (r !== i) yield* this.blobsOf(r)
+  }
+
   *blobs(): Iterable<CachedBlob> {
     for (let i = 0; i < this.kind.length; i++) yield* this.blobsOf(i)
   }
@@ -431,7 +618,17 @@ class LoadedStatCache implements StatCacheView {
 }
 
 export function emptyStatCache(): StatCacheView {
-  return { get: () => undefined, matches: () => false, blobs: () => [], copyTo: () => false, listing: () => undefined, someLengthUnknown: false }
+  return {
+    get: () => undefined,
+    matches: () => false,
+    blobs: () => [],
+    copyTo: () => false,
+    copySubtreeTo: () => false,
+    blobsBelow: () => [],
+    listing: () => undefined,
+    settler: () => async () => undefined,
+    someLengthUnknown: false,
+  }
 }
 
 export async function loadStatCache(cacheDir: string, key: string): Promise<StatCacheView> {
