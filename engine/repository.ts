@@ -229,8 +229,10 @@ class SnapshotApi {
   /** Snapshots a directory. The previous snapshot of the same box or directory is its parent. */
   async create(dir: string, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
     const root = path.resolve(dir)
-    let parent = opts.parent
-    parent ??= await newestSnapshot(this.store, (o) => (opts.boxId ? o.boxId === opts.boxId : o.source === root))
+    // looked for while the snapshot is taken: only its record names it
+    const parent = opts.parent ?? newestSnapshot(this.store, (o) => (opts.boxId ? o.boxId === opts.boxId : o.source === root))
+    // a snapshot that fails before its record awaits the search leaves no rejection unhandled
+    if (parent instanceof Promise) parent.catch(() => {})
     return createSnapshot(this.store, root, { ...opts, parent, cacheKey: opts.cacheKey ?? opts.boxId })
   }
 

@@ -51,8 +51,12 @@ import type { Progress, SnapshotRecord, SnapshotStats } from "./types.js"
 export interface SnapshotOptions {
   name?: string
   boxId?: string
-  /** the snapshot this one follows (recorded for lineage) */
-  parent?: SnapshotRecord
+  /**
+   * the snapshot this one follows (recorded for lineage); or a promise of
+   * it, still being looked for (awaited when the record is written, and its
+   * failure then the snapshot's)
+   */
+  parent?: SnapshotRecord | Promise<SnapshotRecord | undefined>
   /**
    * Names this workspace's incremental cache (a box id); default: derived from
    * the directory's absolute path. Unchanged files are not read again.
@@ -112,10 +116,15 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     throw new BadInputError("exclude must be a list of glob patterns (strings)")
   }
   const root = path.resolve(dir)
-  const st = await fsp.stat(root).catch(() => undefined)
+  // read at once: the directory's stat and ignore file, the cache (read while the lock is taken; loadStatCache
+  // never rejects: whether its blobs are still held is decided under the lock, by cacheTrusted, where no gc can
+  // remove them), and the repository's own directories
+  const cacheKey = opts.cacheKey ?? dirCacheKey(root)
+  const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
+  const skipDirs = ownDirs(store)
+  const [st, ignoreText] = await Promise.all([fsp.stat(root).catch(() => undefined), fsp.readFile(path.join(root, IGNORE_FILE), "utf8").catch(() => undefined)])
   if (!st?.isDirectory()) throw new BadInputError(`cannot snapshot ${dir}: it is not a directory`)
   const exclude = [...(opts.exclude ?? [])]
-  const ignoreText = await fsp.readFile(path.join(root, IGNORE_FILE), "utf8").catch(() => undefined)
   const patterns = [...(ignoreText === undefined ? [] : parseIgnoreFile(ignoreText)), ...exclude]
   let ignore: IgnoreRules
   try {
@@ -124,10 +133,6 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
     throw new BadInputError(`${(err as Error).message}; fix the pattern in --exclude or ${IGNORE_FILE}`)
   }
 
-  // read while the lock is taken (loadStatCache never rejects); whether its blobs are still held is decided
-  // under the lock (cacheTrusted), where no gc can remove them
-  const cacheKey = opts.cacheKey ?? dirCacheKey(root)
-  const cacheLoad = opts.full ? Promise.resolve(emptyStatCache()) : loadStatCache(store.cacheDir, cacheKey)
   return store.withLock(false, "snapshot", async () => {
     // files changed since a tick before this are not cached (tooRecent)
     const began = nowNs()
@@ -144,7 +149,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
         const settler = cache.settler(probe)
         return async (...dir) => ((await ready).settles ? settler(...dir) : undefined)
       }
-      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, settle, skipDirs: await ownDirs(store) })
+      scan = await scanTree(root, { ...(patterns.length > 0 ? { ignore } : {}), signal: opts.signal, onLargeFile, listed, settle, skipDirs: await skipDirs })
     } catch (err) {
       await (await ready).settleEarly() // nothing may still write once the lock is released
       throw err
@@ -177,7 +182,7 @@ export async function createSnapshot(store: Store, dir: string, opts: SnapshotOp
       name: opts.name,
       boxId: opts.boxId,
       tree: rootTree.id,
-      parent: opts.parent?.id,
+      parent: (await opts.parent)?.id,
       createdAt: new Date().toISOString(),
       host: os.hostname(),
       source: root,

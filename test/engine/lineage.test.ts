@@ -50,4 +50,22 @@ describe("a snapshot's parent", () => {
     reads.mockRestore()
     await r.close()
   })
+
+  it("is looked for while the snapshot is taken: a search that fails fails the snapshot, which lists nothing; one that fails after it leaves no rejection unhandled", async () => {
+    const r = await Repository.open({ path: path.join(await tempDir(), "repo") })
+    const dir = await tempDir()
+    await fsp.writeFile(path.join(dir, "f"), "content")
+    const first = (await r.snapshots.create(dir)).snapshot
+    const listing = vi.spyOn(r.store, "listRecordNames").mockRejectedValueOnce(new Error("the listing failed"))
+    await expect(r.snapshots.create(dir)).rejects.toThrow("the listing failed")
+    expect((await r.snapshots.list()).map((s) => s.id)).toEqual([first.id])
+    // the snapshot fails first (not a directory), the search after it: the snapshot's error, and nothing unhandled (vitest fails a test file on one)
+    listing.mockImplementationOnce(() => new Promise((_, reject) => setTimeout(() => reject(new Error("late")), 50)))
+    await expect(r.snapshots.create(path.join(dir, "f"))).rejects.toThrow("it is not a directory")
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    // and a search that finds the parent, as before
+    expect((await r.snapshots.create(dir)).snapshot.parent).toBe(first.id)
+    listing.mockRestore()
+    await r.close()
+  })
 })
