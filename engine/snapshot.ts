@@ -105,6 +105,12 @@ const SYNC_READ = 64 * 1024
 const SMALL_BATCHED_FROM = 256
 const SMALL_BATCH_FILES = 128
 const SMALL_BATCHES = 2
+/**
+ * Once the scan has found this many bytes of large files the cache does not
+ * know, the store is told that many blobs will come (Store.expectBlobs): its
+ * compressor starts while the scan goes on.
+ */
+const WARM_AT = 16 << 20
 /** Cached blob ids looked up per index call when the cache cannot vouch for them. */
 const LOOKUP_BATCH = 8192
 export const IGNORE_FILE = ".cairnignore"
@@ -324,6 +330,8 @@ class SnapshotRun {
   private readonly multiSpan = new Semaphore(1)
   /** large files whose reading started during the scan */
   private readonly early = new Map<string, Promise<void>>()
+  /** bytes of the large files read early that the cache did not know (see WARM_AT) */
+  private newBytes = 0
 
   constructor(
     readonly store: Store,
@@ -349,6 +357,8 @@ class SnapshotRun {
   /** Starts reading a large file the scan just found, unless the cache says it is unchanged. */
   readEarly(node: ScanNode): void {
     if (this.isUnchanged(node) || this.early.has(node.rel)) return
+    // files the cache has never seen: their blobs will need compressing (an edited one's are mostly known)
+    if (this.newBytes < WARM_AT && this.cache.get(node.rel, node.cacheAt) === undefined && (this.newBytes += node.size) >= WARM_AT) this.store.expectBlobs()
     const reading = this.readLarge(node)
     reading.catch(() => {}) // awaited in storeFiles, or settled by settleEarly
     this.early.set(node.rel, reading)

@@ -393,7 +393,12 @@ export class CodecPool {
     return this.buffer(this.spareBatches, BATCH_BUFFER, bytes)
   }
 
-  /** Workers running (they start with the first job). */
+  /** Starts every worker now rather than with the first jobs (see codec.ts, warmCompressor). */
+  warm(): void {
+    this.pool.warm()
+  }
+
+  /** Workers running (they start with the first job, or when warmed). */
   get started(): number {
     return this.pool.started
   }

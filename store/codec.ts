@@ -126,6 +126,19 @@ function compressInline(data: Uint8Array): boolean {
   return true
 }
 
+/**
+ * Starts the compressor threads now, for a caller that knows many blobs to
+ * compress will come (preferred: the codec they will be encoded with): a
+ * worker's start (~80 ms of CPU) then overlaps with the caller's work, on a
+ * core it leaves idle, instead of delaying the first blobs past the inline
+ * budget. A first snapshot of the bench's workspace, which warms it once
+ * its scan has found 16 MiB of new large files, took 2.81 s instead of 2.90
+ * (medians of 10 alternating runs; faster in 8 of the 10 pairs).
+ */
+export function warmCompressor(preferred: Codec): void {
+  if (preferred !== CODEC_NONE) codecPool().warm()
+}
+
 export async function encode(data: Uint8Array, preferred: Codec): Promise<Encoded> {
   if (preferred === CODEC_NONE || !worthCompressing(data)) return { codec: CODEC_NONE, bytes: data }
   if (compressInline(data)) return kept(data, preferred, encodeHere(preferred, data))

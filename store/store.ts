@@ -25,7 +25,7 @@
 import { promises as fsp } from "node:fs"
 import path from "node:path"
 import type { ObjectStore } from "./backend.js"
-import { SMALL_BLOB, codecFromName, decode, encode, encodeInline, type Codec, type CodecName } from "./codec.js"
+import { SMALL_BLOB, codecFromName, decode, encode, encodeInline, warmCompressor, type Codec, type CodecName } from "./codec.js"
 import {
   BadInputError,
   CairnError,
@@ -435,6 +435,15 @@ export class Store {
     const pending = this.pending.get(id)
     if (pending) return Promise.resolve({ id, added: false, storedLength: pending.entry.length })
     return this.inflight.get(id)?.then((r) => ({ ...r, added: false }))
+  }
+
+  /**
+   * Tells the store that many new blobs will come soon (a snapshot that found
+   * many bytes it has not stored before): their compressors start now, while
+   * the caller prepares them (codec.ts, warmCompressor).
+   */
+  expectBlobs(): void {
+    warmCompressor(this.codec)
   }
 
   /** Adds a blob unless the store has it; checks the index (prefer batching with locateMany). */

@@ -159,6 +159,33 @@ describe("incremental snapshots", () => {
     await store.close()
   })
 
+  it("tells the store many blobs will come once the scan has found 16 MiB of large files the cache does not know, not for edits of known ones", async () => {
+    const store = await newStore()
+    const expecting = vi.spyOn(store, "expectBlobs")
+    const src = await tempDir()
+    await buildTree(src, { "a.bin": { file: seededBytes("a", 6 << 20) }, "b.bin": { file: seededBytes("b", 6 << 20) }, "small.txt": { file: "small" } })
+    await pastTick()
+    const first = await createSnapshot(store, src)
+    expect(expecting).not.toHaveBeenCalled() // 12 MiB
+    await fsp.writeFile(path.join(src, "c.bin"), seededBytes("c", 5 << 20))
+    await pastTick()
+    const second = await createSnapshot(store, src, { parent: first.snapshot })
+    expect(expecting).not.toHaveBeenCalled() // 5 MiB new
+    // a first snapshot of the same files (another workspace's cache): 17 MiB new to the cache
+    const third = await createSnapshot(store, src, { cacheKey: "elsewhere" })
+    expect(expecting).toHaveBeenCalledTimes(1)
+    expect(third.snapshot.tree).toBe(second.snapshot.tree)
+    // edits of known files, 17 MiB of them: not new
+    for (const f of ["a.bin", "b.bin", "c.bin"]) {
+      const h = await fsp.open(path.join(src, f), "r+")
+      await h.write(Buffer.from("an edit"), 0, 7, 1000)
+      await h.close()
+    }
+    await createSnapshot(store, src, { parent: second.snapshot })
+    expect(expecting).toHaveBeenCalledTimes(1)
+    await store.close()
+  })
+
   it("a file changed within a timestamp tick of a snapshot is not cached: the next snapshot reads it again", async () => {
     const store = await newStore()
     const src = await tempDir()
