@@ -430,7 +430,8 @@ class LoadedStatCache implements StatCacheView {
 
   settler(probe: SettleProbe): Settler {
     const n = this.kind.length
-    // per entry: a directory's verdict, and a settled one's counts below it (files, dirs, symlinks, bytes)
+    // per entry: a directory's verdict, and a settled one's counts below it (files, dirs, symlinks, bytes):
+    // 33 bytes an entry (~0.5 MB for the bench's workspace), beside the ~150 of the cache itself
     const verdict = new Uint8Array(n)
     const below = new Float64Array(4 * n)
     return async (rel, at, stat, abs) => {

@@ -132,8 +132,9 @@ function compressInline(data: Uint8Array): boolean {
  * worker's start (~80 ms of CPU) then overlaps with the caller's work, on a
  * core it leaves idle, instead of delaying the first blobs past the inline
  * budget. A first snapshot of the bench's workspace, which warms it once
- * its scan has found 16 MiB of new large files, took 2.81 s instead of 2.90
- * (medians of 10 alternating runs; faster in 8 of the 10 pairs).
+ * its scan has found 16 MiB of new large files, took 2.90 s instead of 3.02
+ * and 2.81 instead of 2.90 (two sets of 10 alternating runs; faster in 7
+ * and 8 of the 10 pairs).
  */
 export function warmCompressor(preferred: Codec): void {
   if (preferred !== CODEC_NONE) codecPool().warm()
